@@ -1,0 +1,52 @@
+# nms-cds developer commands. Every target sets up what it needs first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := fhir_server/node_modules/.installed
+
+.PHONY: install node run test test-unit test-integration lint typecheck fixtures bench fuzz soak clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(NODE_STAMP): fhir_server/package.json fhir_server/package-lock.json
+	cd fhir_server && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+node: $(NODE_STAMP)
+
+## make run: local FHIR server with the fixture patients + the service on 127.0.0.1:8080 (development mode)
+run: install
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
+	$(BIN)/nms-cds dev --host 127.0.0.1 --port 8080
+
+## make test: lint, type-check and every test (integration tests use the local Node FHIR server)
+test: install
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest -q
+
+test-unit: install
+	$(BIN)/pytest -q -m "not integration"
+
+test-integration: install node
+	$(BIN)/pytest -q -m integration
+
+lint: install
+	$(BIN)/ruff check .
+
+typecheck: install
+	$(BIN)/mypy
+
+fixtures: install
+	$(BIN)/python fhir_fixtures/build_fixtures.py
+
+clean:
+	rm -rf $(VENV) fhir_server/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,32 @@
+"""Application factory: ``create_app(settings=None)`` builds the Flask app (Flask tutorial style)."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from cds_service import logs
+from cds_service.clinical.valuesets import load as load_valuesets
+from cds_service.config import AuthMode, Settings
+from cds_service.hooks import blueprint
+from cds_service.runtime import Runtime
+from cds_service.services.templates import prefetch_templates
+
+log = logging.getLogger("cds_service.app")
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings()
+    logs.configure(settings.log_level)
+    load_valuesets()  # parse the terminology once at start-up, not on the first request
+    prefetch_templates()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.extensions["nms_cds"] = Runtime.build(settings)
+    blueprint.register(app)
+    if settings.auth == AuthMode.OFF:
+        log.warning("authentication is OFF: development only", extra={"event": "auth-off"})
+    return app

@@ -1,0 +1,74 @@
+"""``nms-cds`` command line: serve the service, and tools that play the EHR for developers.
+
+Progress and errors go to stderr, results to stdout; exit codes: 0 ok, 1 failure, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cds_service import tools
+from cds_service.config import AuthMode, Settings
+from cds_service.fhir.client import is_loopback
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from cds_service.app import create_app
+
+    settings = Settings()
+    if settings.auth == AuthMode.OFF and not (is_loopback(args.host) or settings.auth_off_force):
+        print(
+            f"refusing to serve with NMS_CDS_AUTH=off on non-loopback host {args.host}; "
+            "set NMS_CDS_AUTH_OFF_FORCE=true to override (never in production)",
+            file=sys.stderr,
+        )
+        return 2
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("worker_class", "gthread" if args.threads > 1 else "sync")
+            self.cfg.set("timeout", args.timeout)
+            self.cfg.set("graceful_timeout", 10)
+            self.cfg.set("keepalive", 5)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("max_requests", args.max_requests)
+            self.cfg.set("max_requests_jitter", max(args.max_requests // 10, 0))
+
+        def load(self) -> object:
+            return create_app(settings)
+
+    Server().run()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nms-cds", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the CDS Hooks service with gunicorn")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--threads", type=int, default=1, help="threads per worker (gthread when > 1)")
+    serve.add_argument("--timeout", type=int, default=30, help="seconds before a stuck worker is restarted")
+    serve.add_argument("--max-requests", type=int, default=0, help="recycle a worker after N requests (0: never)")
+    serve.set_defaults(func=_serve)
+    tools.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Typed settings for nms-cds, read from ``NMS_CDS_*`` environment variables.
+
+Every network default is an explicit, documented number here; nothing else in the package reads the
+environment. Tests build :class:`Settings` directly and pass it to ``create_app``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class AuthMode(StrEnum):
+    JWT = "jwt"
+    OFF = "off"
+
+
+class Settings(BaseSettings):
+    """Service configuration. Environment prefix ``NMS_CDS_``; see README "Configuration"."""
+
+    model_config = SettingsConfigDict(env_prefix="NMS_CDS_", env_ignore_empty=True, extra="ignore")
+
+    # --- deployment -----------------------------------------------------------------------------
+    environment: str = Field("production", description="'production' or 'development'")
+    public_base_url: str = Field(
+        "http://127.0.0.1:8080",
+        description="Externally visible base URL of this service (no trailing slash); JWT `aud` is built from it",
+    )
+    auth: AuthMode = Field(AuthMode.JWT, description="'jwt' (default) or 'off' (loopback development only)")
+    auth_off_force: bool = Field(False, description="Allow auth=off on a non-loopback bind (never in production)")
+    trusted_clients: Path | None = Field(None, description="JSON file listing trusted CDS clients (iss + jwks)")
+    jwt_leeway_seconds: int = Field(30, ge=0, le=300)
+    jwt_max_lifetime_seconds: int = Field(3600, ge=60, le=3600)
+    jwks_refresh_min_interval_seconds: float = Field(60.0, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated allowed origins in production; '*' in development"
+    )
+
+    # --- outbound FHIR --------------------------------------------------------------------------
+    fhir_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated FHIR base-URL prefixes the service may query"
+    )
+    allow_insecure_fhir: bool = Field(False, description="Allow http:// fhirServer that is not loopback")
+    fhir_connect_timeout: float = Field(1.0, gt=0, description="Seconds to open a TCP/TLS connection")
+    fhir_read_timeout: float = Field(2.0, gt=0, description="Seconds to wait between bytes of a response")
+    hook_budget_seconds: float = Field(
+        3.0, gt=0, description="Total wall-clock budget for one hook call's FHIR work"
+    )
+    fhir_max_pages: int = Field(10, ge=1, description="Pages followed per query (next links)")
+    fhir_max_resources: int = Field(5000, ge=1, description="Resources kept per query")
+    fhir_max_response_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="Largest FHIR response read")
+    fhir_pool_size: int = Field(16, ge=1, description="Connections kept per FHIR host")
+    fhir_concurrency: int = Field(8, ge=1, description="Concurrent FHIR queries per hook call")
+
+    # --- request limits ---------------------------------------------------------------------------
+    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond)")
+    max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting")
+
+    # --- behaviour --------------------------------------------------------------------------------
+    service_id: str = Field("nms-order-sign", pattern=r"^[A-Za-z0-9\-_.]+$")
+    feedback_log: Path | None = Field(None, description="JSON-lines file to append card feedback to")
+    log_level: str = Field("INFO")
+    log_patient_ids: bool = Field(False, description="Operator opt-in: include patientId in logs")
+    fixed_now: datetime | None = Field(
+        None, description="Pin the clinical clock (tests, demos and replay of recorded fixtures only)"
+    )
+
+    @field_validator("fhir_allowlist", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def is_development(self) -> bool:
+        return self.environment.lower() in {"development", "dev"}

@@ -1,0 +1,108 @@
+"""The one exception tree of nms-cds.
+
+::
+
+    NmsCdsError
+    ├── RequestError            a problem with what the CDS client sent; mapped to a 4xx JSON answer
+    │   ├── BadRequest          400  malformed JSON, missing or mistyped field, nesting too deep
+    │   ├── Unauthorized        401  JWT missing or invalid (body carries no detail)
+    │   ├── NotFound            404  unknown service id or route
+    │   ├── PayloadTooLarge     413  body above NMS_CDS_MAX_BODY_BYTES
+    │   └── PreconditionFailed  412  required FHIR data could be had neither from prefetch nor the server
+    └── FhirError               a problem talking to the EHR's FHIR server; never reaches the client as is:
+        │                       the service layer degrades the answer or raises PreconditionFailed
+        ├── FhirNotAllowed      the URL is outside NMS_CDS_FHIR_ALLOWLIST, not https, or a redirect off-site
+        ├── FhirTimeout         connect/read timeout, or the hook's total budget ran out
+        ├── FhirConnectionError connection refused or reset
+        ├── FhirHttpError       a non-2xx answer (``status`` attribute)
+        │   ├── FhirAuthError   401 or 403
+        │   └── FhirNotFound    404
+        └── FhirBadResponse     not JSON, truncated, too large, wrong resourceType, an OperationOutcome
+
+Every exception carries a message that is safe to log and to return: no tokens, no patient data.
+"""
+
+from __future__ import annotations
+
+
+class NmsCdsError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class RequestError(NmsCdsError):
+    status: int = 400
+    code: str = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class BadRequest(RequestError):
+    status = 400
+    code = "invalid"
+
+
+class Unauthorized(RequestError):
+    status = 401
+    code = "security"
+
+    def __init__(self, reason: str = "unauthorized") -> None:
+        # ``reason`` is for the server log only; the response never carries it.
+        super().__init__("unauthorized")
+        self.reason = reason
+
+
+class NotFound(RequestError):
+    status = 404
+    code = "not-found"
+
+
+class PayloadTooLarge(RequestError):
+    status = 413
+    code = "too-costly"
+
+
+class PreconditionFailed(RequestError):
+    status = 412
+    code = "processing"
+
+
+class FhirError(NmsCdsError):
+    """Outbound FHIR failure. ``url`` is the base-relative path only (no query values, no host secrets)."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.url = url
+
+
+class FhirNotAllowed(FhirError):
+    pass
+
+
+class FhirTimeout(FhirError):
+    pass
+
+
+class FhirConnectionError(FhirError):
+    pass
+
+
+class FhirHttpError(FhirError):
+    def __init__(self, message: str, *, status: int, url: str | None = None) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+
+
+class FhirAuthError(FhirHttpError):
+    pass
+
+
+class FhirNotFound(FhirHttpError):
+    pass
+
+
+class FhirBadResponse(FhirError):
+    pass

@@ -1,0 +1,165 @@
+"""Resolve each prefetch key the way CDS Hooks 2.0 defines it, falling back to the FHIR server.
+
+Per key (``cds-hooks.md`` section 4):
+
+- a resource or Bundle → use it; a Bundle's ``next`` links are followed through the FHIR server;
+- ``null`` or an empty Bundle → no data (a successful, empty answer);
+- an OperationOutcome → a failed prefetch: not trusted as data, re-fetched at most once from ``fhirServer``;
+- key absent → query ``fhirServer`` with the template (bearer token when given, anonymous otherwise).
+
+Independent server queries run concurrently under the hook's shared deadline. The outcome of every key
+is recorded (source, completeness, a safe note) so that cards can say exactly what was and was not seen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from cds_service.errors import FhirError
+from cds_service.fhir.client import FhirClient, QueryPool, SearchResult
+
+_TOKEN = re.compile(r"\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
+_USER_TOKENS = {
+    "userPractitionerId": "Practitioner",
+    "userPractitionerRoleId": "PractitionerRole",
+    "userPatientId": "Patient",
+    "userRelatedPersonId": "RelatedPerson",
+}
+ABSENT = object()
+
+
+@dataclass(slots=True)
+class KeyData:
+    key: str
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    source: str = "none"  # "prefetch", "fhir-server", "prefetch+fhir-server", "none"
+    ok: bool = True
+    complete: bool = True
+    note: str | None = None
+
+
+def substitute(template: str, context: Mapping[str, Any]) -> str | None:
+    """Fill 2.0 prefetch tokens from the hook context; None when a token cannot be resolved."""
+    missing = False
+
+    def repl(match: re.Match[str]) -> str:
+        nonlocal missing
+        name = match.group(1)
+        value: Any = None
+        if name.startswith("context."):
+            value = context.get(name.removeprefix("context."))
+        elif name in _USER_TOKENS:
+            user = context.get("userId")
+            if isinstance(user, str) and user.startswith(_USER_TOKENS[name] + "/"):
+                value = user.split("/", 1)[1]
+        if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
+            missing = True
+            return ""
+        return quote(str(value), safe="")
+
+    filled = _TOKEN.sub(repl, template)
+    return None if missing else filled
+
+
+def _is_read(template: str) -> bool:
+    return "?" not in template
+
+
+def _from_bundle(key: str, bundle: dict[str, Any], client: FhirClient | None) -> KeyData:
+    if client is None:
+        result = SearchResult()
+        for entry in bundle.get("entry") or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+                continue
+            if (entry.get("search") or {}).get("mode") != "outcome":
+                result.resources.append(entry["resource"])
+        has_next = any(
+            isinstance(link, dict) and link.get("relation") == "next" for link in bundle.get("link") or []
+        )
+        if has_next:
+            return KeyData(key, result.resources, "prefetch", True, False, "next page not followed: no fhirServer")
+        return KeyData(key, result.resources, "prefetch")
+    result = client.follow(bundle)
+    source = "prefetch+fhir-server" if result.pages > 1 else "prefetch"
+    return KeyData(key, result.resources, source, True, result.complete, result.note)
+
+
+def _fetch(key: str, template_url: str, client: FhirClient, *, after_outcome: bool) -> KeyData:
+    try:
+        if _is_read(template_url):
+            resource = client.read(template_url)
+            data = KeyData(key, [resource], "fhir-server")
+        else:
+            result = client.search(template_url)
+            data = KeyData(key, result.resources, "fhir-server", True, result.complete, result.note)
+    except FhirError as exc:
+        prefix = "prefetch carried an OperationOutcome; re-fetch failed: " if after_outcome else ""
+        return KeyData(key, [], "none", False, False, prefix + exc.message)
+    if after_outcome:
+        data.note = "prefetch carried an OperationOutcome; re-fetched from the FHIR server"
+    return data
+
+
+def resolve(
+    templates: Mapping[str, str],
+    prefetch: Mapping[str, Any] | None,
+    context: Mapping[str, Any],
+    client: FhirClient | None,
+    pool: QueryPool,
+    *,
+    budget_remaining: Callable[[], float],
+) -> dict[str, KeyData]:
+    """Resolve every template key; never raises for FHIR trouble (it is recorded per key)."""
+    results: dict[str, KeyData] = {}
+    pending: dict[str, Future[KeyData]] = {}
+    supplied: Mapping[str, Any] = prefetch or {}
+    for key, template in templates.items():
+        url = substitute(template, context)
+        value = supplied.get(key, ABSENT)
+        if value is None:
+            results[key] = KeyData(key, [], "prefetch")
+            continue
+        if isinstance(value, dict) and value.get("resourceType") not in (None, "OperationOutcome"):
+            if value.get("resourceType") == "Bundle":
+                if client is not None and value.get("link"):
+                    pending[key] = pool.executor.submit(_guarded_bundle, key, value, client)
+                else:
+                    results[key] = _from_bundle(key, value, None)
+            else:
+                results[key] = KeyData(key, [value], "prefetch")
+            continue
+        after_outcome = value is not ABSENT
+        if value is not ABSENT and not (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"):
+            note = "prefetch value is not a FHIR resource"
+        elif value is ABSENT:
+            note = "not in prefetch"
+        else:
+            note = "prefetch carried an OperationOutcome"
+        if client is None or url is None:
+            reason = "no fhirServer to query" if client is None else "template token could not be filled"
+            results[key] = KeyData(key, [], "none", False, False, f"{note}; {reason}")
+            continue
+        pending[key] = pool.executor.submit(_fetch, key, url, client, after_outcome=after_outcome)
+    for key, future in pending.items():
+        try:
+            results[key] = future.result(timeout=max(budget_remaining(), 0.0) + 0.05)
+        except FutureTimeout:
+            future.cancel()
+            results[key] = KeyData(key, [], "none", False, False, "hook time budget exhausted")
+    return {key: results[key] for key in templates}
+
+
+def _guarded_bundle(key: str, bundle: dict[str, Any], client: FhirClient) -> KeyData:
+    try:
+        return _from_bundle(key, bundle, client)
+    except FhirError as exc:
+        first = _from_bundle(key, {**bundle, "link": []}, None)
+        first.complete = False
+        first.note = f"next page could not be read: {exc.message}"
+        return first

@@ -1,0 +1,159 @@
+"""The CDS Hooks 2.0 HTTP surface: discovery, service calls, feedback, CORS and JSON errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from cds_service.errors import NotFound, PayloadTooLarge, PreconditionFailed, RequestError, Unauthorized
+from cds_service.hooks.request import load_json, parse_feedback, parse_hook_request
+from cds_service.runtime import Runtime
+
+bp = Blueprint("cds_hooks", __name__)
+log = logging.getLogger("cds_service.http")
+
+
+def runtime() -> Runtime:
+    rt: Runtime = current_app.extensions["nms_cds"]
+    return rt
+
+
+def _authenticate(path: str) -> None:
+    rt = runtime()
+    claims = rt.authenticator.verify(request.headers.get("Authorization"), rt.settings.public_base_url + path)
+    if claims:
+        g.iss = claims.get("iss")
+        g.jti = claims.get("jti")
+
+
+def _body() -> Any:
+    rt = runtime()
+    length = request.content_length
+    if length is not None and length > rt.settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body larger than {rt.settings.max_body_bytes} bytes")
+    try:
+        data = request.get_data(cache=False)
+    except RequestEntityTooLarge as exc:
+        raise PayloadTooLarge(f"request body larger than {rt.settings.max_body_bytes} bytes") from exc
+    if len(data) > rt.settings.max_body_bytes:
+        raise PayloadTooLarge(f"request body larger than {rt.settings.max_body_bytes} bytes")
+    return load_json(data, max_depth=rt.settings.max_json_depth)
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    _authenticate("/cds-services")
+    rt = runtime()
+    return jsonify({"services": [svc.definition() for svc in rt.services.values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    rt = runtime()
+    service = rt.services.get(service_id)
+    _authenticate(f"/cds-services/{service_id}")
+    if service is None:
+        raise NotFound(f"no CDS service with id '{service_id[:64]}'")
+    hook_request = parse_hook_request(_body(), expected_hook=service.hook)
+    g.hook_instance = hook_request.hook_instance
+    response, report = service.call(hook_request)
+    extra: dict[str, Any] = {
+        "event": "hook-call",
+        "service": service_id,
+        "prefetch": report.keys,
+        "fhir_requests": report.fhir_requests,
+        "fhir_server": report.fhir_server,
+        "indicator": report.indicator or "none",
+        "score": report.score,
+        "timings_ms": {k: round(v, 1) for k, v in report.timings_ms.items()},
+    }
+    if rt.settings.log_patient_ids:
+        extra["patient_id"] = hook_request.patient_id
+    log.info("hook answered", extra=extra)
+    return jsonify(response)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    rt = runtime()
+    _authenticate(f"/cds-services/{service_id}/feedback")
+    if service_id not in rt.services:
+        raise NotFound(f"no CDS service with id '{service_id[:64]}'")
+    items = parse_feedback(_body())
+    new = rt.feedback.add(service_id, items)
+    log.info("feedback stored", extra={"event": "feedback", "service": service_id,
+                                       "feedback_items": len(items), "feedback_new": new})
+    return jsonify({"received": len(items), "new": new})
+
+
+@bp.get("/healthz")
+def health() -> Response:
+    return jsonify({"status": "ok"})
+
+
+def _error_response(exc: RequestError) -> tuple[Response, int]:
+    if isinstance(exc, Unauthorized):
+        log.warning("unauthorized", extra={"event": "auth-failed", "reason": exc.reason,
+                                          "iss": g.get("iss"), "jti": g.get("jti")})
+        return jsonify({"error": "unauthorized"}), 401
+    if isinstance(exc, PreconditionFailed):
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": exc.code, "diagnostics": exc.message}],
+        }
+        log.info("precondition failed", extra={"event": "precondition-failed", "error": exc.message})
+        return jsonify(outcome), 412
+    body: dict[str, Any] = {"error": exc.code, "message": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    log.info("request rejected", extra={"event": "bad-request", "status": exc.status, "error": exc.message})
+    return jsonify(body), exc.status
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    status = exc.code or 500
+    if status == 413:
+        return _error_response(PayloadTooLarge("request body too large"))
+    names = {404: "not-found", 405: "method-not-allowed", 400: "invalid"}
+    return jsonify({"error": names.get(status, "error"), "message": exc.description or exc.name}), status
+
+
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    log.error("unexpected error", extra={"event": "internal-error", "error": type(exc).__name__})
+    return jsonify({"error": "internal", "message": "internal error; see the service log"}), 500
+
+
+def _start() -> None:
+    g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+    g.started = time.perf_counter()
+
+
+def _cors(response: Response) -> Response:
+    rt = runtime()
+    origin = request.headers.get("Origin")
+    allowed = rt.settings.cors_origins
+    if rt.settings.is_development or "*" in allowed:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    elif origin and origin in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Vary"] = "Origin"
+    response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Accept, X-Request-Id"
+    response.headers["Access-Control-Max-Age"] = "600"
+    response.headers["X-Request-Id"] = g.get("request_id", "")
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def register(app: Flask) -> None:
+    app.register_blueprint(bp)
+    app.before_request(_start)
+    app.after_request(_cors)
+    app.register_error_handler(RequestError, _error_response)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,172 @@
+"""Read and validate a CDS Hooks 2.0 service request body.
+
+Strict where the spec is (REQUIRED fields and their types → 400 naming the field), lenient where real
+clients deviate (no ``Bundle.type``, unknown ``extension`` members, extra context fields).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from array import array
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any
+
+from cds_service.errors import BadRequest
+
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_DEPTH_TABLE = bytes(
+    1 if c in b"[{" else 255 if c in b"]}" else 0 for c in range(256)
+)
+
+
+def json_depth(body: bytes) -> int:
+    """Deepest nesting of a JSON text, computed at C speed (strings removed first)."""
+    skeleton = _STRINGS.sub(b"", body).translate(_DEPTH_TABLE).replace(b"\x00", b"")
+    if not skeleton:
+        return 0
+    return max(accumulate(array("b", skeleton)))
+
+
+def load_json(body: bytes, *, max_depth: int) -> Any:
+    if not body.strip():
+        raise BadRequest("request body is empty; expected a JSON object")
+    if json_depth(body) > max_depth:
+        raise BadRequest(f"JSON nesting deeper than {max_depth} levels")
+    try:
+        return json.loads(body)
+    except UnicodeDecodeError as exc:
+        raise BadRequest("request body is not UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:  # pragma: no cover - depth check comes first
+        raise BadRequest("JSON nesting too deep") from exc
+
+
+def _require(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    path = f"{where}{name}"
+    if name not in obj or obj[name] is None:
+        raise BadRequest(f"missing required field '{path}'", field=path)
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        expected = {"str": "a string", "dict": "an object", "list": "an array"}.get(expected, expected)
+        raise BadRequest(f"field '{path}' must be {expected}", field=path)
+    if isinstance(value, str) and not value.strip():
+        raise BadRequest(f"field '{path}' must not be empty", field=path)
+    return value
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    hook: str
+    hook_instance: str
+    context: dict[str, Any]
+    patient_id: str
+    user_id: str
+    encounter_id: str | None
+    draft_orders: dict[str, Any]
+    fhir_server: str | None
+    access_token: str | None
+    prefetch: dict[str, Any] | None
+
+    def draft_resources(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for entry in self.draft_orders.get("entry") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+                out.append(entry["resource"])
+        return out
+
+
+def parse_hook_request(body: Any, *, expected_hook: str) -> HookRequest:
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    hook = _require(body, "hook", str)
+    if hook != expected_hook:
+        raise BadRequest(f"hook '{hook[:40]}' is not served here; this service handles '{expected_hook}'",
+                         field="hook")
+    hook_instance = _require(body, "hookInstance", str)
+    if len(hook_instance) > 128:
+        raise BadRequest("field 'hookInstance' is longer than 128 characters", field="hookInstance")
+    context = _require(body, "context", dict)
+    patient_id = _require(context, "patientId", str, "context.")
+    if not FHIR_ID.match(patient_id):
+        raise BadRequest("field 'context.patientId' is not a valid FHIR id", field="context.patientId")
+    user_id = _require(context, "userId", str, "context.")
+    encounter_id = context.get("encounterId")
+    if encounter_id is not None and not (isinstance(encounter_id, str) and FHIR_ID.match(encounter_id)):
+        raise BadRequest("field 'context.encounterId' is not a valid FHIR id", field="context.encounterId")
+    draft_orders = _require(context, "draftOrders", dict, "context.")
+    if draft_orders.get("resourceType", "Bundle") != "Bundle":
+        raise BadRequest("field 'context.draftOrders' must be a FHIR Bundle", field="context.draftOrders")
+    entries = draft_orders.get("entry")
+    if entries is not None and not isinstance(entries, list):
+        raise BadRequest("field 'context.draftOrders.entry' must be an array", field="context.draftOrders.entry")
+
+    fhir_server = body.get("fhirServer")
+    if fhir_server is not None and (not isinstance(fhir_server, str) or not fhir_server.strip()):
+        raise BadRequest("field 'fhirServer' must be a URL string", field="fhirServer")
+    access_token = None
+    auth = body.get("fhirAuthorization")
+    if auth is not None:
+        if not isinstance(auth, dict):
+            raise BadRequest("field 'fhirAuthorization' must be an object", field="fhirAuthorization")
+        if fhir_server is None:
+            raise BadRequest("'fhirAuthorization' requires 'fhirServer' (cds-r-1)", field="fhirServer")
+        access_token = _require(auth, "access_token", str, "fhirAuthorization.")
+        token_type = auth.get("token_type", "Bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise BadRequest("field 'fhirAuthorization.token_type' must be 'Bearer'",
+                             field="fhirAuthorization.token_type")
+    prefetch = body.get("prefetch")
+    if prefetch is not None and not isinstance(prefetch, dict):
+        raise BadRequest("field 'prefetch' must be an object", field="prefetch")
+    return HookRequest(
+        hook=hook,
+        hook_instance=hook_instance,
+        context=context,
+        patient_id=patient_id,
+        user_id=user_id,
+        encounter_id=encounter_id,
+        draft_orders=draft_orders,
+        fhir_server=fhir_server.strip() if isinstance(fhir_server, str) else None,
+        access_token=access_token,
+        prefetch=prefetch,
+    )
+
+
+_OUTCOMES = {"accepted", "overridden"}
+
+
+def parse_feedback(body: Any) -> list[dict[str, Any]]:
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    items = _require(body, "feedback", list)
+    if not items:
+        raise BadRequest("field 'feedback' must not be empty", field="feedback")
+    out = []
+    for i, item in enumerate(items):
+        where = f"feedback[{i}]."
+        if not isinstance(item, dict):
+            raise BadRequest(f"field 'feedback[{i}]' must be an object", field=f"feedback[{i}]")
+        card = _require(item, "card", str, where)
+        outcome = _require(item, "outcome", str, where)
+        if outcome not in _OUTCOMES:
+            raise BadRequest(f"field '{where}outcome' must be 'accepted' or 'overridden'", field=f"{where}outcome")
+        timestamp = _require(item, "outcomeTimestamp", str, where)
+        accepted = item.get("acceptedSuggestions")
+        if outcome == "accepted":
+            accepted = _require(item, "acceptedSuggestions", list, where)
+            for j, suggestion in enumerate(accepted):
+                if not isinstance(suggestion, dict) or not isinstance(suggestion.get("id"), str):
+                    raise BadRequest(f"field '{where}acceptedSuggestions[{j}].id' must be a string",
+                                     field=f"{where}acceptedSuggestions[{j}].id")
+        reason = item.get("overrideReason")
+        if reason is not None and not isinstance(reason, dict):
+            raise BadRequest(f"field '{where}overrideReason' must be an object", field=f"{where}overrideReason")
+        out.append({"card": card, "outcome": outcome, "outcomeTimestamp": timestamp,
+                    "acceptedSuggestions": [s["id"] for s in accepted or []],
+                    "overrideReason": (reason or {}).get("reason")})
+    return out

@@ -1,0 +1,49 @@
+"""Structured logging: one JSON object per line on stderr.
+
+Only fields that are safe by construction are emitted: the message, the logger, the level, the
+request id and hookInstance of the current request, and the whitelisted ``extra`` keys below. Tokens,
+JWTs, resource content and patient identifiers are never passed to the logger (a test checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+SAFE_EXTRA = (
+    "event", "request_id", "hook_instance", "service", "status", "method", "path", "duration_ms",
+    "prefetch", "fhir_requests", "fhir_server", "indicator", "score", "timings_ms", "iss", "jti",
+    "reason", "error", "feedback_items", "feedback_new", "patient_id", "tenant", "remote",
+)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in SAFE_EXTRA:
+            value = getattr(record, key, None)
+            if value is not None:
+                payload[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            payload["exception"] = record.exc_info[0].__name__
+        return json.dumps(payload, separators=(",", ":"), default=str)
+
+
+def configure(level: str = "INFO") -> None:
+    """Install the JSON handler on the package logger (idempotent)."""
+    logger = logging.getLogger("cds_service")
+    logger.setLevel(level.upper())
+    if not any(getattr(h, "_nms_cds", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler._nms_cds = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.propagate = True

@@ -1,0 +1,237 @@
+"""Turn an :class:`~cds_service.clinical.Assessment` into CDS Hooks 2.0 cards.
+
+Pure presentation: the wording says "possible NMS", shows each criterion with value, unit, time and
+points, names what the record cannot show, and never claims a diagnosis or data that were not seen.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from cds_service.clinical.model import Assessment, Criterion, Exposure
+from cds_service.clinical.rules import fmt_reading
+from cds_service.clinical.valuesets import LOINC, load
+
+CARD_NAMESPACE = uuid.UUID("6f1c1e52-3c1b-4a8e-9a55-2f0c7f4b9d10")
+IEC_URL = "https://pubmed.ncbi.nlm.nih.gov/21733489/"
+SEED_URL = "https://doi.org/10.1503/cmaj.091442"
+OVERRIDE_SYSTEM = "https://github.com/nms-cds/nms-cds/override-reason"
+SOURCE_LABEL = "nms-cds: NMS pattern check (IEC consensus criteria)"
+SUMMARY_LIMIT = 139  # "<140 characters"
+
+OVERRIDE_REASONS = (
+    ("nms-excluded-at-bedside", "NMS excluded at the bedside (no rigidity or mental status change)"),
+    ("other-cause-identified", "Another cause of fever or CK rise has been identified"),
+    ("benefit-outweighs-risk", "Benefit of the dopamine antagonist outweighs the risk; monitoring in place"),
+    ("already-managed", "Already recognised and being managed"),
+    ("data-incorrect", "The data shown are incorrect or outdated"),
+)
+_LAB_LABELS = {"2157-6": "CK", "2498-4": "serum iron", "6690-2": "WBC", "2160-0": "creatinine",
+               "2823-3": "potassium", "14798-3": "serum iron", "1988-5": "CRP"}
+
+
+def card_uuid(hook_instance: str, kind: str) -> str:
+    """Stable per hook invocation and card kind, so feedback can be tied back to the card."""
+    return str(uuid.uuid5(CARD_NAMESPACE, f"{hook_instance}:{kind}"))
+
+
+def _drug_names(a: Assessment) -> str:
+    drafts = sorted({e.ingredient for e in a.exposures if e.is_draft and e.role == "antagonist"})
+    others = sorted({e.ingredient for e in a.exposures if e.role in ("antagonist", "withdrawal")} - set(drafts))
+    names = drafts + others
+    withdrawal = {e.ingredient for e in a.exposures if e.role == "withdrawal"}
+    return " + ".join(n + (" stopped" if n in withdrawal else "") for n in names[:2]) or "dopamine antagonist"
+
+
+def summary(a: Assessment) -> str:
+    hyper = a.criterion("hyperthermia")
+    parts: list[str] = [_drug_names(a)]
+    febrile = [r for r in hyper.evidence if r.value > load().thresholds["hyperthermia"]["threshold_cel"]]
+    if febrile:
+        peak = max(r.value for r in febrile)
+        parts.append(f"T {peak:.1f} °C" + (f" ×{len(febrile)}" if len(febrile) > 1 else ""))
+    if a.ck_peak is not None and a.ck_uln and a.ck_peak.value > a.ck_uln:
+        ratio = a.ck_peak.value / a.ck_uln
+        parts.append(f"CK {a.ck_peak.value:,.0f} U/L ({ratio:.0f}×ULN)" if ratio >= 2 else
+                     f"CK {a.ck_peak.value:,.0f} U/L ({ratio:.1f}×ULN)")
+    iron = next((f for f in a.findings if f.name == "iron-low-or-falling" and f.present), None)
+    if iron and iron.evidence:
+        low = min(iron.evidence, key=lambda r: r.value)
+        parts.append(f"iron {low.value:.1f} µmol/L")
+    if a.indicator == "info":
+        text = f"NMS check incomplete for {parts[0]}: could not retrieve {', '.join(a.missing)}"
+    elif a.indicator == "warning" and len(parts) == 1 and a.history:
+        text = f"Previous NMS on record: review before signing {parts[0]}"
+    else:
+        prefix = "Possible NMS" if a.indicator == "critical" else "Possible early NMS pattern"
+        text = f"{prefix}: " + " + ".join(parts)
+        while len(text) > SUMMARY_LIMIT and len(parts) > 1:
+            parts.pop()
+            text = f"{prefix}: " + " + ".join(parts)
+    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 1] + "…"
+
+
+def _met(c: Criterion) -> str:
+    return {True: "**yes**", False: "no", None: "cannot judge"}[c.met]
+
+
+def _exposure_line(e: Exposure) -> str:
+    bits = [f"**{e.ingredient}**" + (f" — {e.label}" if e.label.lower() != e.ingredient else "")]
+    state = "draft order (being signed)" if e.is_draft else (e.status or "status unknown")
+    if e.role == "withdrawal":
+        state = f"dopaminergic drug {e.status or 'stopped'}" + (
+            f", ended {e.ended.strftime('%Y-%m-%d %H:%M')} UTC" if e.ended else "")
+    bits.append(state)
+    if e.route:
+        bits.append(e.route.upper() if e.route in ("im", "iv", "sc") else e.route)
+    if e.long_acting:
+        bits.append("long-acting injectable")
+    if e.authored and not e.is_draft:
+        bits.append(f"authored {e.authored.strftime('%Y-%m-%d %H:%M')} UTC")
+    if e.ref:
+        bits.append(f"`{e.ref}`")
+    if e.matched_by == "name":
+        bits.append("matched by drug name")
+    return "- " + "; ".join(bits)
+
+
+def detail(a: Assessment) -> str:
+    th = load().thresholds
+    lines: list[str] = []
+    if a.indicator == "info":
+        lines.append("**The NMS check could not be completed.** A dopamine antagonist is being ordered, but "
+                     f"these data could not be retrieved: {', '.join(a.missing)}. No finding is claimed.")
+    else:
+        lines.append("**Pattern consistent with possible neuroleptic malignant syndrome — assess rigidity and "
+                     "mental status at the bedside.** This is decision support, not a diagnosis.")
+    if a.reasons:
+        lines.append("")
+        lines.append("**Why this card:** " + "; ".join(a.reasons) + ".")
+    lines += ["", "| IEC criterion (structured part) | Met | Evidence | Points |", "|---|---|---|---|"]
+    for c in a.criteria:
+        lines.append(f"| {c.label} | {_met(c)} | {c.summary.replace('|', '/')} | {c.points}/{c.points_possible} |")
+    possible = sum(c.points_possible for c in a.criteria)
+    lines.append(f"| **Score from the record** | | | **{a.score}/{possible}** |")
+    lines += ["", "The record cannot show rigidity (17 points), mental status change (13) or a negative work-up "
+              "for infectious, toxic, metabolic and neurologic causes (7): assess them at the bedside. The IEC "
+              "points total 100; a validated cut-off of 74 is reported (Gurrera 2017, cut-off only partially "
+              "verified). Fever thresholds assume oral readings."]
+    present = [f for f in a.findings if f.name != "iron-nms-range"]
+    if present:
+        lines += ["", "**Acute-phase evidence** (supporting, never diagnostic; serum iron is low in 32 of 33 NMS "
+                  "patients, mean 5.38 µmol/L, normal 13-32 — Anglin 2010):"]
+        lines += [f"- {f.summary}" + (" — **abnormal**" if f.present else "") for f in present]
+    if a.exposures:
+        lines += ["", "**Drug exposure:**"]
+        lines += [_exposure_line(e) for e in a.exposures if e.role in ("antagonist", "withdrawal")]
+    if a.hours_exposure_to_fever is not None:
+        lines.append(f"- First febrile reading {a.hours_exposure_to_fever:.0f} h after the earliest order above.")
+    if a.risk_factors:
+        lines += ["", "**Risk factors:** " + "; ".join(a.risk_factors) + "."]
+    if a.history:
+        lines += ["", "**Previous NMS on record:**"]
+        lines += [f"- {h.description}" + (f", recorded {h.recorded.strftime('%Y-%m-%d')}" if h.recorded else "")
+                  + (f" (`{h.ref}`)" if h.ref else "") for h in a.history]
+        lines.append("Re-challenge only ≥ 2 weeks after full resolution, with a lower-potency agent, slow "
+                     "titration and close monitoring.")
+    temps = a.readings.get("body-temperature", [])
+    if temps:
+        lines += ["", f"**Temperatures, last {th['window']['acute_hours']} h:** "
+                  + ", ".join(fmt_reading(r) for r in temps[-8:])]
+    cks = a.readings.get("creatine-kinase", [])
+    if cks:
+        lines += ["", f"**CK, last {th['window']['lab_days']} days:** " + ", ".join(fmt_reading(r) for r in cks[-6:])]
+    if a.im_ck_artefact:
+        lines += ["", "CK rose within 72 h of an intramuscular injection without fever: injections raise CK by "
+                  "themselves, so this CK alone does not indicate NMS."]
+    q = a.quality
+    data = [f"{q.used} readings used"]
+    if q.entered_in_error:
+        data.append(f"{q.entered_in_error} entered-in-error ignored")
+    if q.not_final:
+        data.append(f"{q.not_final} not final (preliminary, cancelled…) ignored")
+    if q.unusable:
+        data.append(f"{q.unusable} without a usable value, unit or time ignored")
+    if a.ignored_orders:
+        data.append(f"{a.ignored_orders} draft order(s) without a readable medication ignored")
+    lines += ["", "**Data:** " + "; ".join(data) + "."]
+    if a.missing:
+        lines.append(f"**Incomplete:** could not retrieve {', '.join(a.missing)}; nothing is claimed about them.")
+    if a.draft_exposures and not any(e.ref for e in a.draft_exposures):
+        lines.append("The draft order has no id, so it cannot be removed from here: cancel it in the order form.")
+    return "\n".join(lines)
+
+
+def _service_request(code: str, patient_id: str) -> dict[str, Any]:
+    vs = load()
+    concept = vs.observation(code)
+    display = concept.display.split(" (LOINC")[0] if concept else code
+    return {
+        "resourceType": "ServiceRequest",
+        "status": "draft",
+        "intent": "order",
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "108252007",
+                                  "display": "Laboratory procedure"}]}],
+        "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "reasonCode": [{"text": "Possible neuroleptic malignant syndrome"}],
+    }
+
+
+def suggestions(a: Assessment, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    deletable = [e for e in a.draft_exposures if e.ref]
+    if deletable and a.indicator in ("critical", "warning"):
+        names = ", ".join(sorted({e.ingredient for e in deletable}))
+        out.append({
+            "label": f"Remove the draft {names} order",
+            "uuid": card_uuid(hook_instance, "suggestion:remove-draft"),
+            "isRecommended": a.indicator == "critical",
+            "actions": [{"type": "delete", "description": f"Remove draft order for {e.label}", "resourceId": e.ref}
+                        for e in deletable],
+        })
+    if a.missing_labs and a.indicator in ("critical", "warning"):
+        labels = ", ".join(dict.fromkeys(_LAB_LABELS.get(c, c) for c in a.missing_labs))
+        out.append({
+            "label": f"Order {labels}",
+            "uuid": card_uuid(hook_instance, "suggestion:order-labs"),
+            "actions": [{"type": "create", "description": f"Order {_LAB_LABELS.get(c, c)} (LOINC {c})",
+                         "resource": _service_request(c, patient_id)} for c in a.missing_labs],
+        })
+    return out
+
+
+def build_cards(a: Assessment, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
+    if a.indicator is None:
+        return []
+    card: dict[str, Any] = {
+        "uuid": card_uuid(hook_instance, f"nms:{a.indicator}"),
+        "summary": summary(a),
+        "indicator": a.indicator,
+        "detail": detail(a),
+        "source": {"label": SOURCE_LABEL, "url": IEC_URL},
+        "links": [
+            {"label": "IEC consensus criteria for NMS (Gurrera 2011)", "url": IEC_URL, "type": "absolute"},
+            {"label": "NMS: a neuroimmunologic hypothesis (Anglin 2010, serum iron)", "url": SEED_URL,
+             "type": "absolute"},
+        ],
+    }
+    if a.indicator != "info":
+        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS]
+    suggested = suggestions(a, hook_instance, patient_id)
+    if suggested:
+        card["suggestions"] = suggested
+        card["selectionBehavior"] = "any"
+    return [prune(card)]
+
+
+def prune(value: Any) -> Any:
+    """Drop None, empty strings, lists and objects anywhere (CDS Hooks: no null or empty values)."""
+    if isinstance(value, dict):
+        cleaned = {k: prune(v) for k, v in value.items()}
+        return {k: v for k, v in cleaned.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        cleaned_list = [prune(v) for v in value]
+        return [v for v in cleaned_list if v not in (None, "", [], {})]
+    return value

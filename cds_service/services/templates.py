@@ -1,0 +1,39 @@
+"""Prefetch templates of the order-sign service, built from the value sets.
+
+Only CDS Hooks 2.0 tokens (``{{context.patientId}}``) and the allowed query subset are used: reference
+and token parameters by equality, ``_sort=-date`` and ``_count``. The same templates drive the service's
+own FHIR queries when a prefetch key is absent, so both paths ask for exactly the same data.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from cds_service.clinical.valuesets import LOINC, load
+
+PATIENT = "{{context.patientId}}"
+
+
+def _codes(system: str, codes: tuple[str, ...]) -> str:
+    return ",".join(f"{system}|{code}" for code in codes)
+
+
+@cache
+def prefetch_templates() -> dict[str, str]:
+    vs = load()
+    temperature = vs.loinc_codes("body-temperature")
+    vitals = vs.loinc_codes("heart-rate", "respiratory-rate", "bp-panel", "systolic-bp", "diastolic-bp")
+    labs = vs.loinc_codes(
+        "creatine-kinase", "serum-iron", "wbc", "crp", "albumin", "creatinine", "potassium"
+    )
+    history = vs.condition_codes("nms", "nms-drug-adverse-effect")
+    return {
+        "patient": f"Patient/{PATIENT}",
+        "medications": f"MedicationRequest?patient={PATIENT}&_count=100",
+        "temperature": f"Observation?patient={PATIENT}&code={_codes(LOINC, temperature)}&_sort=-date&_count=100",
+        "vitals": f"Observation?patient={PATIENT}&code={_codes(LOINC, vitals)}&_sort=-date&_count=200",
+        "labs": f"Observation?patient={PATIENT}&code={_codes(LOINC, labs)}&_sort=-date&_count=100",
+        "conditions": "Condition?patient={{context.patientId}}&code="
+        + ",".join(f"{system}|{code}" for system, code in history),
+        "allergies": f"AllergyIntolerance?patient={PATIENT}&_count=100",
+    }
