@@ -1,0 +1,54 @@
+"""Shared pytest fixtures (Flask tutorial style): settings, app, client, and the shared datasets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from cds_service.app import create_app
+from cds_service.config import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FHIR_BASE = "https://fhir.example.org/r4"
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+def shared_json(relative: str) -> Any:
+    return json.loads((SHARED / relative).read_text(encoding="utf-8"))
+
+
+def make_settings(**overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "auth": "off",
+        "environment": "development",
+        "fhir_allowlist": [FHIR_BASE, "http://127.0.0.1:8081"],
+        "fixed_now": NOW,
+        "public_base_url": "http://127.0.0.1:8080",
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[Flask]:
+    application = create_app(settings)
+    yield application
+    application.extensions["nms_cds"].pool.shutdown()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
