@@ -14,38 +14,41 @@ from cds_service.config import AuthMode, Settings
 from cds_service.fhir.client import is_loopback
 
 
-def _serve(args: argparse.Namespace) -> int:
+def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, threads: int = 1,
+               timeout: int = 30, max_requests: int = 0) -> int:
+    """Serve ``create_app(settings)`` with gunicorn (the production WSGI server) until stopped."""
     from gunicorn.app.base import BaseApplication
 
     from cds_service.app import create_app
 
-    settings = Settings()
-    if settings.auth == AuthMode.OFF and not (is_loopback(args.host) or settings.auth_off_force):
-        print(
-            f"refusing to serve with NMS_CDS_AUTH=off on non-loopback host {args.host}; "
-            "set NMS_CDS_AUTH_OFF_FORCE=true to override (never in production)",
-            file=sys.stderr,
-        )
+    if settings.auth == AuthMode.OFF and not (is_loopback(host) or settings.auth_off_force):
+        print(f"refusing to serve with NMS_CDS_AUTH=off on non-loopback host {host}; "
+              "set NMS_CDS_AUTH_OFF_FORCE=true to override (never in production)", file=sys.stderr)
         return 2
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{args.host}:{args.port}")
-            self.cfg.set("workers", args.workers)
-            self.cfg.set("threads", args.threads)
-            self.cfg.set("worker_class", "gthread" if args.threads > 1 else "sync")
-            self.cfg.set("timeout", args.timeout)
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+            self.cfg.set("worker_class", "gthread" if threads > 1 else "sync")
+            self.cfg.set("timeout", timeout)
             self.cfg.set("graceful_timeout", 10)
             self.cfg.set("keepalive", 5)
             self.cfg.set("accesslog", None)
-            self.cfg.set("max_requests", args.max_requests)
-            self.cfg.set("max_requests_jitter", max(args.max_requests // 10, 0))
+            self.cfg.set("max_requests", max_requests)
+            self.cfg.set("max_requests_jitter", max_requests // 10)
 
         def load(self) -> object:
             return create_app(settings)
 
     Server().run()
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return run_server(Settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+                      timeout=args.timeout, max_requests=args.max_requests)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,322 @@
-"""Developer and integrator commands of ``nms-cds`` (filled in by the FHIR-sandbox tooling)."""
+"""Developer and integrator commands of ``nms-cds``: play the EHR against any FHIR server.
+
+- ``dev``            local FHIR server with the fixture patients + the service (what ``make run`` starts)
+- ``load-fixtures``  upload the fixture patients to a FHIR R4 server as transaction Bundles
+- ``call``           discover the service, build an order-sign request, send it, print the cards
+- ``demo``           run every fixture scenario through an in-process service and print verdicts
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from cds_service import fixtures
+from cds_service.clinical.valuesets import RXNORM, load
+
+TIMEOUT = (3.05, 30.0)  # connect, read: uploads and remote sandboxes can be slow
+Printer = Callable[[str], None]
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _session() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False
+    return session
+
+
+# --- load-fixtures ------------------------------------------------------------------------------------
+
+def _outcome_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return "; ".join(str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code"))
+                         for i in body.get("issue", []))
+    return json.dumps(body)[:300]
+
+
+def load_fixtures(fhir_server: str, token: str | None, root: Path | None, rebase: bool) -> int:
+    scenarios = fixtures.load_scenarios(root)
+    delta = fixtures.delta_to(datetime.now(UTC)) if rebase else None
+    headers = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    session = _session()
+    totals: dict[str, int] = {}
+    for scenario in scenarios:
+        bundle = fixtures.rebase(scenario.bundle, delta) if delta else scenario.bundle
+        try:
+            response = session.post(fhir_server.rstrip("/"), json=bundle, headers=headers, timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            _err(f"error: {scenario.id}: could not reach {fhir_server}: {type(exc).__name__}")
+            return 1
+        if response.status_code >= 400:
+            _err(f"error: {scenario.id}: FHIR server answered {response.status_code}: {_outcome_text(response)}")
+            return 1
+        statuses: dict[str, int] = {}
+        for entry in (response.json().get("entry") or []):
+            status = str((entry.get("response") or {}).get("status", "?")).split(" ")[0]
+            statuses[status] = statuses.get(status, 0) + 1
+        for status, count in statuses.items():
+            totals[status] = totals.get(status, 0) + count
+        summary = ", ".join(f"{count}×{status}" for status, count in sorted(statuses.items()))
+        print(f"{scenario.id}: patient {scenario.patient_id}: {summary}")
+    created, updated = totals.get("201", 0), totals.get("200", 0)
+    print(f"loaded {len(scenarios)} scenarios: {created} created, {updated} updated")
+    return 0
+
+
+# --- call -----------------------------------------------------------------------------------------------
+
+def _discovery_url(service: str) -> str:
+    service = service.rstrip("/")
+    return service if service.endswith("/cds-services") else service + "/cds-services"
+
+
+def _auth_header(args: argparse.Namespace, audience: str) -> dict[str, str]:
+    if not args.private_key:
+        return {}
+    import jwt
+
+    key = Path(args.private_key).read_text(encoding="utf-8")
+    now = int(time.time())
+    token = jwt.encode({"iss": args.iss, "aud": audience, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())},
+                       key, algorithm=args.alg, headers={"kid": args.kid, "typ": "JWT"})
+    return {"Authorization": f"Bearer {token}"}
+
+
+def draft_order(code: str, patient_id: str) -> dict[str, Any]:
+    concept = load().drug(code)
+    display = concept.display if concept else f"RxNorm {code}"
+    return {
+        "resourceType": "MedicationRequest", "id": "draft-" + code, "status": "draft", "intent": "order",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": datetime.now(UTC).date().isoformat(),
+        "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": code, "display": display}],
+                                      "text": display},
+    }
+
+
+def fill_prefetch_from_server(templates: dict[str, str], fhir_server: str, patient_id: str,
+                              token: str | None) -> dict[str, Any]:
+    """Do what an EHR does: run each prefetch template against the FHIR server (first page only)."""
+    session = _session()
+    headers = {"Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    prefetch: dict[str, Any] = {}
+    for key, template in templates.items():
+        url = fhir_server.rstrip("/") + "/" + template.replace("{{context.patientId}}", patient_id)
+        try:
+            response = session.get(url, headers=headers, timeout=TIMEOUT)
+        except requests.RequestException:
+            continue  # a key the client cannot satisfy is omitted (CDS Hooks 2.0)
+        if response.status_code == 404 and "?" not in template:
+            prefetch[key] = None
+        elif response.ok:
+            prefetch[key] = response.json()
+    return prefetch
+
+
+def format_cards(body: dict[str, Any]) -> str:
+    cards = body.get("cards", [])
+    if not cards:
+        return "no cards (the service found nothing to say)"
+    out: list[str] = []
+    for card in cards:
+        out.append(f"[{card['indicator'].upper()}] {card['summary']}")
+        out.append("")
+        out.append(card.get("detail", ""))
+        for suggestion in card.get("suggestions", []):
+            out.append("")
+            out.append(f"  suggestion: {suggestion['label']}")
+            for action in suggestion.get("actions", []):
+                target = action.get("resourceId") or (action.get("resource") or {}).get("resourceType", "")
+                out.append(f"    - {action['type']} {target}: {action['description']}")
+        for link in card.get("links", []):
+            out.append(f"  link: {link['label']} <{link['url']}>")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def call(args: argparse.Namespace) -> int:
+    session = _session()
+    discovery = _discovery_url(args.service)
+    try:
+        found = session.get(discovery, headers={"Accept": "application/json", **_auth_header(args, discovery)},
+                            timeout=TIMEOUT)
+    except requests.RequestException as exc:
+        _err(f"error: cannot reach {discovery}: {type(exc).__name__}")
+        return 1
+    if found.status_code != 200:
+        _err(f"error: discovery answered {found.status_code}")
+        return 1
+    services = [s for s in found.json().get("services", []) if s.get("hook") == "order-sign"]
+    if not services:
+        _err("error: the service offers no order-sign hook")
+        return 1
+    service = services[0]
+    _err(f"discovered {service['id']} at {discovery}")
+    if args.request:
+        body = json.loads(Path(args.request).read_text(encoding="utf-8"))
+        if not args.no_rebase:
+            body = fixtures.rebase(body, fixtures.delta_to(datetime.now(UTC)))
+    else:
+        if not (args.patient and args.draft):
+            _err("error: --patient and --draft are required unless --request is given")
+            return 2
+        body = {
+            "hook": "order-sign", "hookInstance": str(uuid.uuid4()),
+            "context": {"userId": "Practitioner/nms-cds-cli", "patientId": args.patient,
+                        "draftOrders": {"resourceType": "Bundle", "type": "collection",
+                                        "entry": [{"resource": draft_order(args.draft, args.patient)}]}},
+        }
+        if args.fhir_server:
+            body["fhirServer"] = args.fhir_server
+            if args.token:
+                body["fhirAuthorization"] = {"access_token": args.token, "token_type": "Bearer", "expires_in": 300,
+                                             "scope": "user/*.read", "subject": "nms-cds-cli"}
+        if args.prefetch:
+            if not args.fhir_server:
+                _err("error: --prefetch needs --fhir-server")
+                return 2
+            body["prefetch"] = fill_prefetch_from_server(service.get("prefetch", {}), args.fhir_server,
+                                                         args.patient, args.token)
+            _err(f"prefetched {len(body['prefetch'])} of {len(service.get('prefetch', {}))} keys")
+    url = f"{discovery}/{service['id']}"
+    started = time.perf_counter()
+    try:
+        answer = session.post(url, json=body, headers={"Accept": "application/json", **_auth_header(args, url)},
+                              timeout=TIMEOUT)
+    except requests.RequestException as exc:
+        _err(f"error: cannot reach {url}: {type(exc).__name__}")
+        return 1
+    _err(f"{answer.status_code} in {(time.perf_counter() - started) * 1000:.0f} ms")
+    if answer.status_code != 200:
+        _err(f"error: {answer.text[:500]}")
+        return 1
+    print(json.dumps(answer.json(), indent=2, ensure_ascii=False) if args.json else format_cards(answer.json()))
+    return 0
+
+
+# --- demo -----------------------------------------------------------------------------------------------
+
+def demo(args: argparse.Namespace) -> int:
+    from cds_service.app import create_app
+    from cds_service.config import Settings
+
+    app = create_app(Settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR,
+                              log_level="WARNING"))
+    client = app.test_client()
+    failures = 0
+    shown: dict[str, Any] | None = None
+    for scenario in fixtures.load_scenarios(Path(args.fixtures) if args.fixtures else None):
+        response = client.post("/cds-services/nms-order-sign", json=scenario.request)
+        cards = response.get_json().get("cards", []) if response.status_code == 200 else []
+        got = cards[0]["indicator"] if cards else None
+        expected = scenario.expected.get("indicator")
+        ok = got == expected and response.status_code == 200
+        failures += not ok
+        verdict = "ok " if ok else "BAD"
+        summary = cards[0]["summary"] if cards else "(no card)"
+        print(f"{verdict} {scenario.id:34} expected {expected or 'none':8} got {got or 'none':8} {summary}")
+        if got == "critical" and (shown is None or scenario.id == "classic-nms"):
+            shown = {"scenario": scenario.id, "body": response.get_json()}
+    if shown is not None:
+        print(f"\n--- full card for scenario {shown['scenario']} ---\n")
+        print(format_cards(shown["body"]))
+    app.extensions["nms_cds"].pool.shutdown()
+    return 1 if failures else 0
+
+
+# --- dev ------------------------------------------------------------------------------------------------
+
+def dev(args: argparse.Namespace) -> int:
+    from cds_service import localfhir
+    from cds_service.cli import run_server
+    from cds_service.config import Settings
+
+    server: localfhir.LocalFhirServer | None = None
+    fhir_base = None
+    with tempfile.TemporaryDirectory(prefix="nms-cds-dev-") as tmp:
+        if localfhir.node_available():
+            out = Path(tmp)
+            delta = fixtures.delta_to(datetime.now(UTC))
+            for scenario in fixtures.load_scenarios():
+                (out / f"{scenario.id}.json").write_text(json.dumps(fixtures.rebase(scenario.bundle, delta)))
+            server = localfhir.LocalFhirServer(load=[out], port=args.fhir_port).start()
+            fhir_base = server.base_url
+            _err(f"local FHIR server with {len(list(out.iterdir()))} fixture patients (times moved to now): "
+                 f"{fhir_base}")
+        else:
+            _err("node/npm packages not available: serving without the local FHIR server (prefetch only)")
+        settings = Settings(
+            auth=os.environ.get("NMS_CDS_AUTH", "off"),
+            environment="development",
+            public_base_url=f"http://{args.host}:{args.port}",
+            fhir_allowlist=[urlsplit(fhir_base)._replace(path="").geturl()] if fhir_base else [],
+        )
+        _err(f"CDS service (development, auth {settings.auth.value}): http://{args.host}:{args.port}/cds-services")
+        if fhir_base:
+            _err("try:  .venv/bin/nms-cds call --service http://127.0.0.1:8080 "
+                 f"--fhir-server {fhir_base} --patient nms-classic-nms --draft 5093")
+        try:
+            return run_server(settings, host=args.host, port=args.port, workers=1, threads=4)
+        finally:
+            if server is not None:
+                server.stop()
 
 
 def register(sub: Any) -> None:
     """Add the tool sub-commands to the ``nms-cds`` parser."""
-    _ = (sub, argparse)
+    p = sub.add_parser("dev", help="local FHIR server with the fixtures + the service (development mode)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--fhir-port", type=int, default=8081)
+    p.set_defaults(func=dev)
+
+    p = sub.add_parser("load-fixtures", help="upload the fixture patients to a FHIR R4 server")
+    p.add_argument("--fhir-server", required=True, help="FHIR base URL, e.g. https://hapi.fhir.org/baseR4")
+    p.add_argument("--token", help="bearer token for the FHIR server")
+    p.add_argument("--fixtures", help="fixture folder (default: fhir_fixtures/ of this checkout)")
+    p.add_argument("--no-rebase", action="store_true", help="keep the fixtures' own dates (default: move to now)")
+    p.set_defaults(func=lambda a: load_fixtures(a.fhir_server, a.token, Path(a.fixtures) if a.fixtures else None,
+                                                not a.no_rebase))
+
+    p = sub.add_parser("call", help="play the EHR: discover, build an order-sign request, print the cards")
+    p.add_argument("--service", required=True, help="service base URL or discovery URL")
+    p.add_argument("--fhir-server", help="FHIR base URL the service should use")
+    p.add_argument("--patient", help="patient id on that FHIR server")
+    p.add_argument("--draft", help="RxNorm code of the draft medication order, e.g. 5093 (haloperidol)")
+    p.add_argument("--prefetch", action="store_true", help="fill prefetch from the templates, as an EHR does")
+    p.add_argument("--request", help="send this ready-made request file instead (times moved to now)")
+    p.add_argument("--no-rebase", action="store_true", help="with --request: keep the file's dates")
+    p.add_argument("--token", help="FHIR access token to pass as fhirAuthorization")
+    p.add_argument("--private-key", help="PEM key to sign a CDS Hooks JWT (when the service requires auth)")
+    p.add_argument("--iss", default="https://nms-cds.local/cli")
+    p.add_argument("--kid", default="nms-cds-cli")
+    p.add_argument("--alg", default="ES384", choices=["ES384", "RS384", "ES256", "RS256"])
+    p.add_argument("--json", action="store_true", help="print the raw JSON answer")
+    p.set_defaults(func=call)
+
+    p = sub.add_parser("demo", help="run every fixture scenario in-process and print a verdict each")
+    p.add_argument("--fixtures", help="fixture folder (default: fhir_fixtures/ of this checkout)")
+    p.set_defaults(func=demo)

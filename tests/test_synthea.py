@@ -1,0 +1,70 @@
+"""Real Synthea R4 patients with a draft antipsychotic order: nothing crashes, no critical card unless the
+data meet the criteria (they cannot: no Synthea CK exceeds 154 U/L and no serum iron is in the NMS range).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cds_service import fixtures
+from cds_service.app import create_app
+from cds_service.clinical.valuesets import RXNORM
+from cds_service.services.templates import prefetch_templates
+from tests.cdshooks_check import response_problems
+from tests.conftest import SHARED, make_settings
+
+# The five COVID-19 patients with repeated fever (datasets/README.md): fever x2 + a draft antipsychotic is a
+# partial pattern (warning); their CK stays normal, so never critical.
+FEBRILE_COVID = {"1017080", "1479192", "840599", "872791", "921317"}
+BUNDLES = sorted((SHARED / "datasets" / "synthea-r4").glob("*/*.json"))
+
+
+def _patient_resources(path: Path) -> tuple[str, list[dict[str, Any]]]:
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
+    text = json.dumps([e["resource"] for e in bundle["entry"]])
+    # Synthea transaction bundles reference by urn:uuid; a server would resolve them to Type/id.
+    text = text.replace(f"urn:uuid:{patient['id']}", f"Patient/{patient['id']}")
+    return patient["id"], json.loads(text)
+
+
+def _clock(resources: list[dict[str, Any]]) -> datetime:
+    """One hour after the patient's last febrile reading (else after the last observation)."""
+    observations = [r for r in resources if r.get("resourceType") == "Observation" and r.get("effectiveDateTime")]
+    febrile = [r for r in observations if any(c.get("code") in ("8310-5", "8331-1") for c in r["code"]["coding"])
+               and r.get("valueQuantity", {}).get("value", 0) > 38.0]
+    latest = max(r["effectiveDateTime"] for r in (febrile or observations))
+    return datetime.fromisoformat(latest.replace("Z", "+00:00")).astimezone(UTC) + timedelta(hours=1)
+
+
+@pytest.mark.parametrize("path", BUNDLES, ids=[p.stem[:24] for p in BUNDLES])
+def test_synthea_patient_with_draft_haloperidol(path: Path) -> None:
+    patient_id, resources = _patient_resources(path)
+    now = _clock(resources)  # so that the patient's last febrile episode, if any, falls in the window
+    app = create_app(make_settings(fixed_now=now))
+    draft = {"resourceType": "MedicationRequest", "id": "draft-haloperidol", "status": "draft", "intent": "order",
+             "subject": {"reference": f"Patient/{patient_id}"},
+             "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "5093", "display": "haloperidol"}]}}
+    request = {
+        "hook": "order-sign", "hookInstance": f"synthea-{patient_id}",
+        "context": {"userId": "Practitioner/x", "patientId": patient_id,
+                    "draftOrders": {"resourceType": "Bundle", "entry": [{"resource": draft}]}},
+        "prefetch": fixtures.fill_prefetch(resources, prefetch_templates(), patient_id),
+    }
+    response = app.test_client().post("/cds-services/nms-order-sign", json=request)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert response_problems(body) == []
+    indicators = [c["indicator"] for c in body["cards"]]
+    assert "critical" not in indicators
+    if path.stem.split("-")[0] in FEBRILE_COVID:
+        assert indicators == ["warning"]
+    if indicators:  # a febrile Synthea patient (COVID-19, sepsis) + a draft antipsychotic: partial pattern
+        assert indicators == ["warning"]
+        assert "hyperthermia" in body["cards"][0]["detail"].lower()
+    app.extensions["nms_cds"].pool.shutdown()
