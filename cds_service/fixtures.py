@@ -257,7 +257,8 @@ def _sort(matches: list[JsonDict], descending: bool) -> list[JsonDict]:
 
 def searchset(resources: list[JsonDict], total: int | None = None) -> JsonDict:
     """A searchset Bundle holding copies of ``resources`` (``entry`` omitted when empty, as FHIR JSON requires)."""
-    bundle: JsonDict = {"resourceType": "Bundle", "type": "searchset", "total": len(resources) if total is None else total}
+    count = len(resources) if total is None else total
+    bundle: JsonDict = {"resourceType": "Bundle", "type": "searchset", "total": count}
     entries: list[JsonDict] = []
     for resource in resources:
         entry: JsonDict = {}

@@ -1,0 +1,1161 @@
+"""Deterministic generator of the nms-cds FHIR fixtures (the source of truth for fhir_fixtures/).
+
+    .venv/bin/python fhir_fixtures/build_fixtures.py [OUT_DIR]
+
+rewrites ``<OUT_DIR>/scenarios/<id>/{bundle,request,expected}.json`` and ``<OUT_DIR>/README.md``
+(default OUT_DIR: this folder). Output is byte-for-byte identical on every run: no clock, no randomness.
+
+All data are SYNTHETIC (every resource carries the v3-ActReason ``HTEST`` tag). Times are written relative
+to ``cds_service.fixtures.ANCHOR``; ``cds_service.fixtures.rebase`` moves them to another "now".
+Every RxNorm / LOINC / SNOMED / ICD-10-CM code is looked up in ``cds_service/clinical/data/*.tsv``; the
+builders raise when a code is missing there, except the few non-listed codes marked ``listed=False``
+below, each with the public file it was taken from.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from cds_service.clinical.valuesets import ICD10CM, LOINC, RXNORM, SNOMED, UCUM, load  # noqa: E402
+from cds_service.fixtures import ANCHOR, fill_prefetch  # noqa: E402
+from cds_service.services.templates import prefetch_templates  # noqa: E402
+
+JsonDict = dict[str, Any]
+
+VS = load()
+SYNTHETIC_TAG = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
+    "code": "HTEST",
+    "display": "test health data",
+}
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+HOOK_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:nms-cds:fhir-fixtures")
+CRITERION_POINTS = {"exposure": 20, "hyperthermia": 18, "ck": 10, "autonomic": 10, "hypermetabolism": 5}
+
+
+def _routes() -> dict[str, str]:
+    text = importlib_resources.files("cds_service.clinical").joinpath("data", "routes.tsv").read_text("utf-8")
+    return {row["code"]: row["display"] for row in csv.DictReader(text.splitlines(), delimiter="\t")}
+
+
+ROUTES = _routes()
+
+# Codes used below that are NOT in the project's TSV files (non-dopaminergic, non-antagonist drugs):
+# RxNorm 198440 "Acetaminophen 500 MG Oral Tablet" appears in the Synthea data of the real sandbox request
+# (shared/datasets/sandbox-requests/sandbox-order-sign-request.json, prefetch "meds").
+ACETAMINOPHEN_500 = ("198440", "Acetaminophen 500 MG Oral Tablet")
+
+
+# ---------------------------------------------------------------------------------------------------
+# time helpers (everything relative to ANCHOR = "now")
+# ---------------------------------------------------------------------------------------------------
+
+
+def at(hours: float = 0, days: float = 0) -> str:
+    """FHIR instant ``ANCHOR + days + hours`` in UTC (negative = past)."""
+    return (ANCHOR + timedelta(days=days, hours=hours)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def on(days: int = 0) -> str:
+    """FHIR date ``ANCHOR + days``."""
+    return (ANCHOR + timedelta(days=days)).date().isoformat()
+
+
+TODAY = on(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# resource builders
+# ---------------------------------------------------------------------------------------------------
+
+
+def coding(system: str, code: str, display: str) -> JsonDict:
+    return {"system": system, "code": code, "display": display}
+
+
+def quantity(value: float, unit: str) -> JsonDict:
+    return {"value": value, "unit": unit, "system": UCUM, "code": unit}
+
+
+def loinc(code: str) -> JsonDict:
+    concept = VS.observation(code)
+    if concept is None:
+        raise KeyError(f"LOINC {code} is not in observations.tsv")
+    return coding(LOINC, code, concept.display)
+
+
+def check_unit(code: str, unit: str) -> None:
+    concept = VS.observation(code)
+    if concept is None or unit not in concept.conversions:
+        raise KeyError(f"unit {unit!r} is not accepted for LOINC {code} in observations.tsv")
+
+
+def rxnorm(code: str, *, listed: bool = True, display: str | None = None) -> JsonDict:
+    if listed:
+        drug = VS.drug(code)
+        if drug is None:
+            raise KeyError(f"RxNorm {code} is not in the drug TSV files")
+        display = drug.display
+    if display is None:
+        raise ValueError(f"RxNorm {code}: a non-listed code needs a display")
+    return coding(RXNORM, code, display)
+
+
+def condition_coding(system: str, code: str) -> JsonDict:
+    concept = VS.conditions.get((system, code))
+    if concept is None:
+        raise KeyError(f"{system}|{code} is not in conditions.tsv")
+    return coding(system, code, concept.display)
+
+
+def route(code: str) -> JsonDict:
+    return {"coding": [coding(SNOMED, code, ROUTES[code])]}
+
+
+@dataclass
+class Dose:
+    """A dosage instruction: ``value unit`` ``frequency`` times a day by ``route``."""
+
+    value: float
+    unit: str = "mg"
+    frequency: int = 1
+    route: str | None = "26643006"  # oral
+    text: str | None = None
+    as_needed: bool = False
+
+    def fhir(self) -> JsonDict:
+        out: JsonDict = {}
+        out["text"] = self.text or f"{self.value:g} {self.unit} {self._freq_text()}"
+        out["timing"] = {"repeat": {"frequency": self.frequency, "period": 1, "periodUnit": "d"}}
+        if self.as_needed:
+            out["asNeededBoolean"] = True
+        if self.route:
+            out["route"] = route(self.route)
+        out["doseAndRate"] = [{"doseQuantity": quantity(self.value, self.unit)}]
+        return out
+
+    def _freq_text(self) -> str:
+        names = {1: "once daily", 2: "twice daily", 3: "three times daily", 4: "four times daily"}
+        return names.get(self.frequency, f"{self.frequency} times daily")
+
+
+@dataclass
+class Expected:
+    indicator: str | None
+    criteria: list[str]
+    drugs: list[str]
+    notes: str
+    evidence: dict[str, float | int] = field(default_factory=dict)
+    suggest_delete_draft: str | None = None
+
+
+@dataclass
+class Builder:
+    """Collects one scenario's resources. Ids are ``<scenario-id>-<kind>-<n>`` (stable, collision-free)."""
+
+    sid: str
+    title: str
+    shows: str
+    gender: str
+    birth_date: str
+    resources: list[JsonDict] = field(default_factory=list)
+    drafts: list[JsonDict] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.pid = f"nms-{self.sid}"
+        self.add(
+            {
+                "resourceType": "Patient",
+                "id": self.pid,
+                "identifier": [{"system": "urn:nms-cds:fixture-scenario", "value": self.sid}],
+                "name": [{"text": f"SYNTHETIC {self.title}", "family": "Synthetic", "given": ["Fixture"]}],
+                "gender": self.gender,
+                "birthDate": self.birth_date,
+            },
+            with_id=False,
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def next_id(self, kind: str) -> str:
+        self.counters[kind] += 1
+        return f"{self.sid}-{kind}-{self.counters[kind]}"
+
+    def add(self, resource: JsonDict, kind: str | None = None, *, with_id: bool = True) -> JsonDict:
+        """Add a server-side resource (id first, then the synthetic-data tag, then the content)."""
+        head: JsonDict = {"resourceType": resource["resourceType"]}
+        if with_id:
+            head["id"] = self.next_id(kind or resource["resourceType"].lower())
+        else:
+            head["id"] = resource["id"]
+        head["meta"] = {"tag": [SYNTHETIC_TAG]}
+        body = {k: v for k, v in resource.items() if k not in ("resourceType", "id")}
+        full = head | body
+        self.resources.append(full)
+        return full
+
+    @property
+    def subject(self) -> JsonDict:
+        return {"reference": f"Patient/{self.pid}"}
+
+    # -- observations -----------------------------------------------------------------------------
+    def observation(
+        self,
+        kind: str,
+        codes: list[str],
+        when: str,
+        *,
+        category: str,
+        value: float | None = None,
+        unit: str | None = None,
+        ref: tuple[float | None, float | None] | None = None,
+        components: list[tuple[str, float, str]] | None = None,
+        status: str = "final",
+        issued: str | None = None,
+    ) -> JsonDict:
+        first = VS.observation(codes[0])
+        assert first is not None, codes[0]
+        obs: JsonDict = {
+            "resourceType": "Observation",
+            "status": status,
+            "category": [{"coding": [coding(OBS_CATEGORY, category, category.replace("-", " ").title())]}],
+            "code": {"coding": [loinc(c) for c in codes], "text": first.display},
+            "subject": self.subject,
+            "effectiveDateTime": when,
+        }
+        if issued:
+            obs["issued"] = issued
+        if value is not None and unit is not None:
+            check_unit(codes[0], unit)
+            obs["valueQuantity"] = quantity(value, unit)
+        if ref is not None and unit is not None:
+            low, high = ref
+            rng: JsonDict = {}
+            if low is not None:
+                rng["low"] = quantity(low, unit)
+            if high is not None:
+                rng["high"] = quantity(high, unit)
+            obs["referenceRange"] = [rng]
+        if components:
+            obs["component"] = []
+            for code, comp_value, comp_unit in components:
+                check_unit(code, comp_unit)
+                obs["component"].append(
+                    {"code": {"coding": [loinc(code)]}, "valueQuantity": quantity(comp_value, comp_unit)}
+                )
+        return self.add(obs, kind)
+
+    def temp(self, when: str, value: float, unit: str = "Cel", status: str = "final") -> JsonDict:
+        # body temperature co-coded as oral temperature, as Synthea and the FHIR example f202 do
+        return self.observation("temp", ["8310-5", "8331-1"], when, category="vital-signs", value=value, unit=unit,
+                                status=status)
+
+    def hr(self, when: str, value: float) -> JsonDict:
+        return self.observation("hr", ["8867-4"], when, category="vital-signs", value=value, unit="/min")
+
+    def rr(self, when: str, value: float) -> JsonDict:
+        return self.observation("rr", ["9279-1"], when, category="vital-signs", value=value, unit="/min")
+
+    def bp(self, when: str, systolic: float, diastolic: float, *, separate: bool = False) -> None:
+        if separate:
+            self.observation("sbp", ["8480-6"], when, category="vital-signs", value=systolic, unit="mm[Hg]")
+            self.observation("dbp", ["8462-4"], when, category="vital-signs", value=diastolic, unit="mm[Hg]")
+        else:
+            self.observation("bp", ["85354-9"], when, category="vital-signs",
+                             components=[("8480-6", systolic, "mm[Hg]"), ("8462-4", diastolic, "mm[Hg]")])
+
+    def vitals(
+        self,
+        hours: float,
+        *,
+        t: float | None = None,
+        t_unit: str = "Cel",
+        hr: float | None = None,
+        rr: float | None = None,
+        bp: tuple[float, float] | None = None,
+        separate_bp: bool = False,
+    ) -> None:
+        """One round of vital signs taken at ``ANCHOR + hours``."""
+        when = at(hours)
+        if t is not None:
+            self.temp(when, t, t_unit)
+        if hr is not None:
+            self.hr(when, hr)
+        if rr is not None:
+            self.rr(when, rr)
+        if bp is not None:
+            self.bp(when, *bp, separate=separate_bp)
+
+    def baseline(self, *, t: float = 36.8, hr: float = 80, rr: float = 16, bp: tuple[float, float] = (120, 75),
+                 t_unit: str = "Cel", separate_bp: bool = False) -> None:
+        """Two identical pre-illness rounds 5 and 4.5 days before ANCHOR (inside every baseline window)."""
+        for hours in (-120, -108):
+            self.vitals(hours, t=t, t_unit=t_unit, hr=hr, rr=rr, bp=bp, separate_bp=separate_bp)
+
+    def lab(self, kind: str, code: str, hours: float, value: float, unit: str, *,
+            ref: tuple[float | None, float | None] | None = None, status: str = "final") -> JsonDict:
+        return self.observation(kind, [code], at(hours), category="laboratory", value=value, unit=unit, ref=ref,
+                                status=status, issued=at(hours + 1))
+
+    def ck(self, hours: float, value: float, *, uln: float | None = 200, low: float | None = 30, unit: str = "U/L",
+           status: str = "final") -> JsonDict:
+        ref = None if uln is None else (low, uln)
+        return self.lab("ck", "2157-6", hours, value, unit, ref=ref, status=status)
+
+    def iron(self, hours: float, value: float, *, code: str = "14798-3", unit: str = "umol/L",
+             ref: tuple[float | None, float | None] | None = (13, 32)) -> JsonDict:
+        return self.lab("iron", code, hours, value, unit, ref=ref)
+
+    def wbc(self, hours: float, value: float, unit: str = "10*9/L") -> JsonDict:
+        return self.lab("wbc", "6690-2", hours, value, unit, ref=(4, 11))
+
+    def crp(self, hours: float, value: float) -> JsonDict:
+        return self.lab("crp", "1988-5", hours, value, "mg/L", ref=(None, 5))
+
+    def albumin(self, hours: float, value: float) -> JsonDict:
+        return self.lab("albumin", "1751-7", hours, value, "g/L", ref=(35, 50))
+
+    # -- medications ------------------------------------------------------------------------------
+    def med_request(
+        self,
+        code: str,
+        *,
+        status: str,
+        authored: str,
+        dose: Dose | None,
+        listed: bool = True,
+        display: str | None = None,
+        validity: tuple[str, str] | None = None,
+        extra: JsonDict | None = None,
+    ) -> JsonDict:
+        concept = rxnorm(code, listed=listed, display=display)
+        mr: JsonDict = {
+            "resourceType": "MedicationRequest",
+            "status": status,
+            "intent": "order",
+            "medicationCodeableConcept": {"coding": [concept], "text": concept["display"]},
+            "subject": self.subject,
+            "authoredOn": authored,
+        }
+        if dose is not None:
+            mr["dosageInstruction"] = [dose.fhir()]
+        if validity is not None:
+            mr["dispenseRequest"] = {"validityPeriod": {"start": validity[0], "end": validity[1]}}
+        if extra:
+            mr.update(extra)
+        return mr
+
+    def med(self, code: str, *, status: str, days_ago: float, dose: Dose | None = None, **kw: Any) -> JsonDict:
+        """A server-side MedicationRequest authored ``days_ago`` days before ANCHOR."""
+        return self.add(self.med_request(code, status=status, authored=at(days=-days_ago), dose=dose, **kw), "mr")
+
+    def draft(self, code: str | None, dose: Dose | None, *, name: str | None = None, listed: bool = True,
+              display: str | None = None, medication: JsonDict | None = None, contained: list[JsonDict] | None = None,
+              with_id: bool = True) -> JsonDict:
+        """A draft MedicationRequest for ``context.draftOrders`` (authoredOn = the anchor date)."""
+        head: JsonDict = {"resourceType": "MedicationRequest"}
+        if with_id:
+            head["id"] = f"{self.sid}-draft-{name or 'order'}"
+        head["meta"] = {"tag": [SYNTHETIC_TAG]}
+        if contained:
+            head["contained"] = contained
+        head["status"] = "draft"
+        head["intent"] = "order"
+        if code is not None:
+            concept = rxnorm(code, listed=listed, display=display)
+            head["medicationCodeableConcept"] = {"coding": [concept], "text": concept["display"]}
+        elif medication is not None:
+            head.update(medication)
+        elif display is not None:
+            head["medicationCodeableConcept"] = {"text": display}
+        head["subject"] = self.subject
+        head["authoredOn"] = TODAY
+        if dose is not None:
+            head["dosageInstruction"] = [dose.fhir()]
+        self.drafts.append(head)
+        return head
+
+    def draft_raw(self, resource: JsonDict) -> JsonDict:
+        self.drafts.append(resource)
+        return resource
+
+    # -- conditions and allergies -----------------------------------------------------------------
+    def condition(self, system: str, code: str, *, clinical_status: str, onset: str,
+                  abatement: str | None = None) -> JsonDict:
+        cond: JsonDict = {
+            "resourceType": "Condition",
+            "clinicalStatus": {"coding": [coding("http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                                 clinical_status, clinical_status.title())]},
+            "verificationStatus": {"coding": [coding("http://terminology.hl7.org/CodeSystem/condition-ver-status",
+                                                     "confirmed", "Confirmed")]},
+            "category": [{"coding": [coding("http://terminology.hl7.org/CodeSystem/condition-category",
+                                            "problem-list-item", "Problem List Item")]}],
+            "code": {"coding": [condition_coding(system, code)]},
+            "subject": self.subject,
+            "onsetDateTime": onset,
+        }
+        if abatement:
+            cond["abatementDateTime"] = abatement
+        cond["recordedDate"] = onset
+        return self.add(cond, "condition")
+
+    def drug_allergy(self, code: str, *, manifestation: tuple[str, str], recorded: str, note: str) -> JsonDict:
+        concept = rxnorm(code)
+        allergy: JsonDict = {
+            "resourceType": "AllergyIntolerance",
+            "clinicalStatus": {"coding": [coding("http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical",
+                                                 "active", "Active")]},
+            "verificationStatus": {"coding": [coding(
+                "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "confirmed", "Confirmed")]},
+            "type": "intolerance",
+            "category": ["medication"],
+            "criticality": "high",
+            "code": {"coding": [concept], "text": concept["display"]},
+            "patient": self.subject,
+            "recordedDate": recorded,
+            "reaction": [{"manifestation": [{"coding": [condition_coding(*manifestation)]}],
+                          "description": note, "severity": "severe"}],
+        }
+        return self.add(allergy, "allergy")
+
+    # -- output -----------------------------------------------------------------------------------
+    def bundle(self) -> JsonDict:
+        return {
+            "resourceType": "Bundle",
+            "meta": {"tag": [SYNTHETIC_TAG]},
+            "type": "transaction",
+            "entry": [
+                {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                for r in self.resources
+            ],
+        }
+
+    def request(self, draft_bundle: JsonDict | None = None) -> JsonDict:
+        drafts = draft_bundle or {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": r} for r in self.drafts],
+        }
+        return {
+            "hook": "order-sign",
+            "hookInstance": str(uuid.uuid5(HOOK_NAMESPACE, self.sid)),
+            "context": {"userId": "Practitioner/example", "patientId": self.pid, "draftOrders": drafts},
+            "prefetch": fill_prefetch(self.resources, prefetch_templates(), self.pid),
+        }
+
+
+@dataclass
+class Built:
+    builder: Builder
+    expected: Expected
+    draft_bundle: JsonDict | None = None
+
+    @property
+    def sid(self) -> str:
+        return self.builder.sid
+
+    def expected_json(self) -> JsonDict:
+        e = self.expected
+        unknown = set(e.criteria) - set(CRITERION_POINTS)
+        if unknown:
+            raise ValueError(f"{self.sid}: unknown criteria {unknown}")
+        ordered = [c for c in CRITERION_POINTS if c in e.criteria]
+        return {
+            "id": self.sid,
+            "title": self.builder.title,
+            "shows": self.builder.shows,
+            "indicator": e.indicator,
+            "iec_points": sum(CRITERION_POINTS[c] for c in ordered),
+            "criteria": ordered,
+            "drugs": e.drugs,
+            "evidence": e.evidence,
+            "suggest_delete_draft": e.suggest_delete_draft,
+            "notes": e.notes,
+        }
+
+
+SCENARIOS: list[Callable[[], Built]] = []
+
+
+def scenario(fn: Callable[[], Built]) -> Callable[[], Built]:
+    SCENARIOS.append(fn)
+    return fn
+
+
+def delete(draft: JsonDict) -> str:
+    return f"MedicationRequest/{draft['id']}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# scenarios
+# ---------------------------------------------------------------------------------------------------
+
+ORAL = "26643006"
+IM = "78421000"
+
+
+@scenario
+def classic_nms() -> Built:
+    b = Builder("classic-nms", "Classic NMS course (haloperidol PO then IM)",
+                "The full structured IEC picture from nms-clinical.md 7.2, compressed into the windows: all five "
+                "data-derived criteria (63 points), low iron, acute-phase labs", "male", "1984-03-02")
+    b.med("310672", status="stopped", days_ago=4, dose=Dose(5, frequency=2),
+          validity=(at(days=-4), at(days=-2)))
+    b.med("204416", status="active", days_ago=2, dose=Dose(5, frequency=4, route=IM))
+    b.baseline(t=36.8, hr=80, rr=16, bp=(120, 75))
+    b.ck(-108, 120)
+    b.iron(-108, 18.0)
+    b.vitals(-34, t=38.4, hr=104, rr=20, bp=(120, 78))
+    b.vitals(-22, t=38.9, hr=124, rr=26, bp=(165, 100))
+    b.vitals(-10, t=39.4, hr=118, rr=24, bp=(158, 96))
+    b.ck(-30, 1900)
+    b.wbc(-30, 14.2)
+    b.crp(-30, 45)
+    b.albumin(-30, 30)
+    b.iron(-30, 5.4)
+    b.ck(-18, 6800)
+    b.lab("creatinine", "2160-0", -18, 1.6, "mg/dL", ref=(0.7, 1.3))
+    b.lab("potassium", "2823-3", -18, 5.4, "mmol/L", ref=(3.5, 5.0))
+    b.ck(-4, 9400)
+    d = b.draft("204416", Dose(5, frequency=4, route=IM), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck", "autonomic", "hypermetabolism"], ["haloperidol"],
+        "Haloperidol PO started 4 d ago (stopped, validity to -2 d), IM since -2 d (active) and drafted again: "
+        "exposure 20. Fever 38.4 (-34 h), 38.9 (-22 h), 39.4 (-10 h): 3 readings > 38.0 -> 18. CK peak 9,400 U/L "
+        "with referenceRange high 200 = 47 x ULN -> 10 (the IM-artefact cap does not apply: febrile). Baseline "
+        "(median of the -120 h/-108 h rounds, inside 24-168 h before the first febrile reading) HR 80, RR 16, "
+        "BP 120/75. BP 165/100 at -22 h = +37.5 %/+33 % (elevation) and SBP 120 -> 165 (+45), DBP 78 -> 100 (+22) "
+        "within 12 h (fluctuation): 2 items -> 10. HR 124 (+55 %) and RR 26 (+62.5 %) at the same reading -> 5. "
+        "Total 63 (structured maximum). Iron 18 -> 5.4 umol/L, WBC 14.2, CRP 45, albumin 30 support the pattern.",
+        evidence={"tmax_cel": 39.4, "ck_peak_u_l": 9400, "ck_uln_u_l": 200, "iron_min_umol_l": 5.4,
+                  "wbc_max_10e9_l": 14.2},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def early_nms() -> Built:
+    b = Builder("early-nms", "Early, partial NMS pattern on olanzapine",
+                "Exposure with partial findings only (one febrile reading, CK 2.5 x ULN, falling iron, "
+                "leukocytosis): warning, not critical", "female", "1991-07-15")
+    b.med("314154", status="active", days_ago=2, dose=Dose(10))
+    b.baseline(t=36.7, hr=78, rr=15, bp=(118, 74))
+    b.ck(-108, 110)
+    b.iron(-108, 17.0)
+    b.wbc(-108, 7.4)
+    b.vitals(-20, t=37.6, hr=88, rr=17, bp=(124, 78))
+    b.vitals(-8, t=38.3, hr=96, rr=18, bp=(128, 80))
+    b.ck(-6, 500)
+    b.iron(-6, 9.0)
+    b.wbc(-6, 12.1)
+    d = b.draft("312077", Dose(15), name="olanzapine")
+    return Built(b, Expected(
+        "warning", ["exposure"], ["olanzapine"],
+        "Olanzapine started 2 d ago (active) and a dose increase drafted: exposure 20. Only ONE reading > 38.0 "
+        "(38.3 at -8 h; 37.6 at -20 h) -> hyperthermia not met (needs 2). CK 500 U/L with ULN 200 = 2.5 x ULN "
+        "-> CK not met (needs >= 4 x). HR 96 vs baseline 78 = +23 % (< 25 %), RR 18 vs 15 = +20 % -> no "
+        "hypermetabolism; BP 128/80 vs 118/74 (+8 %), changes < 25/20 mmHg -> no autonomic item. Partial findings "
+        "(single fever, CK above ULN, iron 17 -> 9 umol/L = -47 % and in the NMS range <= 10, WBC 12.1 >= 11) "
+        "with exposure -> warning.",
+        evidence={"tmax_cel": 38.3, "ck_peak_u_l": 500, "ck_uln_u_l": 200, "iron_min_umol_l": 9.0,
+                  "wbc_max_10e9_l": 12.1},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def iron_pattern() -> Built:
+    b = Builder("iron-pattern", "Risperidone, fever and low iron, CK never measured",
+                "Critical through the iron variant (exposure + hyperthermia + iron <= 10 umol/L) when no CK exists; "
+                "the card should suggest ordering CK", "male", "1979-01-20")
+    b.med("312831", status="active", days_ago=10, dose=Dose(2))
+    b.baseline(t=36.9, hr=76, rr=16, bp=(122, 76))
+    b.vitals(-30, t=38.6, hr=90, rr=18, bp=(126, 80))
+    b.vitals(-14, t=38.8, hr=92, rr=18, bp=(128, 80))
+    b.iron(-12, 6.0)
+    b.wbc(-12, 10.2)
+    b.crp(-12, 22)
+    d = b.draft("312832", Dose(3), name="risperidone")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia"], ["risperidone"],
+        "Risperidone active (10 d) + draft dose increase: exposure 20. 38.6 and 38.8 > 38.0 -> 18. No CK in the "
+        "record at all -> CK criterion not met (0), but iron 6.0 umol/L is in the NMS range (<= 10), so the "
+        "indicator policy's iron variant gives critical. HR 92 vs 76 = +21 %, RR +12.5 %, BP +5 % -> no other "
+        "criterion. The card should suggest ordering CK (LOINC 2157-6, thresholds [suggestions] order_loinc) "
+        "because none was measured in the 5-day lab window.",
+        evidence={"tmax_cel": 38.8, "iron_min_umol_l": 6.0, "wbc_max_10e9_l": 10.2},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def mimic_sepsis_no_antipsychotic() -> Built:
+    b = Builder("mimic-sepsis-no-antipsychotic", "Sepsis mimic without any dopamine antagonist",
+                "Fever, leukocytosis, low iron and tachycardia/tachypnoea but no exposure: no card at all",
+                "female", "1962-05-09")
+    b.condition(ICD10CM, "A41.9", clinical_status="active", onset=at(-30))
+    b.med(ACETAMINOPHEN_500[0], listed=False, display=ACETAMINOPHEN_500[1], status="active", days_ago=1.25,
+          dose=Dose(1000, frequency=4, as_needed=True))
+    b.baseline(t=36.8, hr=78, rr=16, bp=(118, 72))
+    b.vitals(-40, t=39.0, hr=112, rr=24, bp=(110, 66))
+    b.vitals(-26, t=39.2, hr=118, rr=26, bp=(102, 60))
+    b.vitals(-12, t=39.1, hr=114, rr=25, bp=(104, 62))
+    b.wbc(-24, 18.0)
+    b.iron(-24, 6.0)
+    b.ck(-24, 95)
+    b.crp(-24, 180)
+    b.draft(None, Dose(4.5, unit="g", frequency=4, route="47625008"), name="antibiotic",
+            display="piperacillin 4 G / tazobactam 0.5 G Injection (text only, not coded)")
+    return Built(b, Expected(
+        None, ["hyperthermia", "hypermetabolism"], [],
+        "No dopamine antagonist in the draft (piperacillin/tazobactam, text only, deliberately uncoded), the "
+        "active orders (acetaminophen) or recent history, and no dopaminergic drug stopped -> exposure not met "
+        "-> no card, whatever else is abnormal. From data alone: 39.0/39.2/39.1 -> hyperthermia 18; HR 118 vs 78 "
+        "(+51 %) with RR 26 vs 16 (+62.5 %) at -26 h -> hypermetabolism 5 (total 23, never shown). BP falls "
+        "(sepsis), no elevation or >= 25/20 mmHg swing. Iron 6.0 and WBC 18 are acute-phase findings, "
+        "non-specific (nms-clinical.md 0.3); CK 95 with ULN 200 is normal.",
+        evidence={}))
+
+
+@scenario
+def mimic_im_ck_afebrile() -> Built:
+    b = Builder("mimic-im-ck-afebrile", "IM haloperidol yesterday, CK 900, afebrile",
+                "Injection-related CK rise without fever: warning at most, never critical", "male", "1995-10-02")
+    b.med("1719646", status="completed", days_ago=1, dose=Dose(5, route=IM, text="5 mg IM once"))
+    b.baseline(t=36.8, hr=82, rr=16, bp=(124, 78))
+    b.vitals(-30, t=36.9, hr=82, rr=16, bp=(124, 78))
+    b.vitals(-16, t=37.2, hr=84, rr=16, bp=(126, 80))
+    b.vitals(-4, t=37.4, hr=80, rr=15, bp=(122, 76))
+    b.ck(-12, 900)
+    d = b.draft("204416", Dose(5, route=IM, as_needed=True, text="5 mg IM as needed for agitation"),
+                name="haloperidol")
+    return Built(b, Expected(
+        "warning", ["exposure", "ck"], ["haloperidol"],
+        "IM haloperidol 24 h ago (completed single dose) + draft IM haloperidol: exposure 20. CK 900 U/L with ULN "
+        "200 = 4.5 x ULN -> CK criterion met by the numbers (10; total 30). Every temperature < 37.5 (max 37.4) "
+        "-> no hyperthermia, and vitals are flat. A CK rise within 72 h after an IM dopamine antagonist without "
+        "fever is treated as an injection artefact ([indicator] im_ck_artefact_hours = 72, Mayo [S11]) and never "
+        "raises more than a warning; the card should say so and suggest repeating CK. Must never be critical.",
+        evidence={"tmax_cel": 37.4, "ck_peak_u_l": 900, "ck_uln_u_l": 200},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def mimic_old_episode() -> Built:
+    b = Builder("mimic-old-episode", "NMS-like episode 60 days ago, well now",
+                "Old fever/CK/antipsychotic data outside every window and no coded NMS history: no card",
+                "female", "1970-12-11")
+    b.med("310672", status="stopped", days_ago=70, dose=Dose(5, frequency=2),
+          validity=(at(days=-70), at(days=-60)))
+    b.vitals(-60 * 24 - 8, t=39.6, hr=122, rr=24, bp=(160, 98))
+    b.vitals(-60 * 24, t=40.1, hr=128, rr=26, bp=(166, 102))
+    b.ck(-60 * 24 - 2, 12000)
+    b.wbc(-60 * 24 - 2, 16.0)
+    b.baseline(t=36.7, hr=74, rr=15, bp=(116, 72))
+    b.vitals(-30, t=36.8, hr=76, rr=15, bp=(118, 74))
+    b.vitals(-6, t=37.0, hr=78, rr=16, bp=(120, 74))
+    b.ck(-24, 150)
+    b.iron(-24, 16.0)
+    b.draft("312744", Dose(25, frequency=2), name="quetiapine")
+    return Built(b, Expected(
+        None, ["exposure"], [],
+        "The draft quetiapine is itself a dopamine antagonist -> exposure 20 (the only criterion). The fever "
+        "39.6/40.1, CK 12,000 and haloperidol (stopped 60 d ago, oral, not LAI) lie outside the 72 h acute "
+        "window, the 5 d lab window and the 72 h exposure window. Now afebrile (max 37.0), CK 150 (ULN 200), "
+        "iron 16. The old episode was never coded (no G21.0 Condition, no AllergyIntolerance), so it is not a "
+        "'history of NMS' either: exposure alone is not a partial pattern -> no card.",
+        evidence={}))
+
+
+@scenario
+def mimic_entered_in_error() -> Built:
+    b = Builder("mimic-entered-in-error", "Alarming values that were entered in error",
+                "Observations with status entered-in-error must be ignored (nms-clinical.md 0.6): no card",
+                "male", "1988-04-23")
+    b.med("314154", status="active", days_ago=14, dose=Dose(10))
+    b.baseline(t=36.8, hr=78, rr=16, bp=(122, 78))
+    b.vitals(-30, t=36.9, hr=80, rr=16, bp=(122, 78))
+    b.temp(at(-20), 39.5, status="entered-in-error")
+    b.temp(at(-12), 39.5, status="entered-in-error")
+    b.ck(-16, 5000, status="entered-in-error")
+    b.ck(-15, 140)
+    b.vitals(-10, t=37.0, hr=82, rr=16, bp=(124, 78))
+    b.draft("314154", Dose(10), name="olanzapine")
+    return Built(b, Expected(
+        None, ["exposure"], [],
+        "Olanzapine active + draft: exposure 20. The two 39.5 degC readings and CK 5,000 U/L are status "
+        "entered-in-error and must be ignored (only final/amended/corrected count). The remaining final data "
+        "are normal (max 37.0 degC, CK 140 with ULN 200, flat HR/RR/BP) -> exposure alone, no partial finding -> "
+        "no card.",
+        evidence={}))
+
+
+@scenario
+def units_us_conventional() -> Built:
+    b = Builder("units-us-conventional", "US conventional and SI-kat units",
+                "Temperatures in [degF], CK in ukat/L with a ukat/L reference range, iron 2498-4 in ug/dL, WBC in "
+                "10*3/uL: values must be converted before the thresholds apply", "male", "1976-08-30")
+    b.med("991194", status="active", days_ago=4, dose=Dose(25, frequency=3))
+    b.baseline(t=98.4, t_unit="[degF]", hr=78, rr=16, bp=(120, 76))
+    b.vitals(-28, t=102.2, t_unit="[degF]", hr=86, rr=17, bp=(124, 78))
+    b.vitals(-12, t=103.1, t_unit="[degF]", hr=88, rr=17, bp=(126, 78))
+    b.ck(-20, 150, uln=3.3, low=0.5, unit="ukat/L")
+    b.iron(-20, 28, code="2498-4", unit="ug/dL", ref=(60, 170))
+    b.wbc(-20, 11.8, unit="10*3/uL")
+    d = b.draft("991336", Dose(50, frequency=3), name="chlorpromazine")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["chlorpromazine"],
+        "Chlorpromazine active (4 d) + draft dose increase: exposure 20. 102.2 [degF] = 39.0 degC and 103.1 "
+        "[degF] = 39.5 degC ((x-32)*5/9) -> hyperthermia 18. CK 150 ukat/L = 9,000 U/L (x 60); referenceRange "
+        "high 3.3 ukat/L = 198 U/L -> 45.5 x ULN -> 10. Iron 28 ug/dL x 10 / 55.845 = 5.01 -> 5.0 umol/L (NMS "
+        "range). WBC 11.8 10*3/uL = 11.8 x 10^9/L. HR 88 vs 78 (+13 %), BP +5 % -> nothing else. Total 48.",
+        evidence={"tmax_cel": 39.5, "ck_peak_u_l": 9000, "ck_uln_u_l": 198, "iron_min_umol_l": 5.0,
+                  "wbc_max_10e9_l": 11.8},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def depot_paliperidone() -> Built:
+    b = Builder("depot-paliperidone", "Paliperidone palmitate depot 21 days ago",
+                "Long-acting injectable exposure outside 72 h but inside the 90-day depot window; CK ULN from the "
+                "female fallback (no referenceRange)", "female", "1983-02-14")
+    b.med("858054", status="completed", days_ago=21,
+          dose=Dose(156, route=IM, text="156 mg IM once (monthly depot)"))
+    b.baseline(t=36.8, hr=76, rr=16, bp=(118, 74))
+    b.vitals(-26, t=38.5, hr=88, rr=18, bp=(122, 76))
+    b.vitals(-10, t=39.1, hr=90, rr=18, bp=(124, 78))
+    b.ck(-16, 1408, uln=None)
+    d = b.draft("312831", Dose(2), name="risperidone")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["paliperidone", "risperidone"],
+        "Depot window: paliperidone palmitate 156 MG/ML prefilled syringe (RxNorm 858054, long_acting_injectable "
+        "= yes) given 21 d ago (MedicationRequest completed) is outside the 72 h window but inside depot_window_days "
+        "= 90 -> exposure 20 (the oral risperidone draft also counts on its own). 38.5 and 39.1 -> 18. CK 1,408 "
+        "U/L has NO referenceRange: female fallback ULN 176 U/L -> exactly 8.0 x ULN -> 10. HR 90 vs 76 (+18 %), "
+        "RR +12.5 %, BP +5 % -> nothing else. Total 48. The card must name paliperidone (the depot still acting) "
+        "as well as the drafted risperidone (paliperidone is its active metabolite).",
+        evidence={"tmax_cel": 39.1, "ck_peak_u_l": 1408, "ck_uln_u_l": 176},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def metoclopramide() -> Built:
+    b = Builder("metoclopramide", "Metoclopramide (antiemetic D2 antagonist)",
+                "Non-antipsychotic dopamine antagonists count as exposure", "female", "1958-06-01")
+    b.med("311666", status="active", days_ago=2.5, dose=Dose(10, frequency=4))
+    b.baseline(t=36.7, hr=80, rr=16, bp=(126, 78))
+    b.vitals(-24, t=38.7, hr=90, rr=18, bp=(128, 80))
+    b.vitals(-8, t=39.0, hr=92, rr=18, bp=(130, 80))
+    b.ck(-12, 1000)
+    d = b.draft("311666", Dose(10, frequency=4), name="metoclopramide")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["metoclopramide"],
+        "Metoclopramide 10 mg qid active (2.5 d) and drafted again: exposure 20 (antiemetic-d2 class). 38.7 and "
+        "39.0 -> 18. CK 1,000 U/L with ULN 200 = 5 x ULN -> 10. HR 92 vs 80 (+15 %), BP +3 % -> nothing else. "
+        "Total 48.",
+        evidence={"tmax_cel": 39.0, "ck_peak_u_l": 1000, "ck_uln_u_l": 200},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def dopaminergic_withdrawal() -> Built:
+    b = Builder("dopaminergic-withdrawal", "Levodopa stopped 2 days ago (parkinsonism-hyperpyrexia)",
+                "Dopaminergic withdrawal counts as IEC exposure without any antagonist; no delete suggestion",
+                "male", "1949-09-17")
+    b.condition(ICD10CM, "G20.A1", clinical_status="active", onset=at(days=-8 * 365))
+    b.med("197443", status="stopped", days_ago=180, dose=Dose(1, unit="{tbl}", frequency=3,
+                                                               text="1 tablet three times daily"),
+          validity=(at(days=-180), at(days=-2)))
+    b.baseline(t=36.6, hr=74, rr=16, bp=(128, 78))
+    b.vitals(-30, t=38.6, hr=88, rr=18, bp=(132, 80))
+    b.vitals(-12, t=39.2, hr=90, rr=18, bp=(134, 82))
+    b.ck(-18, 1200)
+    b.draft(ACETAMINOPHEN_500[0], Dose(1000, frequency=4, as_needed=True), name="acetaminophen", listed=False,
+            display=ACETAMINOPHEN_500[1])
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["levodopa"],
+        "Carbidopa/levodopa (RxNorm 197443) MedicationRequest status stopped with dispenseRequest.validityPeriod."
+        "end 2 d ago -> dopaminergic withdrawal inside withdrawal_window_days = 7 -> exposure 20 (IEC 'or "
+        "dopamine agonist withdrawal'). No dopamine antagonist anywhere. 38.6 and 39.2 -> 18. CK 1,200 U/L with "
+        "ULN 200 = 6 x ULN -> 10. HR 90 vs 74 (+22 %) -> no hypermetabolism. Total 48. The draft (acetaminophen, "
+        "not listed in the TSVs; code from the sandbox's Synthea data) is not a dopamine antagonist, so there is "
+        "no delete suggestion; the card should suggest restoring dopaminergic therapy.",
+        evidence={"tmax_cel": 39.2, "ck_peak_u_l": 1200, "ck_uln_u_l": 200}))
+
+
+@scenario
+def past_nms_rechallenge() -> Built:
+    b = Builder("past-nms-rechallenge", "Haloperidol re-challenge after a past NMS episode",
+                "History of NMS (resolved G21.0 Condition, AllergyIntolerance with manifestation 15244003) plus a "
+                "draft dopamine antagonist: warning with normal vitals", "male", "1969-03-27")
+    b.condition(ICD10CM, "G21.0", clinical_status="resolved", onset=at(days=-730), abatement=at(days=-716))
+    b.drug_allergy("5093", manifestation=(SNOMED, "15244003"), recorded=at(days=-720),
+                   note="Neuroleptic malignant syndrome after IM haloperidol")
+    b.baseline(t=36.7, hr=72, rr=14, bp=(122, 78))
+    b.vitals(-20, t=36.8, hr=74, rr=15, bp=(124, 78))
+    b.vitals(-4, t=36.9, hr=76, rr=15, bp=(122, 76))
+    b.ck(-20, 130)
+    d = b.draft("310672", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "warning", ["exposure"], ["haloperidol"],
+        "The draft haloperidol is exposure (20). Vitals and CK (130, ULN 200) are normal, so no acute criterion. "
+        "The warning comes from the history rule: Condition G21.0 (clinicalStatus resolved, onset 2 y ago) and an "
+        "AllergyIntolerance to haloperidol (RxNorm 5093) with reaction manifestation SNOMED 15244003 -> draft "
+        "dopamine antagonist after past NMS = warning (recurrence 15-20 % [S30]; re-challenge only >= 2 weeks after "
+        "resolution, lower potency, slow titration [S28][S31]).",
+        evidence={},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def contained_medication() -> Built:
+    b = Builder("contained-medication", "Draft order referencing a contained Medication",
+                "medicationReference '#med1' must be resolved to the contained risperidone Medication; it is the "
+                "only dopamine antagonist", "female", "1992-11-05")
+    b.baseline(t=36.8, hr=78, rr=16, bp=(118, 76))
+    b.vitals(-28, t=38.4, hr=86, rr=17, bp=(120, 76))
+    b.vitals(-9, t=38.9, hr=88, rr=18, bp=(122, 78))
+    b.ck(-14, 900)
+    med = {"resourceType": "Medication", "id": "med1", "code": {"coding": [rxnorm("312830")], "text":
+           rxnorm("312830")["display"]}}
+    d = b.draft(None, Dose(1, frequency=2), name="risperidone", contained=[med],
+                medication={"medicationReference": {"reference": "#med1"}})
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["risperidone"],
+        "The draft's medicationReference '#med1' points to a contained Medication coded RxNorm 312830 "
+        "(risperidone 1 MG Oral Tablet): exposure 20 -- it is the only source of exposure, so a service that does "
+        "not resolve contained references shows no card. 38.4 and 38.9 -> 18. CK 900 with ULN 200 = 4.5 x ULN "
+        "-> 10 (no IM route, no artefact). Vitals otherwise flat. Total 48.",
+        evidence={"tmax_cel": 38.9, "ck_peak_u_l": 900, "ck_uln_u_l": 200},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def medication_reference_display() -> Built:
+    b = Builder("medication-reference-display", "Draft order referencing a server-side Medication",
+                "A medicationReference to a server-side Medication with only a display (3.0b example shape): the "
+                "Medication is on the FHIR server, never in prefetch", "male", "1981-06-19")
+    med = b.add({"resourceType": "Medication", "code": {"coding": [rxnorm("204416")],
+                 "text": rxnorm("204416")["display"]}, "status": "active"}, "medication")
+    b.baseline(t=36.8, hr=80, rr=16, bp=(124, 78))
+    b.vitals(-26, t=38.5, hr=90, rr=18, bp=(126, 80))
+    b.vitals(-8, t=39.0, hr=92, rr=18, bp=(128, 80))
+    b.ck(-14, 1200)
+    d = b.draft(None, Dose(5, frequency=4, route=IM), name="haloperidol",
+                medication={"medicationReference": {"reference": f"Medication/{med['id']}",
+                                                    "display": "haloperidol 5 MG/ML Injectable Solution"}})
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["haloperidol"],
+        f"The draft references Medication/{med['id']} (RxNorm 204416 haloperidol 5 MG/ML Injectable Solution) "
+        "with a display. The Medication has no patient link, so no prefetch template returns it: the service "
+        "resolves it by reading it from the FHIR server or, prefetch-only, by matching the display name "
+        "'haloperidol'. Either way exposure 20 (the only source). 38.5 and 39.0 -> 18. CK 1,200 with ULN 200 = "
+        "6 x ULN -> 10. Total 48.",
+        evidence={"tmax_cel": 39.0, "ck_peak_u_l": 1200, "ck_uln_u_l": 200},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def sandbox_quirks() -> Built:
+    b = Builder("sandbox-quirks", "draftOrders exactly as the reference sandbox sends them",
+                "Bundle without type, category as an object, '{pill}' dose, a MedicationRequest without "
+                "medication[x] and intent, and a NutritionOrder: must not crash", "male", "1976-07-07")
+    b.baseline(t=36.8, hr=76, rr=16, bp=(120, 76))
+    b.vitals(-24, t=36.9, hr=78, rr=16, bp=(122, 78))
+    b.vitals(-6, t=37.0, hr=76, rr=15, bp=(120, 76))
+    subject = {"reference": f"Patient/{b.pid}"}
+    clozapine = rxnorm("197535")
+    sandbox_mr = {
+        "resourceType": "MedicationRequest",
+        "id": "request-123",
+        "status": "draft",
+        "subject": subject,
+        "authoredOn": TODAY,
+        "dosageInstruction": [{
+            "timing": {"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}},
+            "doseAndRate": [{"doseQuantity": {"value": 1, "system": UCUM, "code": "{pill}"}}],
+        }],
+        "dispenseRequest": {"expectedSupplyDuration": {"value": 30, "unit": "days", "system": UCUM, "code": "d"}},
+        "intent": "order",
+        "category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/medicationrequest-category",
+                                 "code": "community"}]},
+        "medicationCodeableConcept": {
+            "text": "Clozapine 100 MG Oral Tablet",
+            "coding": [{"display": "Clozapine 100 MG Oral Tablet", "system": RXNORM, "code": clozapine["code"]}],
+        },
+    }
+    empty_mr = {"resourceType": "MedicationRequest", "id": "sandbox-quirks-draft-empty", "status": "draft",
+                "subject": subject, "authoredOn": TODAY}
+    diet = {
+        "resourceType": "NutritionOrder",
+        "id": "sandbox-quirks-draft-diet",
+        "status": "draft",
+        "intent": "order",
+        "patient": subject,
+        "dateTime": TODAY,
+        "oralDiet": {"type": [{"coding": [{"system": SNOMED, "code": "226211001", "display": "Pureed diet"}],
+                               "text": "Pureed diet"}]},
+    }
+    draft_bundle = {"resourceType": "Bundle", "entry": [{"resource": r} for r in (sandbox_mr, empty_mr, diet)]}
+    for r in (sandbox_mr, empty_mr, diet):
+        b.draft_raw(r)
+    return Built(b, Expected(
+        None, ["exposure"], [],
+        "draftOrders copied from the real sandbox request (shared/datasets/sandbox-requests/"
+        "sandbox-order-sign-request.json): no Bundle.type, id request-123, category as a single object (invalid "
+        "R4), doseQuantity code {pill} without unit, RxNorm 197535 clozapine 100 MG Oral Tablet; plus a "
+        "MedicationRequest with neither medication[x] nor intent (sandbox before a pick) and a NutritionOrder "
+        "(pureed diet, SNOMED 226211001 from the hook-library example). Clozapine draft -> exposure 20. Vitals "
+        "normal, no labs -> exposure alone -> no card. The service must answer 200 with no card, not 400/500.",
+        evidence={}), draft_bundle=draft_bundle)
+
+
+@scenario
+def multiple_antagonists_lithium() -> Built:
+    b = Builder("multiple-antagonists-lithium", "Haloperidol + prochlorperazine + lithium",
+                "Several concurrent dopamine antagonists plus lithium as a risk modifier; CK ULN from the male "
+                "fallback (no referenceRange)", "male", "1966-02-08")
+    b.med("310672", status="active", days_ago=5, dose=Dose(5, frequency=2))
+    b.med("198365", status="active", days_ago=3, dose=Dose(10, frequency=3, as_needed=True))
+    b.med("42351", status="active", days_ago=60, dose=Dose(300, frequency=3))
+    b.baseline(t=36.8, hr=78, rr=16, bp=(124, 78))
+    b.vitals(-30, t=38.6, hr=90, rr=18, bp=(128, 80))
+    b.vitals(-6, t=39.3, hr=92, rr=19, bp=(130, 82))
+    b.ck(-18, 3360, uln=None)
+    d = b.draft("314035", Dose(10, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["haloperidol", "prochlorperazine", "lithium"],
+        "Haloperidol (active 5 d, draft dose increase to 10 mg) and prochlorperazine (active 3 d) are both "
+        "dopamine antagonists: exposure 20, and the card must name both (multiple concurrent antagonists is a "
+        "risk factor). Lithium carbonate (RxNorm 42351, risk-modifiers.tsv) is a co-risk, not an exposure: the "
+        "card should name it (consider stopping, [S28]). 38.6 and 39.3 -> 18. CK 3,360 U/L has NO referenceRange: "
+        "male fallback ULN 336 -> exactly 10 x ULN -> 10. HR 92 vs 78 (+18 %) -> nothing else. Total 48.",
+        evidence={"tmax_cel": 39.3, "ck_peak_u_l": 3360, "ck_uln_u_l": 336},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def bp_separate_observations() -> Built:
+    b = Builder("bp-separate-observations", "Blood pressure as separate systolic/diastolic Observations",
+                "Autonomic lability computed from 8480-6 / 8462-4 Observations without a panel (58 points)",
+                "female", "1987-09-30")
+    b.med("310672", status="active", days_ago=4, dose=Dose(5, frequency=2))
+    b.baseline(t=36.8, hr=80, rr=16, bp=(120, 75), separate_bp=True)
+    b.vitals(-30, t=37.4, hr=84, rr=17, bp=(122, 76), separate_bp=True)
+    b.vitals(-18, t=38.7, hr=86, rr=17, bp=(160, 98), separate_bp=True)
+    b.vitals(-6, t=38.9, hr=88, rr=18, bp=(156, 96), separate_bp=True)
+    b.ck(-12, 1000)
+    d = b.draft("310672", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck", "autonomic"], ["haloperidol"],
+        "Haloperidol active + draft: exposure 20. 38.7 (-18 h) and 38.9 (-6 h) -> 18 (37.4 at -30 h is not "
+        "febrile). CK 1,000 with ULN 200 = 5 x ULN -> 10. BP only as separate 8480-6/8462-4 Observations: "
+        "baseline 120/75 (-120 h/-108 h, inside 24-168 h before the first febrile reading at -18 h); SBP 160 = "
+        "+33 % (elevation); SBP 122 -> 160 (+38) and DBP 76 -> 98 (+22) within 12 h (fluctuation) -> 2 items -> "
+        "10. HR 88 vs 80 (+10 %), RR 18 vs 16 (+12.5 %) -> no hypermetabolism. Total 58.",
+        evidence={"tmax_cel": 38.9, "ck_peak_u_l": 1000, "ck_uln_u_l": 200},
+        suggest_delete_draft=delete(d)))
+
+
+@scenario
+def no_data() -> Built:
+    b = Builder("no-data", "Draft aripiprazole for a patient without any data",
+                "Empty prefetch searches (Bundles with total 0) must be handled: no card, no error", "female",
+                "2001-04-04")
+    b.draft("349545", Dose(10), name="aripiprazole")
+    return Built(b, Expected(
+        None, ["exposure"], [],
+        "Patient with no Observations, MedicationRequests, Conditions or AllergyIntolerances; every prefetch "
+        "search is an empty searchset Bundle (total 0) and the Patient read succeeds. The draft aripiprazole is "
+        "exposure (20) but nothing else can be assessed -> no card (and no 412: the prefetch is complete).",
+        evidence={}))
+
+
+@scenario
+def resources_without_ids() -> Built:
+    b = Builder("resources-without-ids", "Draft orders without resource ids",
+                "draftOrders resources may lack an id (logical model id-expectation optional): critical card, but "
+                "the delete suggestion cannot carry a resourceId", "male", "1993-12-12")
+    b.baseline(t=36.8, hr=78, rr=16, bp=(120, 76))
+    b.vitals(-26, t=38.6, hr=88, rr=17, bp=(122, 78))
+    b.vitals(-7, t=39.0, hr=90, rr=18, bp=(124, 78))
+    b.ck(-12, 1000)
+    b.draft("314154", Dose(10), with_id=False)
+    b.draft_raw({
+        "resourceType": "ServiceRequest",
+        "meta": {"tag": [SYNTHETIC_TAG]},
+        "status": "draft",
+        "intent": "order",
+        "code": {"coding": [loinc("2157-6")], "text": loinc("2157-6")["display"]},
+        "subject": b.subject,
+        "authoredOn": TODAY,
+    })
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["olanzapine"],
+        "The only dopamine antagonist is the id-less draft olanzapine 10 MG (RxNorm 314154) -> exposure 20; a "
+        "second id-less draft (ServiceRequest for CK) sits next to it. 38.6 and 39.0 -> 18. CK 1,000 with ULN 200 "
+        "= 5 x ULN -> 10. Total 48. A delete action needs a resourceId (CDS Hooks 'Type/id'), so the card must "
+        "offer no delete suggestion (suggest_delete_draft null) and must not crash or invent an id.",
+        evidence={"tmax_cel": 39.0, "ck_peak_u_l": 1000, "ck_uln_u_l": 200}))
+
+
+@scenario
+def boundary_exact_thresholds() -> Built:
+    b = Builder("boundary-exact-thresholds", "Values exactly on the thresholds",
+                "Hyperthermia is strictly > 38.0 (38.0 and 100.4 [degF] do not count); CK >= 4 x ULN, HR >= +25 % "
+                "and RR >= +50 % count at equality", "male", "1980-01-31")
+    b.med("312830", status="active", days_ago=6, dose=Dose(1, frequency=2))
+    b.baseline(t=36.8, hr=80, rr=16, bp=(120, 80))
+    b.vitals(-30, t=38.0, hr=90, rr=18, bp=(128, 82))
+    b.vitals(-16, t=100.4, t_unit="[degF]", hr=100, rr=24, bp=(140, 90))
+    b.vitals(-4, t=38.0, hr=96, rr=20, bp=(134, 86))
+    b.ck(-10, 800)
+    d = b.draft("312831", Dose(2, frequency=2), name="risperidone")
+    return Built(b, Expected(
+        "warning", ["exposure", "ck", "hypermetabolism"], ["risperidone"],
+        "Risperidone active + draft: exposure 20. Temperatures 38.0, 100.4 [degF] (= 38.0 degC after the 3-decimal "
+        "conversion) and 38.0: none is > 38.0 (strict) -> hyperthermia NOT met. CK 800 with ULN 200 = exactly "
+        "4.0 x ULN -> met (>=) -> 10. Baseline (afebrile: 24-168 h before the window start) HR 80, RR 16, BP "
+        "120/80; at -16 h HR 100 = exactly +25 % and RR 24 = exactly +50 % -> hypermetabolism met (>=, "
+        "nms-clinical.md 1.3) -> 5. BP 140/90 = +16.7 %/+12.5 %, largest 24 h swing 12/8 mmHg -> no autonomic "
+        "item. Total 35; exposure + CK without hyperthermia -> warning, not critical.",
+        evidence={"tmax_cel": 38.0, "ck_peak_u_l": 800, "ck_uln_u_l": 200},
+        suggest_delete_draft=delete(d)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------------
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+README_HEAD = """\
+# nms-cds FHIR fixtures
+
+> **All data here are SYNTHETIC.** No real patient. Every resource in the bundles carries the meta tag
+> `http://terminology.hl7.org/CodeSystem/v3-ActReason|HTEST` ("test health data") and every Patient is named
+> `SYNTHETIC <scenario title>`. The shapes follow the published patterns in `shared/reference/nms-clinical.md`
+> (section 7.2 and its negative/confounder fixtures); they are not case data.
+
+Each folder `scenarios/<id>/` holds:
+
+- `bundle.json`: a FHIR R4 `transaction` Bundle (one patient, `PUT <Type>/<id>` per entry, ids prefixed by
+  the scenario id so that all scenarios can be loaded into one server). Patient id `nms-<id>`.
+- `request.json`: a CDS Hooks 2.0 `order-sign` request with `draftOrders` and a `prefetch` computed from the
+  bundle with the service's own templates (`cds_service.services.templates.prefetch_templates()`) by
+  `cds_service.fixtures.fill_prefetch`. No `fhirServer` (prefetch-only); `hookInstance` is a fixed uuid5.
+- `expected.json`: the specification the rules are tested against: `indicator` (`critical`, `warning` or
+  `null` = no card), `iec_points` (structured IEC points from data: exposure 20, hyperthermia 18,
+  CK >= 4 x ULN 10, autonomic lability 10, hypermetabolism 5), `criteria`, `drugs` the card must name,
+  `evidence` (canonical values the card must show), `suggest_delete_draft` and `notes` (the hand
+  calculation against `cds_service/clinical/data/thresholds.toml`).
+
+## Time
+
+Every time is written relative to the anchor instant **{anchor}** (`cds_service.fixtures.ANCHOR`), which the
+scenarios treat as "now". For a live demo, move a scenario to the present with
+
+```python
+from datetime import UTC, datetime
+from cds_service.fixtures import delta_to, load_scenario, rebase
+
+s = load_scenario("classic-nms")
+bundle = rebase(s.bundle, delta_to(datetime.now(UTC)))
+```
+
+`rebase` shifts every `dateTime`/`instant` by the delta (time zone and precision kept) and every plain date
+by whole days, except `birthDate` and `deceasedDateTime`.
+
+## Regenerate
+
+```
+.venv/bin/python fhir_fixtures/build_fixtures.py
+```
+
+`build_fixtures.py` is the source of truth; the JSON files and this README are its output (byte-for-byte
+deterministic; `tests/test_fixtures_library.py` checks that the committed files match). Codes come from
+`cds_service/clinical/data/*.tsv`; the generator raises on a code that is not there (except the
+acetaminophen code and the text-only antibiotic, marked in the generator).
+
+Conventions shared by the scenarios: baseline vital signs 5 and 4.5 days before the anchor (inside the
+24-168 h baseline window before any first febrile reading in the last 72 h); acute vitals within the last
+72 h; labs within the last 5 days; CK `referenceRange.high` 200 U/L unless a scenario says otherwise.
+A card that is shown suggests deleting the draft order when the draft is a dopamine antagonist with an id.
+
+## Scenarios
+
+| scenario | what it shows | expected indicator | IEC points from data |
+|---|---|---|---|
+"""
+
+
+def readme(built: list[Built]) -> str:
+    rows = []
+    for item in built:
+        exp = item.expected_json()
+        indicator = exp["indicator"] or "none (no card)"
+        rows.append(f"| `{item.sid}` | {exp['shows']} | {indicator} | {exp['iec_points']} |")
+    head = README_HEAD.replace("{anchor}", ANCHOR.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return head + "\n".join(rows) + "\n"
+
+
+def build_all() -> list[Built]:
+    built = [fn() for fn in SCENARIOS]
+    ids = [b.sid for b in built]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate scenario ids")
+    return sorted(built, key=lambda b: b.sid)
+
+
+def build(out_dir: Path) -> list[Path]:
+    """Write every scenario and the README under ``out_dir``; returns the files written."""
+    built = build_all()
+    scen_dir = out_dir / "scenarios"
+    scen_dir.mkdir(parents=True, exist_ok=True)
+    keep = {b.sid for b in built}
+    for stale in sorted(scen_dir.iterdir()):
+        if stale.is_dir() and stale.name not in keep:
+            shutil.rmtree(stale)
+    written: list[Path] = []
+    for item in built:
+        target = scen_dir / item.sid
+        target.mkdir(exist_ok=True)
+        files = {
+            "bundle.json": item.builder.bundle(),
+            "request.json": item.builder.request(item.draft_bundle),
+            "expected.json": item.expected_json(),
+        }
+        for name, content in files.items():
+            path = target / name
+            path.write_text(dumps(content), encoding="utf-8", newline="\n")
+            written.append(path)
+    readme_path = out_dir / "README.md"
+    readme_path.write_text(readme(built), encoding="utf-8", newline="\n")
+    written.append(readme_path)
+    return written
+
+
+def main(argv: list[str]) -> int:
+    out_dir = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent
+    files = build(out_dir)
+    print(f"wrote {len(files)} files under {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
