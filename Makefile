@@ -50,3 +50,17 @@ fixtures: install
 
 clean:
 	rm -rf $(VENV) fhir_server/node_modules .pytest_cache .mypy_cache .ruff_cache
+
+## make bench: benchmark the service against a bare Flask floor (wrk on loopback); writes bench/results/latest.json
+bench: install node
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python bench/run_bench.py
+
+## make fuzz: property-based fuzzing of the HTTP surface, at least 10,000 cases
+fuzz: install
+	NMS_CDS_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
+
+## make soak: sustained mixed load at about half the measured saturation rate (default 10 minutes)
+soak: install node
+	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
+	$(BIN)/python bench/soak.py --minutes $${SOAK_MINUTES:-10}
