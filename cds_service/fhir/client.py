@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from cds_service.config import Settings
@@ -203,8 +204,11 @@ class FhirClient:
             raise FhirBadResponse(f"response larger than {limit} bytes on GET {path}", url=path)
         chunks: list[bytes] = []
         size = 0
+        raw = response.raw
         try:
-            for chunk in response.iter_content(_CHUNK):
+            # read1 returns whatever has arrived (at most _CHUNK bytes) instead of waiting for a full
+            # chunk, so a server that trickles bytes is cut off when the hook's budget runs out.
+            while chunk := raw.read1(_CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise FhirBadResponse(f"response larger than {limit} bytes on GET {path}", url=path)
@@ -215,8 +219,10 @@ class FhirClient:
             raise FhirTimeout(f"read timeout on GET {path}", url=path) from exc
         except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
             raise FhirConnectionError(f"connection broke while reading GET {path}", url=path) from exc
-        except requests.RequestException as exc:  # pragma: no cover - other transport failures
-            raise FhirConnectionError(f"transport failure on GET {path}", url=path) from exc
+        except (urllib3.exceptions.ReadTimeoutError, TimeoutError) as exc:
+            raise FhirTimeout(f"read timeout on GET {path}", url=path) from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise FhirConnectionError(f"connection broke while reading GET {path}", url=path) from exc
         return b"".join(chunks)
 
     # -- FHIR operations ---------------------------------------------------------------------------
