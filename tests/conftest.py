@@ -52,3 +52,24 @@ def app(settings: Settings) -> Iterator[Flask]:
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+def require_local_fhir() -> None:
+    """Skip a module when Node or the local FHIR server's packages are missing - except in CI, where the
+    integration suite is required and a missing Node toolchain must fail loudly instead of skipping."""
+    import os
+
+    from cds_service import localfhir
+
+    if localfhir.node_available():
+        return
+    problem = "node/npm or fhir_server/node_modules unavailable"
+    try:
+        localfhir.ensure_node_packages()
+    except Exception as exc:
+        problem += f" ({type(exc).__name__}: {exc})"
+    if localfhir.node_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"integration tests need the local FHIR server in CI: {problem}", pytrace=False)
+    pytest.skip(problem, allow_module_level=True)
