@@ -224,3 +224,15 @@ def test_every_conversion_is_monotonic(value: float, code: str) -> None:
     assert concept is not None
     for conv in concept.conversions.values():
         assert conv.apply(value + 1) >= conv.apply(value)
+
+
+def test_dose_increase_is_a_risk_factor() -> None:
+    low = MedicationInput("MedicationRequest/a", False, "active", (Coding(RXNORM, HALOPERIDOL_IN),),
+                          authored=ago(96), dose_value=5, dose_unit="mg")
+    high = MedicationInput("MedicationRequest/b", True, "draft", (Coding(RXNORM, HALOPERIDOL_IN),),
+                           authored=NOW, dose_value=10, dose_unit="mg")
+    a = run([low, high], [])
+    assert "dose increase: haloperidol 5 → 10 mg in the draft order" in a.risk_factors
+    same = MedicationInput("MedicationRequest/c", True, "draft", (Coding(RXNORM, HALOPERIDOL_IN),),
+                           authored=NOW, dose_value=5, dose_unit="mg")
+    assert not any(r.startswith("dose increase") for r in run([low, same], []).risk_factors)

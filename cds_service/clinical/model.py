@@ -101,6 +101,8 @@ class Exposure:
     route: str | None  # "im", "iv", "oral", "sc" or None
     long_acting: bool
     matched_by: Literal["rxnorm", "name"]
+    dose_value: float | None = None
+    dose_unit: str | None = None
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -110,6 +111,8 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets) -> tuple[list[Exposure], l
             route=_route(med, vs, hint),
             long_acting=lai,
             matched_by=matched_by,  # type: ignore[arg-type]
+            dose_value=med.dose_value,
+            dose_unit=med.dose_unit,
         )
         recognised.append(exposure)
         recent = med.authored is not None and now - window <= med.authored <= now + _FUTURE_SKEW
@@ -150,7 +153,10 @@ def risk_factors(exposures: Sequence[Exposure], recognised: Sequence[Exposure], 
     if started:
         out.append("recent start or new order in the last {} days: {}".format(th["recent_start_days"],
                                                                               ", ".join(started)))
-    if any(e.is_draft for e in antagonists) and any(
+    increases = _dose_increases(antagonists, inp.now - recent)
+    if increases:
+        out.append("dose increase: " + "; ".join(increases))
+    elif any(e.is_draft for e in antagonists) and any(
         e.ingredient in {d.ingredient for d in antagonists if not d.is_draft} for e in antagonists if e.is_draft
     ):
         out.append("draft order adds to a dopamine antagonist already prescribed (possible dose increase)")
@@ -165,6 +171,24 @@ def risk_factors(exposures: Sequence[Exposure], recognised: Sequence[Exposure], 
     if any(e.role == "withdrawal" for e in exposures):
         out.append("dopaminergic drug stopped recently: " + ", ".join(
             sorted({e.ingredient for e in exposures if e.role == "withdrawal"})))
+    return out
+
+
+def _dose_increases(antagonists: Sequence[Exposure], since: datetime) -> list[str]:
+    """Same ingredient and dose unit, a later order (or the draft) with a higher single dose."""
+    out: list[str] = []
+    by_ingredient: dict[tuple[str, str], list[Exposure]] = {}
+    for e in antagonists:
+        if e.dose_value is not None and e.dose_unit:
+            by_ingredient.setdefault((e.ingredient, e.dose_unit), []).append(e)
+    for (ingredient, unit), orders in sorted(by_ingredient.items()):
+        dated = sorted(orders, key=lambda e: (e.is_draft, e.authored or since))
+        for before, after in pairwise(dated):
+            recent = after.is_draft or (after.authored is not None and after.authored >= since)
+            if recent and before.dose_value is not None and after.dose_value is not None \
+                    and after.dose_value > before.dose_value:
+                where = "in the draft order" if after.is_draft else f"on {after.authored:%Y-%m-%d}"
+                out.append(f"{ingredient} {before.dose_value:g} → {after.dose_value:g} {unit} {where}")
     return out
 
 
