@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Iterable, Sequence
-from itertools import pairwise
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from cds_service.clinical.model import (
