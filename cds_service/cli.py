@@ -25,6 +25,14 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         print(f"refusing to serve with NMS_CDS_AUTH=off on non-loopback host {host}; "
               "set NMS_CDS_AUTH_OFF_FORCE=true to override (never in production)", file=sys.stderr)
         return 2
+    if settings.auth == AuthMode.JWT:
+        from cds_service.auth import TrustedClientsError, load_trusted_clients
+
+        try:  # fail fast with one clear line instead of a traceback per gunicorn worker
+            load_trusted_clients(settings.trusted_clients)
+        except TrustedClientsError as exc:
+            print(f"nms-cds: {exc}", file=sys.stderr)
+            return 2
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:

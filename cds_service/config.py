@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/")
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origin_form(cls, value: list[str]) -> list[str]:
+        return [origin.rstrip("/") for origin in value]  # an Origin header never ends in "/"
+
+    @model_validator(mode="after")
+    def _no_wildcard_cors_in_production(self) -> Settings:
+        if not self.is_development and "*" in self.cors_origins:
+            raise ValueError("NMS_CDS_CORS_ORIGINS='*' is for development only; list the allowed origins")
+        return self
 
     @property
     def is_development(self) -> bool:

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from flask import g, has_request_context
+
 SAFE_EXTRA = (
     "event", "request_id", "hook_instance", "service", "status", "method", "path", "duration_ms",
     "prefetch", "fhir_requests", "fhir_server", "indicator", "score", "timings_ms", "iss", "jti",
@@ -37,6 +39,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, separators=(",", ":"), default=str)
 
 
+class RequestContextFilter(logging.Filter):
+    """Stamp ``request_id`` and ``hook_instance`` of the current Flask request on every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if has_request_context():
+            for key in ("request_id", "hook_instance"):
+                if getattr(record, key, None) is None:
+                    setattr(record, key, g.get(key))
+        return True
+
+
 def configure(level: str = "INFO") -> None:
     """Install the JSON handler on the package logger (idempotent)."""
     logger = logging.getLogger("cds_service")
@@ -44,6 +57,7 @@ def configure(level: str = "INFO") -> None:
     if not any(getattr(h, "_nms_cds", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
+        handler.addFilter(RequestContextFilter())
         handler._nms_cds = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.propagate = True

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -44,6 +45,7 @@ from cds_service.errors import (
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 _MAX_REDIRECTS = 3
 _CHUNK = 64 * 1024
+_ISSUE_CODE = re.compile(r"^[a-z][a-z-]{0,39}$")  # FHIR IssueType codes
 
 
 class Deadline:
@@ -87,6 +89,9 @@ def check_allowed(url: str, settings: Settings) -> None:
         raise FhirNotAllowed("fhirServer must not carry credentials in the URL")
     if parts.scheme == "http" and not (is_loopback(parts.hostname) or settings.allow_insecure_fhir):
         raise FhirNotAllowed("fhirServer must use https (http is allowed for loopback only)")
+    if "\\" in parts.path or any(seg in {".", ".."} for seg in unquote(parts.path).split("/")):
+        # "/r4/../admin" would pass the prefix test below, then be normalised off the allowlisted base
+        raise FhirNotAllowed("fhirServer must not contain '.' or '..' path segments")
     target = _normalise_base(url)
     for prefix in settings.fhir_allowlist:
         base = _normalise_base(prefix)
@@ -302,16 +307,17 @@ def _next_link(bundle: dict[str, Any]) -> str | None:
 
 
 def _outcome_text_obj(outcome: dict[str, Any]) -> str:
+    """The OperationOutcome's coded ``issue.code`` values only: free text (diagnostics, details.text) can
+    echo patient data or tokens, and this text reaches logs, 412 answers and cards."""
     issues = outcome.get("issue")
     if not isinstance(issues, list):
         return ""
-    texts = []
+    codes = []
     for issue in issues[:3]:
-        if isinstance(issue, dict):
-            text = issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code")
-            if isinstance(text, str):
-                texts.append(text[:200])
-    return "; ".join(texts)
+        code = issue.get("code") if isinstance(issue, dict) else None
+        if isinstance(code, str) and _ISSUE_CODE.match(code):
+            codes.append(code)
+    return ("issue code " + ", ".join(codes)) if codes else ""
 
 
 def _outcome_text(body: bytes) -> str:
