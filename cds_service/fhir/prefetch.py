@@ -74,14 +74,15 @@ def _is_read(template: str) -> bool:
 def _from_bundle(key: str, bundle: dict[str, Any], client: FhirClient | None) -> KeyData:
     if client is None:
         result = SearchResult()
-        for entry in bundle.get("entry") or []:
+        entries, links = bundle.get("entry"), bundle.get("link")
+        for entry in entries if isinstance(entries, list) else []:
             if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
                 continue
-            if (entry.get("search") or {}).get("mode") != "outcome":
+            search = entry.get("search")
+            if not (isinstance(search, dict) and search.get("mode") == "outcome"):
                 result.resources.append(entry["resource"])
-        has_next = any(
-            isinstance(link, dict) and link.get("relation") == "next" for link in bundle.get("link") or []
-        )
+        links = links if isinstance(links, list) else []
+        has_next = any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
         if has_next:
             return KeyData(key, result.resources, "prefetch", True, False, "next page not followed: no fhirServer")
         return KeyData(key, result.resources, "prefetch")
@@ -90,7 +91,8 @@ def _from_bundle(key: str, bundle: dict[str, Any], client: FhirClient | None) ->
     return KeyData(key, result.resources, source, True, result.complete, result.note)
 
 
-def _fetch(key: str, template_url: str, client: FhirClient, *, after_outcome: bool) -> KeyData:
+def _fetch(key: str, template_url: str, client: FhirClient, *, why: str | None) -> KeyData:
+    """Query the server for one key; ``why`` says what was wrong with the prefetch value (None: absent)."""
     try:
         if _is_read(template_url):
             resource = client.read(template_url)
@@ -99,10 +101,10 @@ def _fetch(key: str, template_url: str, client: FhirClient, *, after_outcome: bo
             result = client.search(template_url)
             data = KeyData(key, result.resources, "fhir-server", True, result.complete, result.note)
     except FhirError as exc:
-        prefix = "prefetch carried an OperationOutcome; re-fetch failed: " if after_outcome else ""
+        prefix = f"{why}; re-fetch failed: " if why else ""
         return KeyData(key, [], "none", False, False, prefix + exc.message)
-    if after_outcome:
-        data.note = "prefetch carried an OperationOutcome; re-fetched from the FHIR server"
+    if why:
+        data.note = f"{why}; re-fetched from the FHIR server"
     return data
 
 
@@ -134,18 +136,17 @@ def resolve(
             else:
                 results[key] = KeyData(key, [value], "prefetch")
             continue
-        after_outcome = value is not ABSENT
-        if value is not ABSENT and not (isinstance(value, dict) and value.get("resourceType") == "OperationOutcome"):
-            note = "prefetch value is not a FHIR resource"
-        elif value is ABSENT:
-            note = "not in prefetch"
+        if value is ABSENT:
+            why = None
+        elif isinstance(value, dict) and value.get("resourceType") == "OperationOutcome":
+            why = "prefetch carried an OperationOutcome"
         else:
-            note = "prefetch carried an OperationOutcome"
+            why = "prefetch value is not a FHIR resource"
         if client is None or url is None:
             reason = "no fhirServer to query" if client is None else "template token could not be filled"
-            results[key] = KeyData(key, [], "none", False, False, f"{note}; {reason}")
+            results[key] = KeyData(key, [], "none", False, False, f"{why or 'not in prefetch'}; {reason}")
             continue
-        pending[key] = pool.executor.submit(_fetch, key, url, client, after_outcome=after_outcome)
+        pending[key] = pool.executor.submit(_fetch, key, url, client, why=why)
     for key, future in pending.items():
         try:
             results[key] = future.result(timeout=max(budget_remaining(), 0.0) + 0.05)
