@@ -8,6 +8,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from itertools import pairwise
+from operator import attrgetter
 from typing import Any
 
 from cds_service.clinical.model import (
@@ -23,7 +24,7 @@ from cds_service.clinical.model import (
     ObservationInput,
     Reading,
 )
-from cds_service.clinical.valuesets import ICD10CM, RXNORM, SNOMED, ValueSets, load
+from cds_service.clinical.valuesets import ICD10CM, RXNORM, SNOMED, ObservationConcept, ValueSets, load
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 EXCLUDED_ORDER_STATUSES = frozenset({"entered-in-error", "cancelled"})
@@ -197,18 +198,29 @@ def _dose_increases(antagonists: Sequence[Exposure], since: datetime) -> list[st
 _CONCEPT_ALIASES = {"bp-panel": None}  # panels arrive flattened into systolic/diastolic components
 
 
+_by_time = attrgetter("time")
+
+
 def normalise(observations: Iterable[ObservationInput], now: datetime, vs: ValueSets
               ) -> tuple[dict[str, list[Reading]], DataQuality]:
     quality = DataQuality()
     series: dict[str, list[Reading]] = {}
     wanted = set(VITAL_CONCEPTS) | set(LAB_CONCEPTS)
+    lookup = vs.observations_by_code.get  # = vs.observation, without a method call per code
+    by_codes: dict[tuple[str, ...], ObservationConcept | None] = {}  # the same code lists recur
+    latest = now + _FUTURE_SKEW
+    used = 0
     for obs in observations:
-        concept = None
-        for code in obs.codes:
-            known = vs.observation(code)
-            if known is not None and known.concept in wanted:
-                concept = known
-                break
+        try:
+            concept = by_codes[obs.codes]
+        except KeyError:
+            concept = None
+            for code in obs.codes:
+                known = lookup(code)
+                if known is not None and known.concept in wanted:
+                    concept = known
+                    break
+            by_codes[obs.codes] = concept
         if concept is None:
             continue
         status = (obs.status or "").lower()
@@ -219,7 +231,7 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
             quality.not_final += 1
             continue
         conversion = concept.conversions.get(obs.unit or "") if obs.unit else None
-        if obs.value is None or conversion is None or obs.time is None or obs.time > now + _FUTURE_SKEW:
+        if obs.value is None or conversion is None or obs.time is None or obs.time > latest:
             quality.unusable += 1
             continue
         value = conversion.apply(obs.value)
@@ -228,12 +240,13 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
             ref_conv = concept.conversions.get(obs.ref_unit or obs.unit or "")
             if ref_conv is not None:
                 uln = ref_conv.apply(obs.ref_high)
-        quality.used += 1
+        used += 1
         series.setdefault(concept.concept, []).append(
             Reading(concept.concept, value, concept.canonical_unit, obs.time, concept.code, obs.ref, uln)
         )
+    quality.used += used
     for readings in series.values():
-        readings.sort(key=lambda r: r.time)
+        readings.sort(key=_by_time)
         # The same value reported twice (co-coded panels, duplicates) is one occasion.
         unique: list[Reading] = []
         for reading in readings:

@@ -196,7 +196,7 @@ class FhirClient:
             raise FhirBadResponse(f"unexpected status {status} on GET {path}", url=path)
         try:
             data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # also: a number of more than 4300 digits, absurd nesting
             raise FhirBadResponse(f"FHIR server sent something that is not JSON on GET {path}", url=path) from exc
         if not isinstance(data, dict) or not isinstance(data.get("resourceType"), str):
             raise FhirBadResponse(f"FHIR server sent JSON that is not a resource on GET {path}", url=path)
@@ -323,7 +323,7 @@ def _outcome_text_obj(outcome: dict[str, Any]) -> str:
 def _outcome_text(body: bytes) -> str:
     try:
         data = json.loads(body[:65536])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):
         return ""
     if isinstance(data, dict) and data.get("resourceType") == "OperationOutcome":
         return _outcome_text_obj(data)

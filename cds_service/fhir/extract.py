@@ -1,18 +1,25 @@
 """Flatten FHIR R4 resources into the clinical core's plain records.
 
-Raw JSON is filtered by resource type and code *before* it is parsed with the R4B models, so a long
-record costs time in proportion to the relevant observations, not to its size. Parsing is lenient
+Raw JSON is filtered by resource type and code *before* anything else, so a long record costs time in
+proportion to the relevant observations, not to its size. A relevant resource that is "plain" (see
+:func:`plain_observation`) is checked and flattened straight from its JSON; any other goes through the
+R4B models, whose answer the plain path reproduces exactly. Parsing is lenient
 (:func:`cds_service.fhir.models.parse`); what cannot be read is counted, never fatal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
 from typing import Any
+
+from fhir_core.types import DateTime as _FhirDateTime
+from fhir_core.types import Decimal as _FhirDecimal
+from fhir_core.types import Instant as _FhirInstant
 
 from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, ObservationInput
 from cds_service.clinical.rules import LAB_CONCEPTS, VITAL_CONCEPTS
@@ -67,53 +74,527 @@ def relevant_loinc() -> frozenset[str]:
     return frozenset(code for code, c in vs.observations_by_code.items() if c.concept in wanted)
 
 
-def _raw_codes(resource: Mapping[str, Any]) -> set[str]:
-    codes: set[str] = set()
+def _has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
+    """Whether a LOINC (or system-less) coding of ``resource.code`` is one of ``wanted`` (runs on every
+    Observation of the record, so no set is built)."""
     concept = resource.get("code")
     if isinstance(concept, dict):
         for coding in concept.get("coding") or []:
-            if not isinstance(coding, dict) or coding.get("system") not in (LOINC, None):
-                continue
-            if isinstance(coding.get("code"), str):
-                codes.add(coding["code"])
-    return codes
+            if isinstance(coding, dict) and coding.get("system") in (LOINC, None):
+                code = coding.get("code")
+                if isinstance(code, str) and code in wanted:
+                    return True
+    return False
 
 
 def observations(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
     wanted = relevant_loinc()
+    memo = _Memo()
     for raw in resources:
-        if raw.get("resourceType") != "Observation" or not (_raw_codes(raw) & wanted):
+        if raw.get("resourceType") != "Observation" or not _has_code(raw, wanted):
             continue
-        result = parse(raw)
-        out.repairs += bool(result.repairs)
-        obs = result.model
-        if obs is None:
-            out.unreadable += 1
+        plain = plain_observation(raw, wanted, memo)
+        if plain is not None:
+            out.observations.extend(plain)
+        else:
+            parsed_observation(raw, wanted, out)
+
+
+def parsed_observation(raw: Mapping[str, Any], wanted: frozenset[str], out: Extracted) -> None:
+    """The reference path: parse with the R4B model (repairing what it can), then flatten."""
+    result = parse(raw)
+    out.repairs += bool(result.repairs)
+    obs = result.model
+    if obs is None:
+        out.unreadable += 1
+        return
+    time = when(obs.effectiveDateTime) or when(obs.effectiveInstant) or (
+        when(obs.effectivePeriod.start) if obs.effectivePeriod else None) or when(obs.issued)
+    ref = f"Observation/{obs.id}" if obs.id else None
+    codes = tuple(c.code for c in (obs.code.coding or []) if c.code and c.system in (LOINC, None))
+    low = high = None
+    ref_unit = None
+    if obs.referenceRange:
+        rr = obs.referenceRange[0]
+        if rr.high is not None:
+            high, ref_unit = _num(rr.high.value), rr.high.code or rr.high.unit
+        if rr.low is not None:
+            low = _num(rr.low.value)
+    if obs.valueQuantity is not None or not obs.component:
+        q = obs.valueQuantity
+        out.observations.append(ObservationInput(
+            ref, obs.status, codes, _num(q.value) if q else None, (q.code or q.unit) if q else None,
+            time, low, high, ref_unit))
+    for comp in obs.component or []:
+        comp_codes = tuple(c.code for c in (comp.code.coding or []) if c.code and c.system in (LOINC, None))
+        q = comp.valueQuantity
+        if not (set(comp_codes) & wanted):
             continue
-        time = when(obs.effectiveDateTime) or when(obs.effectiveInstant) or (
-            when(obs.effectivePeriod.start) if obs.effectivePeriod else None) or when(obs.issued)
-        ref = f"Observation/{obs.id}" if obs.id else None
-        codes = tuple(c.code for c in (obs.code.coding or []) if c.code and c.system in (LOINC, None))
-        low = high = None
-        ref_unit = None
-        if obs.referenceRange:
-            rr = obs.referenceRange[0]
-            if rr.high is not None:
-                high, ref_unit = _num(rr.high.value), rr.high.code or rr.high.unit
-            if rr.low is not None:
-                low = _num(rr.low.value)
-        if obs.valueQuantity is not None or not obs.component:
-            q = obs.valueQuantity
-            out.observations.append(ObservationInput(
-                ref, obs.status, codes, _num(q.value) if q else None, (q.code or q.unit) if q else None,
-                time, low, high, ref_unit))
-        for comp in obs.component or []:
-            comp_codes = tuple(c.code for c in (comp.code.coding or []) if c.code and c.system in (LOINC, None))
-            q = comp.valueQuantity
-            if not (set(comp_codes) & wanted):
+        out.observations.append(ObservationInput(
+            ref, obs.status, comp_codes, _num(q.value) if q else None, (q.code or q.unit) if q else None, time))
+
+
+# --- plain resources without the R4B model -------------------------------------------------------------
+#
+# Parsing one Observation with the R4B model costs ~140 us (a MedicationRequest ~170 us); a 7-day admission
+# has ~200 relevant Observations. Most real resources are "plain": only the elements listed below, every
+# value of the expected JSON type and plainly inside the FHIR rules. For those, plain_observation() and
+# plain_medication_request() check every element against the rules the R4B model applies (the date and
+# decimal patterns are fhir_core's own) and flatten the raw JSON directly. Anything not positively
+# recognised - another element, an extension, an empty or null value, a string that is not plainly valid,
+# a partial date, a leap second, a missing required element - returns None and takes the R4B path, so the
+# records are always the ones the model would give. tests/test_bench_scenarios.py checks both paths
+# against each other on the fixture library, Synthea records and mutations of them.
+
+_ID = re.compile(r"[A-Za-z0-9\-.]{1,255}")  # fhir_core Id: ^[A-Za-z0-9\-.]+$, TYPES_ID_MAX_LENGTH 255
+_CODE = re.compile(r"[!-~]+(?: [!-~]+)*")  # printable ASCII inside fhir_core Code: ^[^\s]+(\s[^\s]+)*$
+_URI = re.compile(r"[!-~]+")  # non-empty printable ASCII inside fhir_core Uri/Canonical (\S*)
+_PLAIN_DATETIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-5][0-9](?:\.[0-9]{1,6})?"
+                             r"(?:Z|[+-][0-9]{2}:[0-9]{2})")  # full date-time, no leap second, <= 6 digits
+_PLAIN_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_EXACT_FLOAT = 2**53
+_INT32 = 2**31 - 1
+
+
+class _Memo:
+    """Per-call memory: element values already found valid, and date-times already read."""
+
+    __slots__ = ("codes", "concepts", "contexts", "times", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[Any]] = {}
+        self.contexts: list[tuple[Any, ...]] = []  # (meta, category, subject, ...) tuples found valid
+        self.times: dict[str, datetime | None] = {}
+        self.concepts: list[Any] = []  # Observation.code values found valid ...
+        self.codes: list[tuple[str, ...]] = []  # ... and their LOINC codes, index for index
+
+
+def _ok_string(value: Any) -> bool:
+    # fhir_core String: pattern [ \r\n\t\S]+ (a search), so any str with one non-whitespace character
+    return type(value) is str and value != "" and not value.isspace()
+
+
+def _ok_code(value: Any) -> bool:
+    return type(value) is str and _CODE.fullmatch(value) is not None
+
+
+def _ok_uri(value: Any) -> bool:
+    return type(value) is str and _URI.fullmatch(value) is not None
+
+
+def _ok_id(value: Any) -> bool:
+    return type(value) is str and _ID.fullmatch(value) is not None
+
+
+def _ok_decimal(value: Any) -> bool:
+    if type(value) is float:
+        return value - value == 0.0 and _FhirDecimal.pattern.fullmatch(str(value)) is not None  # finite
+    return type(value) is int and -_EXACT_FLOAT <= value <= _EXACT_FLOAT
+
+
+def _ok_positive_int(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= _INT32
+
+
+def _ok_integer(value: Any) -> bool:
+    return type(value) is int and -_INT32 - 1 <= value <= _INT32
+
+
+def _ok_boolean(value: Any) -> bool:
+    return type(value) is bool
+
+
+def _plain_instant(value: Any) -> datetime | None:
+    """A FHIR instant (full date-time with zone) as an aware UTC datetime; None if not plainly valid."""
+    if type(value) is not str or _PLAIN_DATETIME.fullmatch(value) is None or (
+            _FhirInstant.pattern.fullmatch(value) is None):
+        return None
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _plain_datetime(value: Any) -> datetime | None:
+    """A FHIR dateTime that is a full date-time with zone, or a full date (read as midnight UTC, like
+    :func:`when` reads the model's ``date``); None for partial dates and anything not plainly valid."""
+    if type(value) is not str:
+        return None
+    if len(value) == 10:
+        if _PLAIN_DATE.fullmatch(value) is None or _FhirDateTime.pattern.fullmatch(value) is None:
+            return None
+        try:
+            day = date.fromisoformat(value)
+        except ValueError:
+            return None
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
+    if _PLAIN_DATETIME.fullmatch(value) is None or _FhirDateTime.pattern.fullmatch(value) is None:
+        return None
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+
+
+def _ok_datetime(value: Any) -> bool:
+    return _plain_datetime(value) is not None
+
+
+def _ok_instant(value: Any) -> bool:
+    return _plain_instant(value) is not None
+
+
+Check = Callable[[Any], bool]
+
+
+def _element(checks: dict[str, Check], required: tuple[str, ...] = ()) -> Check:
+    keys = frozenset(checks)
+
+    def check(value: Any) -> bool:
+        if type(value) is not dict or not value or not value.keys() <= keys:
+            return False
+        for name in required:
+            if name not in value:
+                return False
+        for name, item in value.items():  # noqa: SIM110 - a plain loop: this is the hot path
+            if not checks[name](item):
+                return False
+        return True
+
+    return check
+
+
+def _list_of(check: Check) -> Check:
+    def check_list(value: Any) -> bool:
+        return type(value) is list and bool(value) and all(map(check, value))
+
+    return check_list
+
+
+# Only str leaves below Coding/CodeableConcept/Reference/Meta (no userSelected boolean), so that a value
+# equal (==) to one already checked is the same JSON and may skip the check (see _memo_ok).
+_ok_coding = _element({"system": _ok_uri, "version": _ok_string, "code": _ok_code, "display": _ok_string})
+_ok_concept = _element({"coding": _list_of(_ok_coding), "text": _ok_string})
+_ok_concepts = _list_of(_ok_concept)
+_ok_reference = _element({"reference": _ok_string, "type": _ok_uri, "display": _ok_string})
+_ok_meta = _element({"versionId": _ok_id, "lastUpdated": _ok_instant, "source": _ok_uri,
+                     "profile": _list_of(_ok_uri), "tag": _list_of(_ok_coding), "security": _list_of(_ok_coding)})
+_QUANTITY_KEYS = frozenset({"value", "unit", "system", "code"})
+
+
+_UNITS_SEEN: set[tuple[str, str, str]] = set()  # (unit, system, code) triples found valid: a pure, bounded cache
+
+
+def _ok_quantity(value: Any) -> bool:
+    if type(value) is not dict or not value or not value.keys() <= _QUANTITY_KEYS:
+        return False
+    if not _ok_decimal(value.get("value", 0)):
+        return False
+    unit, system, code = value.get("unit", "-"), value.get("system", "-"), value.get("code", "-")
+    if type(unit) is not str or type(system) is not str or type(code) is not str:
+        return False
+    triple = (unit, system, code)
+    if triple in _UNITS_SEEN:
+        return True
+    if not (_ok_string(unit) and _ok_uri(system) and _ok_code(code)):
+        return False
+    if len(_UNITS_SEEN) < 4096:
+        _UNITS_SEEN.add(triple)
+    return True
+
+
+def _ok_range_numbers(value: dict[str, Any]) -> bool:
+    """The decimals of a reference range already known equal (==) to a valid one: still of a valid type?"""
+    for side in ("low", "high"):
+        quantity = value.get(side)
+        if quantity is not None and "value" in quantity and not _ok_decimal(quantity["value"]):
+            return False
+    return True
+
+
+_ok_range = _element({"low": _ok_quantity, "high": _ok_quantity, "type": _ok_concept, "appliesTo": _ok_concepts,
+                      "text": _ok_string})
+_ok_ranges = _list_of(_ok_range)
+_ok_period = _element({"start": _ok_datetime, "end": _ok_datetime})
+_ok_repeat = _element({"boundsPeriod": _ok_period, "frequency": _ok_positive_int, "frequencyMax": _ok_positive_int,
+                       "period": _ok_decimal, "periodMax": _ok_decimal, "periodUnit": _ok_code})
+_ok_timing = _element({"repeat": _ok_repeat, "code": _ok_concept})
+_ok_dose_and_rate = _element({"type": _ok_concept, "doseQuantity": _ok_quantity})
+_ok_dosage = _element({"sequence": _ok_integer, "text": _ok_string, "additionalInstruction": _ok_concepts,
+                       "patientInstruction": _ok_string, "timing": _ok_timing, "asNeededBoolean": _ok_boolean,
+                       "site": _ok_concept, "route": _ok_concept, "method": _ok_concept,
+                       "doseAndRate": _list_of(_ok_dose_and_rate)})
+_ok_dispense = _element({"validityPeriod": _ok_period, "quantity": _ok_quantity})
+
+
+def _memo_ok(name: str, value: Any, check: Check, memo: _Memo) -> bool:
+    """``check(value)``, remembering str-only values found valid in this call (equal means identical)."""
+    known = memo.values.get(name)
+    if known is not None and value in known:
+        return True
+    if not check(value):
+        return False
+    if known is None:
+        memo.values[name] = [value]
+    elif len(known) < 16:
+        known.append(value)
+    return True
+
+
+def _memo_datetime(value: Any, memo: _Memo) -> datetime | None:
+    if type(value) is not str:
+        return None
+    try:
+        return memo.times[value]
+    except KeyError:
+        parsed = memo.times[value] = _plain_datetime(value)
+        return parsed
+
+
+def _memo_ranges(value: Any, memo: _Memo) -> bool:
+    known = memo.values.get("referenceRange")
+    if known is not None and value in known:
+        return all(map(_ok_range_numbers, value))
+    if not _ok_ranges(value):
+        return False
+    if known is None:
+        memo.values["referenceRange"] = [value]
+    elif len(known) < 16:
+        known.append(value)
+    return True
+
+
+_ok_references = _list_of(_ok_reference)
+_PLAIN_OBSERVATION_KEYS = frozenset({
+    "resourceType", "id", "meta", "status", "category", "code", "subject", "encounter", "performer",
+    "effectiveDateTime", "issued", "valueQuantity", "interpretation", "referenceRange", "component"})
+_ABSENT: Any = object()
+_MEMO_CHECKS: tuple[tuple[str, Check], ...] = (
+    ("meta", _ok_meta), ("category", _ok_concepts), ("subject", _ok_reference), ("encounter", _ok_reference),
+    ("performer", _ok_references), ("interpretation", _ok_concepts))
+
+
+def _memo_codes(concept: Any, memo: _Memo) -> tuple[str, ...] | None:
+    """The LOINC codes of a valid CodeableConcept (None if invalid); equal concepts are checked once (their
+    leaves are all str, so equal means the same JSON)."""
+    try:
+        return memo.codes[memo.concepts.index(concept)]
+    except ValueError:
+        pass
+    if not _ok_concept(concept):
+        return None
+    codes = _loinc_codes(concept)
+    if len(memo.concepts) < 64:
+        memo.concepts.append(concept)
+        memo.codes.append(codes)
+    return codes
+
+
+_COMPONENT_CHECKS: dict[str, Check] = {"valueQuantity": _ok_quantity, "interpretation": _ok_concepts,
+                                       "referenceRange": _ok_ranges}
+_COMPONENT_KEYS = frozenset({"code", *_COMPONENT_CHECKS})
+
+
+def _plain_components(components: Any, memo: _Memo) -> list[tuple[str, ...]] | None:
+    """The LOINC codes of each component, or None unless every component is plainly valid."""
+    if type(components) is not list or not components:
+        return None
+    out = []
+    for comp in components:
+        if type(comp) is not dict or not comp.keys() <= _COMPONENT_KEYS:
+            return None
+        codes = _memo_codes(comp.get("code", _ABSENT), memo)
+        if codes is None:
+            return None
+        for name, value in comp.items():
+            if name != "code" and not _COMPONENT_CHECKS[name](value):
+                return None
+        out.append(codes)
+    return out
+
+
+def _q_value(quantity: Any) -> float | None:
+    return _num(quantity.get("value")) if quantity else None
+
+
+def _q_unit(quantity: Any) -> str | None:
+    return (quantity.get("code") or quantity.get("unit")) if quantity else None
+
+
+def _loinc_codes(concept: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(c["code"] for c in concept.get("coding") or () if c.get("code") and c.get("system") in
+                 (LOINC, None))
+
+
+def plain_observation(raw: Mapping[str, Any], wanted: frozenset[str], memo: _Memo | None = None
+                      ) -> list[ObservationInput] | None:
+    """The records :func:`parsed_observation` would produce for ``raw``, or None when ``raw`` is not plain."""
+    if type(raw) is not dict or raw.get("resourceType") != "Observation" or not raw.keys() <= (
+            _PLAIN_OBSERVATION_KEYS):
+        return None
+    memo = memo if memo is not None else _Memo()
+    get = raw.get
+    known_values = memo.values
+    # Each element once, by name: absent is fine (except the required status and code), null never is.
+    if not _ok_code(get("status")):
+        return None
+    codes = _memo_codes(get("code", _ABSENT), memo)
+    if codes is None:
+        return None
+    # The str-only elements together: in a record they repeat, so one comparison of the tuple usually
+    # finds them all checked already (equal str-only JSON is the same JSON).
+    context = (get("meta", _ABSENT), get("category", _ABSENT), get("subject", _ABSENT), get("encounter", _ABSENT),
+               get("performer", _ABSENT), get("interpretation", _ABSENT))
+    if context not in memo.contexts:
+        for (name, check), value in zip(_MEMO_CHECKS, context, strict=True):
+            if value is _ABSENT:
                 continue
-            out.observations.append(ObservationInput(
-                ref, obs.status, comp_codes, _num(q.value) if q else None, (q.code or q.unit) if q else None, time))
+            known = known_values.get(name)
+            if known is not None and value in known:
+                continue
+            if not check(value):
+                return None
+            if known is None:
+                known_values[name] = [value]
+            elif len(known) < 16:
+                known.append(value)
+        if len(memo.contexts) < 16:
+            memo.contexts.append(context)
+    value = get("id", _ABSENT)
+    if value is not _ABSENT and not _ok_id(value):
+        return None
+    time = None
+    value = get("effectiveDateTime", _ABSENT)
+    if value is not _ABSENT and (time := _memo_datetime(value, memo)) is None:
+        return None
+    value = get("issued", _ABSENT)
+    if value is not _ABSENT:
+        issued = _plain_instant(value)
+        if issued is None:
+            return None
+        time = time or issued
+    quantity = get("valueQuantity", _ABSENT)
+    if quantity is not _ABSENT and not _ok_quantity(quantity):
+        return None
+    ranges = get("referenceRange", _ABSENT)
+    if ranges is not _ABSENT and not _memo_ranges(ranges, memo):
+        return None
+    components = get("component", _ABSENT)
+    component_codes: list[tuple[str, ...]] = []
+    if components is not _ABSENT:
+        checked = _plain_components(components, memo)
+        if checked is None:
+            return None
+        component_codes = checked
+    # Flatten as parsed_observation() does; the checks above make _num(x) == float(x) for present values.
+    ident = get("id")
+    ref = f"Observation/{ident}" if ident else None
+    status = raw["status"]
+    low = high = None
+    ref_unit = None
+    if ranges is not _ABSENT:
+        rr = ranges[0]
+        bound = rr.get("high")
+        if bound is not None:
+            number = bound.get("value")
+            high = None if number is None else float(number)
+            ref_unit = bound.get("code") or bound.get("unit")
+        bound = rr.get("low")
+        if bound is not None:
+            number = bound.get("value")
+            low = None if number is None else float(number)
+    records: list[ObservationInput] = []
+    if quantity is not _ABSENT or components is _ABSENT:
+        if quantity is _ABSENT:
+            records.append(ObservationInput(ref, status, codes, None, None, time, low, high, ref_unit))
+        else:
+            number = quantity.get("value")
+            records.append(ObservationInput(
+                ref, status, codes, None if number is None else float(number),
+                quantity.get("code") or quantity.get("unit"), time, low, high, ref_unit))
+    for comp, comp_codes in zip(components if components is not _ABSENT else (), component_codes, strict=True):
+        if not (set(comp_codes) & wanted):
+            continue
+        q = comp.get("valueQuantity")
+        records.append(ObservationInput(ref, status, comp_codes, _q_value(q), _q_unit(q), time))
+    return records
+
+
+_PLAIN_MEDICATION_REQUEST: dict[str, Check] = {
+    "resourceType": lambda value: value == "MedicationRequest",
+    "id": _ok_id,
+    "meta": _ok_meta,
+    "status": _ok_code,
+    "intent": _ok_code,
+    "category": _ok_concepts,
+    "priority": _ok_code,
+    "medicationCodeableConcept": _ok_concept,
+    "subject": _ok_reference,
+    "encounter": _ok_reference,
+    "requester": _ok_reference,
+    "authoredOn": _ok_datetime,
+    "dosageInstruction": _list_of(_ok_dosage),
+    "dispenseRequest": _ok_dispense,
+}
+_PLAIN_MEDICATION_REQUEST_KEYS = frozenset(_PLAIN_MEDICATION_REQUEST)
+_MR_REQUIRED = ("resourceType", "status", "intent", "subject", "medicationCodeableConcept")
+
+
+def _raw_codings(concept: Any) -> tuple[Coding, ...]:
+    if concept is None:
+        return ()
+    return tuple(Coding(c.get("system"), c.get("code"), c.get("display")) for c in concept.get("coding") or ())
+
+
+def plain_medication_request(raw: Mapping[str, Any], *, is_draft: bool) -> MedicationInput | None:
+    """What :func:`medication_request` gives for ``raw``, or None when ``raw`` is not plain.
+
+    A plain order names its drug by ``medicationCodeableConcept`` and has every required element, so the
+    defaults for draft orders and the Medication lookups of the R4B path never apply to it.
+    """
+    if type(raw) is not dict or not raw.keys() <= _PLAIN_MEDICATION_REQUEST_KEYS:
+        return None
+    for name in _MR_REQUIRED:
+        if name not in raw:
+            return None
+    for name, value in raw.items():
+        if not _PLAIN_MEDICATION_REQUEST[name](value):
+            return None
+    concept = raw["medicationCodeableConcept"]
+    codings = _raw_codings(concept)
+    names: list[str] = [concept["text"]] if concept.get("text") else []
+    names.extend(c["display"] for c in concept.get("coding") or () if c.get("display"))
+    instructions = raw.get("dosageInstruction")
+    dosage = instructions[0] if instructions else None
+    route = dosage.get("route") if dosage is not None else None
+    dose_value = dose_unit = None
+    dispense = raw.get("dispenseRequest")
+    validity = dispense.get("validityPeriod") if dispense else None
+    ended = _plain_datetime(validity.get("end")) if validity else None
+    if dosage is not None:
+        rates = dosage.get("doseAndRate")
+        if rates and "doseQuantity" in rates[0]:
+            dq = rates[0]["doseQuantity"]
+            dose_value, dose_unit = _num(dq.get("value")), dq.get("code") or dq.get("unit")
+        timing = dosage.get("timing")
+        repeat = timing.get("repeat") if timing else None
+        bounds = repeat.get("boundsPeriod") if repeat else None
+        if bounds is not None and "end" in bounds:
+            ended = ended or _plain_datetime(bounds["end"])
+    ident = raw.get("id")
+    return MedicationInput(
+        ref=f"MedicationRequest/{ident}" if ident else None,
+        is_draft=is_draft,
+        status=raw["status"],
+        codings=codings,
+        names=tuple(dict.fromkeys(n for n in names if n)),
+        route=_raw_codings(route),
+        route_text=route.get("text") if route is not None else None,
+        authored=_plain_datetime(raw.get("authoredOn")),
+        ended=ended,
+        dose_value=dose_value,
+        dose_unit=dose_unit,
+    )
 
 
 def _medication_names(med: Any) -> tuple[tuple[Coding, ...], list[str]]:
@@ -122,6 +603,16 @@ def _medication_names(med: Any) -> tuple[tuple[Coding, ...], list[str]]:
 
 def medication_request(raw: Mapping[str, Any], *, is_draft: bool, patient_id: str | None,
                        medications: Mapping[str, Any], out: Extracted) -> MedicationInput | None:
+    plain = plain_medication_request(raw, is_draft=is_draft)
+    if plain is not None:
+        return plain
+    return parsed_medication_request(raw, is_draft=is_draft, patient_id=patient_id, medications=medications,
+                                     out=out)
+
+
+def parsed_medication_request(raw: Mapping[str, Any], *, is_draft: bool, patient_id: str | None,
+                              medications: Mapping[str, Any], out: Extracted) -> MedicationInput | None:
+    """The reference path: parse with the R4B model (defaults and repairs), then flatten."""
     defaults: dict[str, Any] = {"intent": "order"}
     if is_draft:
         defaults["status"] = "draft"

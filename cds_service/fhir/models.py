@@ -112,6 +112,8 @@ def parse(resource: Any, defaults: dict[str, Any] | None = None) -> ParseResult:
         return ParseResult(model_cls.model_validate(resource))
     except ValidationError as exc:
         errors = exc.errors()
+    except RecursionError:  # e.g. extensions nested ~130 deep in a FHIR server's answer (prefetch is depth-capped)
+        return ParseResult(None, ["nested too deeply"])
     data = copy.deepcopy(resource)
     repairs: list[str] = []
     for _ in range(_MAX_REPAIRS):
@@ -128,5 +130,7 @@ def parse(resource: Any, defaults: dict[str, Any] | None = None) -> ParseResult:
             return ParseResult(model_cls.model_validate(data), repairs)
         except ValidationError as exc:
             errors = exc.errors()
+        except RecursionError:
+            return ParseResult(None, [*repairs, "nested too deeply"])
     repairs.append("unrepairable")
     return ParseResult(None, repairs)

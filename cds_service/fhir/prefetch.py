@@ -75,12 +75,16 @@ def _from_bundle(key: str, bundle: dict[str, Any], client: FhirClient | None) ->
     if client is None:
         result = SearchResult()
         entries, links = bundle.get("entry"), bundle.get("link")
+        keep = result.resources.append
         for entry in entries if isinstance(entries, list) else []:
-            if not isinstance(entry, dict) or not isinstance(entry.get("resource"), dict):
+            if not isinstance(entry, dict):
+                continue
+            resource = entry.get("resource")
+            if not isinstance(resource, dict):
                 continue
             search = entry.get("search")
             if not (isinstance(search, dict) and search.get("mode") == "outcome"):
-                result.resources.append(entry["resource"])
+                keep(resource)
         links = links if isinstance(links, list) else []
         has_next = any(isinstance(link, dict) and link.get("relation") == "next" for link in links)
         if has_next:

@@ -6,6 +6,7 @@ clients deviate (no ``Bundle.type``, unknown ``extension`` members, extra contex
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from array import array
@@ -16,6 +17,12 @@ from typing import Any
 from cds_service.errors import BadRequest
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,8192}")
+# A UTF-16 surrogate as a JSON escape (\ud800-\udfff) or as the raw bytes json.loads decodes with surrogatepass.
+# Two patterns, each with a literal first byte, so that re scans for it at C speed (one alternation of both
+# ran ~8x slower: 37 ms instead of 5 ms on an 8.5 MB prefetch).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE_BYTES = re.compile(rb"\xed[\xa0-\xbf]")
 _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _DEPTH_TABLE = bytes(
     1 if c in b"[{" else 255 if c in b"]}" else 0 for c in range(256)
@@ -30,9 +37,72 @@ def json_depth(body: bytes) -> int:
     return max(accumulate(array("b", skeleton)))
 
 
+# Everything but quotes and brackets, deleted by bytes.translate; then {} folded onto [].
+_NOT_SKELETON = bytes(c for c in range(256) if c not in b'"[]{}')
+_FOLD_BRACES = bytes.maketrans(b"{}", b"[]")
+_QUOTED = re.compile(rb'"[^"]*"')
+
+
+def _well_formed_depth(body: bytes, limit: int) -> int | None:
+    """Nesting depth of ``body`` *if it is well-formed UTF-8 JSON*, at C speed; ``limit + 1`` means deeper.
+
+    Every step is a bytes method: escaped backslashes then escaped quotes are removed (so each remaining
+    quote delimits a string), everything but quotes and brackets is deleted, adjacent quote pairs are
+    dropped (an empty string, or the empty gap between two strings), what is left inside quotes is removed,
+    and then innermost ``[]`` pairs are peeled off one level per pass. For a body that is not well-formed JSON
+    the number means nothing, which is why :func:`load_json` trusts it only when ``json.loads`` then succeeds.
+    ``None``: not UTF-8 (``json.loads`` would decode UTF-16/32), or unbalanced.
+    """
+    if json.detect_encoding(body) not in ("utf-8", "utf-8-sig"):
+        return None
+    skeleton = body
+    if b"\\" in skeleton:
+        skeleton = skeleton.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = skeleton.translate(None, _NOT_SKELETON)
+    skeleton = skeleton.replace(b'""', b"")
+    if b'"' in skeleton:
+        skeleton = _QUOTED.sub(b"", skeleton)
+    skeleton = skeleton.translate(_FOLD_BRACES)
+    depth = 0
+    while skeleton:
+        if depth > limit:
+            return depth
+        peeled = skeleton.replace(b"[]", b"")
+        if len(peeled) == len(skeleton):
+            return None
+        skeleton = peeled
+        depth += 1
+    return depth
+
+
+def _loads_without_gc(body: bytes) -> Any:
+    """``json.loads`` with the cyclic garbage collector paused.
+
+    Decoding only builds new acyclic containers, so a collection during it cannot free anything; it only
+    walks the growing tree again and again (on a 10,000-Observation prefetch that doubled the parse time).
+    Reference counting is unaffected; the collector is re-enabled afterwards unless it was off already.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return json.loads(body)
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def load_json(body: bytes, *, max_depth: int) -> Any:
     if not body.strip():
         raise BadRequest("request body is empty; expected a JSON object")
+    # Fast path: when the C-speed depth is within the limit and the body parses, the body is well-formed
+    # JSON, for which that depth equals json_depth(body): the answer is the one the checks below would give.
+    # Anything else (too deep, not JSON, not UTF-8) takes the original order of checks and messages.
+    fast = _well_formed_depth(body, max_depth)
+    if fast is not None and fast <= max_depth:
+        try:
+            return _loads_without_gc(body)
+        except (ValueError, RecursionError):  # ValueError: also a number of more than 4300 digits
+            pass
     if json_depth(body) > max_depth:
         raise BadRequest(f"JSON nesting deeper than {max_depth} levels")
     try:
@@ -43,6 +113,8 @@ def load_json(body: bytes, *, max_depth: int) -> Any:
         raise BadRequest(f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
     except RecursionError as exc:  # pragma: no cover - depth check comes first
         raise BadRequest("JSON nesting too deep") from exc
+    except ValueError as exc:  # Python refuses integers of more than sys.get_int_max_str_digits() digits
+        raise BadRequest("request body has a JSON number too long to read (more than 4300 digits)") from exc
 
 
 def _require(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str = "") -> Any:
@@ -92,11 +164,11 @@ def parse_hook_request(body: Any, *, expected_hook: str) -> HookRequest:
         raise BadRequest("field 'hookInstance' is longer than 128 characters", field="hookInstance")
     context = _require(body, "context", dict)
     patient_id = _require(context, "patientId", str, "context.")
-    if not FHIR_ID.match(patient_id):
+    if not FHIR_ID.fullmatch(patient_id):  # fullmatch: '$' would let a trailing newline through
         raise BadRequest("field 'context.patientId' is not a valid FHIR id", field="context.patientId")
     user_id = _require(context, "userId", str, "context.")
     encounter_id = context.get("encounterId")
-    if encounter_id is not None and not (isinstance(encounter_id, str) and FHIR_ID.match(encounter_id)):
+    if encounter_id is not None and not (isinstance(encounter_id, str) and FHIR_ID.fullmatch(encounter_id)):
         raise BadRequest("field 'context.encounterId' is not a valid FHIR id", field="context.encounterId")
     draft_orders = _require(context, "draftOrders", dict, "context.")
     if draft_orders.get("resourceType", "Bundle") != "Bundle":
@@ -116,6 +188,9 @@ def parse_hook_request(body: Any, *, expected_hook: str) -> HookRequest:
         if fhir_server is None:
             raise BadRequest("'fhirAuthorization' requires 'fhirServer' (cds-r-1)", field="fhirServer")
         access_token = _require(auth, "access_token", str, "fhirAuthorization.")
+        if not _TOKEN_CHARS.fullmatch(access_token):  # it goes into an HTTP header: printable ASCII only
+            raise BadRequest("field 'fhirAuthorization.access_token' must be printable ASCII without spaces "
+                             "(an RFC 6750 bearer token)", field="fhirAuthorization.access_token")
         token_type = auth.get("token_type", "Bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise BadRequest("field 'fhirAuthorization.token_type' must be 'Bearer'",
@@ -159,6 +234,10 @@ def parse_feedback(body: Any) -> list[dict[str, Any]]:
         accepted = item.get("acceptedSuggestions")
         if outcome == "accepted":
             accepted = _require(item, "acceptedSuggestions", list, where)
+        if accepted is not None:  # checked whenever present: an overridden card may carry it too
+            if not isinstance(accepted, list):
+                raise BadRequest(f"field '{where}acceptedSuggestions' must be an array",
+                                 field=f"{where}acceptedSuggestions")
             for j, suggestion in enumerate(accepted):
                 if not isinstance(suggestion, dict) or not isinstance(suggestion.get("id"), str):
                     raise BadRequest(f"field '{where}acceptedSuggestions[{j}].id' must be a string",
@@ -170,3 +249,26 @@ def parse_feedback(body: Any) -> list[dict[str, Any]]:
                     "acceptedSuggestions": [s["id"] for s in accepted or []],
                     "overrideReason": (reason or {}).get("reason")})
     return out
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def reject_lone_surrogates(body: bytes, data: Any) -> None:
+    """400 for a string holding an unpaired UTF-16 surrogate (``"\\ud800"``): not text, cannot be answered in
+    UTF-8 (RFC 8259 section 8.2). The parsed value is walked only when the raw body hints at one."""
+    hinted = (_SURROGATE_ESCAPE.search(body) or _SURROGATE_BYTES.search(body)
+              or json.detect_encoding(body) not in ("utf-8", "utf-8-sig"))
+    if hinted and _has_lone_surrogate(data):
+        raise BadRequest("request body has a string with an unpaired UTF-16 surrogate (\\ud800-\\udfff)")
