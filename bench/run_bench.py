@@ -57,7 +57,7 @@ RESULTS = ROOT / "bench" / "results"
 BIN = Path(sys.executable).parent
 WORKERS = 2  # the Docker image's CMD: --workers 2 (threads 1 → sync workers)
 FHIR_LATENCY_MS = 50
-LARGE_BODY_BYTES = 128 * 1024 * 1024  # scenario 2 only: the 10k/50k-Observation prefetch exceeds the 5 MB default
+LARGE_BODY_BYTES = 128 * 1024 * 1024  # scenario 2 only: the 50k-Observation prefetch (43 MB) exceeds the 32 MiB default
 
 TARGETS = {
     "s1_ratio_min": 0.5,

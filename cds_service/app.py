@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 
 from flask import Flask
@@ -27,6 +28,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["nms_cds"] = Runtime.build(settings)
     blueprint.register(app)
+    # Start-up objects (value sets, templates, models) live for the whole process: move them out of the
+    # cyclic collector's generations so that collections during requests do not walk them again.
+    gc.freeze()
     if settings.auth == AuthMode.OFF:
         log.warning("authentication is OFF: development only", extra={"event": "auth-off"})
     return app

@@ -58,7 +58,10 @@ class Settings(BaseSettings):
     fhir_concurrency: int = Field(8, ge=1, description="Concurrent FHIR queries per hook call")
 
     # --- request limits ---------------------------------------------------------------------------
-    max_body_bytes: int = Field(5 * 1024 * 1024, ge=1024, description="Largest accepted request body (413 beyond)")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024,
+        description="Largest accepted request body (413 beyond); a 10,000-Observation prefetch is about 8.5 MB",
+    )
     max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting")
 
     # --- behaviour --------------------------------------------------------------------------------

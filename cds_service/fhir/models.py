@@ -114,6 +114,9 @@ def parse(resource: Any, defaults: dict[str, Any] | None = None) -> ParseResult:
         errors = exc.errors()
     except RecursionError:  # e.g. extensions nested ~130 deep in a FHIR server's answer (prefetch is depth-capped)
         return ParseResult(None, ["nested too deeply"])
+    except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
+        # fhir_core validators can raise plain exceptions on odd input (e.g. "_status": 1.5): unreadable, not fatal
+        return ParseResult(None, [f"unparseable ({type(exc).__name__})"])
     data = copy.deepcopy(resource)
     repairs: list[str] = []
     for _ in range(_MAX_REPAIRS):
@@ -132,5 +135,7 @@ def parse(resource: Any, defaults: dict[str, Any] | None = None) -> ParseResult:
             errors = exc.errors()
         except RecursionError:
             return ParseResult(None, [*repairs, "nested too deeply"])
+        except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
+            return ParseResult(None, [*repairs, f"unparseable ({type(exc).__name__})"])
     repairs.append("unrepairable")
     return ParseResult(None, repairs)
