@@ -11,7 +11,8 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cds_service.errors import NotFound, PayloadTooLarge, PreconditionFailed, RequestError, Unauthorized
-from cds_service.hooks.request import load_json, parse_feedback, parse_hook_request
+from cds_service.hooks.request import load_json, parse_feedback, parse_hook_request, reject_lone_surrogates
+from cds_service.openapi import openapi_document
 from cds_service.runtime import Runtime
 
 bp = Blueprint("cds_hooks", __name__)
@@ -42,7 +43,9 @@ def _body() -> Any:
         raise PayloadTooLarge(f"request body larger than {rt.settings.max_body_bytes} bytes") from exc
     if len(data) > rt.settings.max_body_bytes:
         raise PayloadTooLarge(f"request body larger than {rt.settings.max_body_bytes} bytes")
-    return load_json(data, max_depth=rt.settings.max_json_depth)
+    parsed = load_json(data, max_depth=rt.settings.max_json_depth)
+    reject_lone_surrogates(data, parsed)
+    return parsed
 
 
 @bp.get("/cds-services")
@@ -94,6 +97,14 @@ def feedback(service_id: str) -> Response:
 @bp.get("/healthz")
 def health() -> Response:
     return jsonify({"status": "ok"})
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    """The OpenAPI 3.1 document of this surface; unauthenticated, like /healthz."""
+    rt = runtime()
+    hook = next(iter(rt.services.values())).hook
+    return jsonify(openapi_document(rt.settings, hook))
 
 
 def _error_response(exc: RequestError) -> tuple[Response, int]:
