@@ -192,6 +192,7 @@ def assert_rejected(resp: Any, caplog: pytest.LogCaptureFixture, outbound: respo
                     reason: str, *secrets: str) -> None:
     assert resp.status_code == 401
     assert resp.get_json() == {"error": "unauthorized"}
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="cds-services"'  # RFC 6750, without detail
     assert len(outbound.calls) == 0, [c.request.url for c in outbound.calls]
     failures = auth_failures(caplog)
     assert failures and reason in failures[-1], failures

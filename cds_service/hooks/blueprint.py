@@ -111,7 +111,9 @@ def _error_response(exc: RequestError) -> tuple[Response, int]:
     if isinstance(exc, Unauthorized):
         log.warning("unauthorized", extra={"event": "auth-failed", "reason": exc.reason,
                                           "iss": g.get("iss"), "jti": g.get("jti")})
-        return jsonify({"error": "unauthorized"}), 401
+        response = jsonify({"error": "unauthorized"})
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'  # RFC 6750; no error detail
+        return response, 401
     if isinstance(exc, PreconditionFailed):
         outcome = {
             "resourceType": "OperationOutcome",
