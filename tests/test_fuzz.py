@@ -86,8 +86,11 @@ OFF_LIST_FHIR = "https://not-allowlisted.invalid/fhir"  # never contacted: outsi
 
 
 # Built at import: schemathesis loads the document from the app when the module is collected.
+# The body limit is pinned at 5 MiB (the production default is 32 MiB) so that the huge-string mutation
+# reaches 413 without building 33 MB bodies thousands of times.
+BODY_LIMIT = 5 * 1024 * 1024
 FUZZ_APP = create_app(make_settings(fixed_now=fixtures.ANCHOR, fhir_allowlist=[CLOSED_FHIR], fhir_connect_timeout=0.5,
-                                    hook_budget_seconds=1.0, log_level="WARNING"))
+                                    hook_budget_seconds=1.0, log_level="WARNING", max_body_bytes=BODY_LIMIT))
 
 
 @pytest.fixture(scope="module")
@@ -646,7 +649,8 @@ def test_fuzz_feedback(fuzz_client: FlaskClient) -> None:
 raw_bodies = st.one_of(
     st.binary(max_size=200),
     st.sampled_from([b"", b" ", b"{", b"[]", b"null", b"NaN", b'{"hook": NaN}', b"\xef\xbb\xbf{}", b"\xff\xfe{}",
-                     b'{"a": "\\ud800"}', b'{"hook": "order-sign", "hook": 1}', b"1" * 5000, b"[" * 70 + b"]" * 70]),
+                     b'{"a": "\\ud800"}', b'{"hook": "order-sign", "hook": 1}', b"1" * 5000, b"[" * 70 + b"]" * 70,
+                     b'{"hook": "' + b'\\"' * 40_000, b'"' + b"\\" * 50_000, b'["' + b"[" * 100_000]),
     hook_requests().map(lambda case: json.dumps(case[0]).encode()[: len(json.dumps(case[0])) // 2]),  # truncated
 )
 
@@ -711,3 +715,19 @@ def test_schemathesis(case: Any, fuzz_app: Flask) -> None:
     _counted(f"schemathesis {case.method} {case.operation.path}" if documented else "schemathesis other methods",
              check)
 
+
+@pytest.mark.parametrize("size", [64 * 1024, 4 * 1024 * 1024])
+def test_malformed_bodies_are_rejected_in_linear_time(size: int) -> None:
+    """Regression: an unterminated string of escaped quotes made the depth check quadratic (64 KB: 12 s;
+    a body at the 32 MiB limit would pin a worker for hours). Found by test_fuzz_raw_bodies."""
+    app = create_app(make_settings(log_level="WARNING"))  # the production body limit
+    client = app.test_client()
+    try:
+        for body in (b'{"hook": "' + b'\\"' * (size // 2), b'"' + b"\\" * size, b'"' + b"[" * size):
+            started = time.perf_counter()
+            response = client.post(URL, data=body, content_type="application/json")
+            elapsed = time.perf_counter() - started
+            assert response.status_code == 400, response.get_data(as_text=True)[:200]
+            assert elapsed < 2.0, f"{len(body)} bytes took {elapsed:.1f} s"
+    finally:
+        app.extensions["nms_cds"].pool.shutdown()
