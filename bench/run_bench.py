@@ -76,6 +76,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def child_pids(pid: int) -> list[int]:
+    """Processes forked by ``pid``'s main thread (gunicorn's workers), from /proc."""
+    try:
+        return sorted(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+    except OSError:
+        return []
+
+
 @dataclass
 class Server:
     name: str
@@ -88,11 +96,7 @@ class Server:
         return f"http://{HOST}:{self.port}{SERVICE_PATH}"
 
     def workers(self) -> list[int]:
-        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        try:
-            return [int(p) for p in path.read_text().split()]
-        except OSError:
-            return []
+        return child_pids(self.proc.pid)
 
     def peak_memory_mb(self) -> list[float]:
         """VmHWM (peak resident set) of each gunicorn worker, in MiB."""

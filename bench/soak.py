@@ -36,7 +36,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.run_bench import child_pids, free_port  # noqa: E402
 from cds_service import fixtures  # noqa: E402
 from cds_service.localfhir import LocalFhirServer, ensure_node_packages  # noqa: E402
 
@@ -80,13 +80,6 @@ PREFETCH_SCENARIOS = ("classic-nms", "early-nms", "metoclopramide", "iron-patter
 
 # --- processes ------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 def rss_kb(pid: int) -> int | None:
     try:
         text = Path(f"/proc/{pid}/status").read_text()
@@ -94,18 +87,6 @@ def rss_kb(pid: int) -> int | None:
         return None
     match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.M)
     return int(match.group(1)) if match else None
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return sorted(out)
 
 
 @dataclass
@@ -119,7 +100,7 @@ class Service:
         return f"http://{HOST}:{self.port}"
 
     def workers(self) -> list[int]:
-        return children(self.proc.pid)
+        return child_pids(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

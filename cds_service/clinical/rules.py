@@ -195,9 +195,6 @@ def _dose_increases(antagonists: Sequence[Exposure], since: datetime) -> list[st
 
 # --- observations -----------------------------------------------------------------------------------
 
-_CONCEPT_ALIASES = {"bp-panel": None}  # panels arrive flattened into systolic/diastolic components
-
-
 _by_time = attrgetter("time")
 
 
