@@ -1,4 +1,4 @@
-"""Shared pytest fixtures (Flask tutorial style): settings, app, client, and the shared datasets."""
+"""Common pytest fixtures (Flask tutorial style): settings, app, client, and the in-repository datasets."""
 
 from __future__ import annotations
 
@@ -16,13 +16,17 @@ from cds_service.app import create_app
 from cds_service.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+DATASETS = REPO / "datasets"  # third-party test data, each file listed in datasets/MANIFEST.tsv
 FHIR_BASE = "https://fhir.example.org/r4"
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
-def shared_json(relative: str) -> Any:
-    return json.loads((SHARED / relative).read_text(encoding="utf-8"))
+def dataset_json(relative: str) -> Any:
+    """A JSON file from ``datasets/``; a missing file fails the test (it never skips)."""
+    path = DATASETS / relative
+    if not path.is_file():
+        pytest.fail(f"test data missing: datasets/{relative} (see datasets/MANIFEST.tsv)")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def make_settings(**overrides: Any) -> Settings:

@@ -21,11 +21,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from tests.conftest import shared_json
+from tests.conftest import dataset_json
 
-SPEC_PRIVATE_JWK_FILE = "datasets/cds-hooks-spec-examples/cds-hooks--index--block27-fragment.json"
-SPEC_PUBLIC_JWKS_FILE = "datasets/cds-hooks-spec-examples/cds-hooks--index--block26-fragment.json"
-SANDBOX_JWKS_FILE = "datasets/sandbox-requests/sandbox-jwks.json"
+SPEC_PRIVATE_JWK_FILE = "cds-hooks-spec-examples/cds-hooks--index--block27-fragment.json"
+SPEC_PUBLIC_JWKS_FILE = "cds-hooks-spec-examples/cds-hooks--index--block26-fragment.json"
+SANDBOX_JWKS_FILE = "sandbox-requests/sandbox-jwks.json"
 SANDBOX_ISS = "https://sandbox.cds-hooks.org"
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 
@@ -64,7 +64,7 @@ def rsa_key(kid: str = "rsa-2048", alg: str = "RS384", bits: int = 2048) -> Sign
 @cache
 def spec_key() -> SigningKey:
     """The CDS Hooks specification's example private key (EC P-384, kid ``example-kid``)."""
-    jwk = shared_json(SPEC_PRIVATE_JWK_FILE)
+    jwk = dataset_json(SPEC_PRIVATE_JWK_FILE)
     return SigningKey(jwk["kid"], "ES384", jwt.PyJWK(jwk, algorithm="ES384").key)
 
 
@@ -135,4 +135,4 @@ def write_trusted_clients(path: Path, entries: list[dict[str, Any]]) -> Path:
 
 def sandbox_entry() -> dict[str, Any]:
     """The trusted-clients entry for the reference sandbox, with its published public key."""
-    return {"iss": SANDBOX_ISS, "jwks": shared_json(SANDBOX_JWKS_FILE)}
+    return {"iss": SANDBOX_ISS, "jwks": dataset_json(SANDBOX_JWKS_FILE)}

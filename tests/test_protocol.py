@@ -1,4 +1,4 @@
-"""CDS Hooks 2.0.1 conformance: a walk through the checklist in shared/reference/cds-hooks.md."""
+"""CDS Hooks 2.0.1 conformance: a walk through the CDS Hooks 2.0.1 checklist (discovery, call, prefetch, cards, feedback, JWT, CORS, errors)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from cds_service.services.templates import prefetch_templates
 from tests.cdshooks_check import card_problems, discovery_problems, response_problems
-from tests.conftest import shared_json
+from tests.conftest import dataset_json
 
 URL = "/cds-services/nms-order-sign"
 HALOPERIDOL_DRAFT = {
@@ -79,7 +79,7 @@ def test_discovery_lists_the_order_sign_service(client: FlaskClient) -> None:
 
 
 def test_the_spec_discovery_example_passes_the_same_checker() -> None:
-    raw = json.dumps(shared_json("datasets/cds-hooks-spec-examples/cds-hooks--index--block00-discovery.json"))
+    raw = json.dumps(dataset_json("cds-hooks-spec-examples/cds-hooks--index--block00-discovery.json"))
     example = json.loads(raw.replace("{% raw  %}{{{% endraw  %}", "{{"))
     assert discovery_problems(example) == []
     assert discovery_problems({"services": [{"hook": "x", "id": "y", "description": "z",
@@ -131,7 +131,7 @@ def test_unknown_service_is_404_and_unknown_route_is_json(client: FlaskClient) -
 
 
 def test_unknown_extensions_are_ignored(client: FlaskClient) -> None:
-    extension = shared_json("datasets/cds-hooks-spec-examples/cds-hooks--index--block28-request.json")["extension"]
+    extension = dataset_json("cds-hooks-spec-examples/cds-hooks--index--block28-request.json")["extension"]
     body = hook_request(extension=extension)
     body["context"]["extension"] = extension
     response = client.post(URL, json=body)
@@ -142,10 +142,10 @@ def test_unknown_extensions_are_ignored(client: FlaskClient) -> None:
 # --- 3. draft orders parsed leniently ------------------------------------------------------------------
 
 def test_lenient_draft_orders(client: FlaskClient) -> None:
-    sandbox = shared_json("datasets/sandbox-requests/sandbox-order-sign-request.json")
+    sandbox = dataset_json("sandbox-requests/sandbox-order-sign-request.json")
     clozapine = sandbox["context"]["draftOrders"]["entry"][0]["resource"]
     assert isinstance(clozapine["category"], dict)  # the real client's quirk
-    nutrition = shared_json("datasets/cds-hooks-spec-examples/cds-hooks-library--order-sign--block00-context.json")
+    nutrition = dataset_json("cds-hooks-spec-examples/cds-hooks-library--order-sign--block00-context.json")
     other_orders = [e for e in nutrition["context"]["draftOrders"]["entry"]]
     entries = [
         {"resource": clozapine},
@@ -220,8 +220,8 @@ def test_critical_card_is_valid_and_stable(client: FlaskClient) -> None:
 
 
 def test_the_spec_card_examples_are_judged_like_ours() -> None:
-    good = shared_json("datasets/cds-hooks-spec-examples/cds-hooks--index--block19-response-cards.json")
-    bad = shared_json("datasets/cds-hooks-spec-examples/cds-hooks--index--block20-response-cards.json")
+    good = dataset_json("cds-hooks-spec-examples/cds-hooks--index--block19-response-cards.json")
+    bad = dataset_json("cds-hooks-spec-examples/cds-hooks--index--block20-response-cards.json")
     assert response_problems(good) == []
     assert any("indicator" in p for p in response_problems(bad))
 
@@ -230,7 +230,7 @@ def test_the_spec_card_examples_are_judged_like_ours() -> None:
 
 @pytest.mark.parametrize("block", ["block21", "block22", "block23"])
 def test_spec_feedback_examples_are_accepted(client: FlaskClient, block: str) -> None:
-    example = shared_json(f"datasets/cds-hooks-spec-examples/cds-hooks--index--{block}-fragment.json")
+    example = dataset_json(f"cds-hooks-spec-examples/cds-hooks--index--{block}-fragment.json")
     response = client.post(URL + "/feedback", json=example)
     assert response.status_code == 200
     assert response.get_json()["received"] == len(example["feedback"])
@@ -283,7 +283,7 @@ def test_cors_headers_on_post_and_errors_too(client: FlaskClient) -> None:
 
 @responses.activate
 def test_sandbox_order_sign_request_is_accepted(client: FlaskClient) -> None:
-    request = shared_json("datasets/sandbox-requests/sandbox-order-sign-request.json")
+    request = dataset_json("sandbox-requests/sandbox-order-sign-request.json")
     base = request["fhirServer"]
     responses.add(responses.GET, f"{base}/Patient/{request['context']['patientId']}",
                   json=request["prefetch"]["patient"])
@@ -300,7 +300,7 @@ def test_sandbox_order_sign_request_is_accepted(client: FlaskClient) -> None:
 
 @responses.activate
 def test_spec_order_sign_example_with_paginated_prefetch(client: FlaskClient) -> None:
-    request = shared_json("datasets/cds-hooks-spec-examples/cds-hooks--index--block03-request.json")
+    request = dataset_json("cds-hooks-spec-examples/cds-hooks--index--block03-request.json")
     responses.add(responses.GET, "https://ehr.example.org/fhir/Patient/1288992",
                   json={"resourceType": "Patient", "id": "1288992"})
     for resource in ("MedicationRequest", "Observation", "Condition", "AllergyIntolerance"):

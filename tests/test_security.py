@@ -28,7 +28,7 @@ from cds_service.app import create_app
 from cds_service.auth import Authenticator, ReplayCache, TrustedClientsError
 from cds_service.logs import JsonFormatter
 from cds_service.services.templates import prefetch_templates
-from tests.conftest import FHIR_BASE, make_settings, shared_json
+from tests.conftest import FHIR_BASE, make_settings, dataset_json
 from tests.jwt_helpers import (
     SANDBOX_JKU,
     SPEC_PUBLIC_JWKS_FILE,
@@ -76,7 +76,7 @@ def default_clients() -> list[dict[str, Any]]:
     keys["keys"].append(no_alg)
     return [
         {"iss": ISS, "jwks": keys},
-        {"iss": SPEC_ISS, "jwks": shared_json(SPEC_PUBLIC_JWKS_FILE)},
+        {"iss": SPEC_ISS, "jwks": dataset_json(SPEC_PUBLIC_JWKS_FILE)},
         {"iss": ROTATING_ISS, "jwks_url": JWKS_URL},
     ]
 
@@ -598,7 +598,7 @@ SANDBOX_FILES = ["sandbox-discovery-get-http.json", "sandbox-order-sign-http.jso
 @pytest.mark.parametrize("name", SANDBOX_FILES)
 @pytest.mark.parametrize("entry", ["static-jwks", "static-jwks-and-jku-url"])
 def test_sandbox_tokens_verify_with_its_published_key(tmp_path: Path, name: str, entry: str) -> None:
-    recorded = shared_json(f"datasets/sandbox-requests/{name}")
+    recorded = dataset_json(f"sandbox-requests/{name}")
     payload = recorded["jwt_payload"]
     client_entry = sandbox_entry() | ({"jwks_url": SANDBOX_JKU} if entry == "static-jwks-and-jku-url" else {})
     path = write_trusted_clients(tmp_path / "trusted.json", [client_entry])
@@ -626,12 +626,12 @@ def test_sandbox_tokens_verify_with_its_published_key(tmp_path: Path, name: str,
 ])
 def test_sandbox_requests_replayed_through_the_app(build: Callable[..., Flask], name: str, body_file: str | None,
                                                    expected: int) -> None:
-    recorded = shared_json(f"datasets/sandbox-requests/{name}")
+    recorded = dataset_json(f"sandbox-requests/{name}")
     payload = recorded["jwt_payload"]
     service_id = recorded["path"].removeprefix("/cds-services").strip("/") or "nms-order-sign"
     app = build([sandbox_entry()], clock=Clock(float(payload["iat"])), public_base_url="http://127.0.0.1:8082",
                 service_id=service_id, cors_origins=[recorded["headers"]["Origin"]])
-    body = shared_json(f"datasets/sandbox-requests/{body_file}") if body_file else None
+    body = dataset_json(f"sandbox-requests/{body_file}") if body_file else None
     with responses.RequestsMock(assert_all_requests_are_fired=False) as fhir:
         fhir.get(re.compile(r"http://127\.0\.0\.1:8081/Patient/[^?]+$"),
                  json={"resourceType": "Patient", "id": "473970be-68e3-7d37-e777-b0d9cc2a576f"})
@@ -721,8 +721,8 @@ def test_create_app_fails_fast_on_a_bad_trusted_clients_file(tmp_path: Path, con
                                                              fragment: str) -> None:
     path = tmp_path / "trusted.json"
     if content == "PRIVATE":
-        content = json.dumps([{"iss": SPEC_ISS, "jwks": {"keys": [shared_json(
-            "datasets/cds-hooks-spec-examples/cds-hooks--index--block27-fragment.json")]}}])
+        content = json.dumps([{"iss": SPEC_ISS, "jwks": {"keys": [dataset_json(
+            "cds-hooks-spec-examples/cds-hooks--index--block27-fragment.json")]}}])
     elif content == "DUPLICATE":
         content = json.dumps([{"iss": ISS, "jwks_url": JWKS_URL}, {"iss": ISS, "jwks_url": JWKS_URL}])
     if content is not None:

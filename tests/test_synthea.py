@@ -16,12 +16,18 @@ from cds_service.app import create_app
 from cds_service.clinical.valuesets import RXNORM
 from cds_service.services.templates import prefetch_templates
 from tests.cdshooks_check import response_problems
-from tests.conftest import SHARED, make_settings
+from tests.conftest import DATASETS, make_settings
 
 # The five COVID-19 patients with repeated fever (datasets/README.md): fever x2 + a draft antipsychotic is a
 # partial pattern (warning); their CK stays normal, so never critical.
 FEBRILE_COVID = {"1017080", "1479192", "840599", "872791", "921317"}
-BUNDLES = sorted((SHARED / "datasets" / "synthea-r4").glob("*/*.json"))
+BUNDLES = sorted((DATASETS / "synthea-r4").glob("*/*.json"))
+EXPECTED_BUNDLES = 25  # datasets/MANIFEST.tsv: 20 healthwallet + 2 Wasee11 + 3 generated-sample-data
+
+
+def test_all_synthea_bundles_present() -> None:
+    """A missing data folder must fail, not collapse the parametrised test below to nothing."""
+    assert len(BUNDLES) == EXPECTED_BUNDLES, f"datasets/synthea-r4 holds {len(BUNDLES)} bundles"
 
 
 def _patient_resources(path: Path) -> tuple[str, list[dict[str, Any]]]:
