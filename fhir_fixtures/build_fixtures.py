@@ -512,8 +512,8 @@ IM = "78421000"
 @scenario
 def classic_nms() -> Built:
     b = Builder("classic-nms", "Classic NMS course (haloperidol PO then IM)",
-                "The full structured IEC picture from docs/clinical-reference.md 7.2, compressed into the windows: all five "
-                "data-derived criteria (63 points), low iron, acute-phase labs", "male", "1984-03-02")
+                "The full structured IEC picture from docs/clinical-reference.md 7.2, compressed into the windows: "
+                "all five data-derived criteria (63 points), low iron, acute-phase labs", "male", "1984-03-02")
     b.med("310672", status="stopped", days_ago=4, dose=Dose(5, frequency=2),
           validity=(at(days=-4), at(days=-2)))
     b.med("204416", status="active", days_ago=2, dose=Dose(5, frequency=4, route=IM))
@@ -1029,8 +1029,8 @@ def boundary_exact_thresholds() -> Built:
         "conversion) and 38.0: none is > 38.0 (strict) -> hyperthermia NOT met. CK 800 with ULN 200 = exactly "
         "4.0 x ULN -> met (>=) -> 10. Baseline (afebrile: 24-168 h before the window start) HR 80, RR 16, BP "
         "120/80; at -16 h HR 100 = exactly +25 % and RR 24 = exactly +50 % -> hypermetabolism met (>=, "
-        "docs/clinical-reference.md 1.3) -> 5. BP 140/90 = +16.7 %/+12.5 %, largest 24 h swing 12/8 mmHg -> no autonomic "
-        "item. Total 35; exposure + CK without hyperthermia -> warning, not critical.",
+        "docs/clinical-reference.md 1.3) -> 5. BP 140/90 = +16.7 %/+12.5 %, largest 24 h swing 12/8 mmHg -> "
+        "no autonomic item. Total 35; exposure + CK without hyperthermia -> warning, not critical.",
         evidence={"tmax_cel": 38.0, "ck_peak_u_l": 800, "ck_uln_u_l": 200},
         suggest_delete_draft=delete(d)))
 
