@@ -65,7 +65,12 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting")
 
     # --- behaviour --------------------------------------------------------------------------------
-    service_id: str = Field("nms-order-sign", pattern=r"^[A-Za-z0-9\-_.]+$")
+    service_id: str = Field("nms-order-sign", pattern=r"^[A-Za-z0-9\-_.]+$",
+                            description="Service id of the order-sign service")
+    patient_view_service_id: str = Field("nms-patient-view", pattern=r"^[A-Za-z0-9\-_.]+$",
+                                         description="Service id of the patient-view service")
+    order_select_service_id: str = Field("nms-order-select", pattern=r"^[A-Za-z0-9\-_.]+$",
+                                         description="Service id of the order-select service")
     feedback_log: Path | None = Field(None, description="JSON-lines file to append card feedback to")
     log_level: str = Field("INFO")
     log_patient_ids: bool = Field(False, description="Operator opt-in: include patientId in logs")
@@ -94,6 +99,14 @@ class Settings(BaseSettings):
     def _no_wildcard_cors_in_production(self) -> Settings:
         if not self.is_development and "*" in self.cors_origins:
             raise ValueError("NMS_CDS_CORS_ORIGINS='*' is for development only; list the allowed origins")
+        return self
+
+    @model_validator(mode="after")
+    def _distinct_service_ids(self) -> Settings:
+        ids = [self.patient_view_service_id, self.order_select_service_id, self.service_id]
+        if len(set(ids)) != len(ids):
+            raise ValueError("NMS_CDS_SERVICE_ID, NMS_CDS_PATIENT_VIEW_SERVICE_ID and "
+                             "NMS_CDS_ORDER_SELECT_SERVICE_ID must differ")
         return self
 
     @property

@@ -18,7 +18,7 @@ from typing import Any
 
 from cds_service import __version__
 from cds_service.config import AuthMode, Settings
-from cds_service.hooks.request import FHIR_ID
+from cds_service.hooks.request import FHIR_ID, REFERENCE
 
 JSON = "application/json"
 OPENAPI_VERSION = "3.1.0"
@@ -39,7 +39,50 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 NON_BLANK = {"type": "string", "minLength": 1, "description": "not blank (whitespace only is a 400)"}
 
 
-def _schemas(hook: str) -> dict[str, Any]:
+def service_hooks(settings: Settings) -> dict[str, str]:
+    """Service id → hook, in discovery order (the same ids :class:`cds_service.runtime.Runtime` serves)."""
+    return {settings.patient_view_service_id: "patient-view", settings.order_select_service_id: "order-select",
+            settings.service_id: "order-sign"}
+
+
+_CONTEXT_SCHEMAS = {"patient-view": "PatientViewContext", "order-select": "OrderSelectContext",
+                    "order-sign": "OrderSignContext"}
+
+
+def _hook_request(hook: str, context: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": f"CDS Hooks 2.0 service request for the `{hook}` hook",
+        "required": ["hook", "hookInstance", "context"],
+        "properties": {
+            "hook": {"const": hook},
+            "hookInstance": {**NON_BLANK, "maxLength": 128},
+            "fhirServer": {
+                "type": ["string", "null"],
+                "minLength": 1,
+                "description": "FHIR base URL; contacted only when it is within NMS_CDS_FHIR_ALLOWLIST "
+                               "(https, or http on loopback); another value is not contacted",
+            },
+            "fhirAuthorization": {"oneOf": [_ref("FhirAuthorization"), {"type": "null"}]},
+            "context": _ref(context),
+            "prefetch": {
+                "type": ["object", "null"],
+                "description": "Prefetch key → FHIR resource (a searchset Bundle for searches) or null (no "
+                               "data). A missing key, an OperationOutcome or any other value is fetched from "
+                               "fhirServer instead (and reported as not retrieved when that fails).",
+            },
+        },
+        "dependentSchemas": {
+            "fhirAuthorization": {
+                "if": {"properties": {"fhirAuthorization": {"type": "object"}}},
+                "then": {"required": ["fhirServer"],
+                         "properties": {"fhirServer": {"type": "string"}}},
+            },
+        },
+    }
+
+
+def _schemas(hooks: list[str]) -> dict[str, Any]:
     fhir_id = {"type": "string", "pattern": FHIR_ID.pattern, "description": "FHIR id: [A-Za-z0-9-.]{1,64}"}
     coding = {
         "type": "object",
@@ -151,36 +194,34 @@ def _schemas(hook: str) -> dict[str, Any]:
                                "description": "'Bearer' (any case); the default when absent"},
             },
         },
-        "HookRequest": {
+        "PatientViewContext": {
             "type": "object",
-            "description": f"CDS Hooks 2.0 service request for the `{hook}` hook",
-            "required": ["hook", "hookInstance", "context"],
+            "description": "patient-view context (CDS Hooks 2.0); other members are accepted and ignored",
+            "required": ["userId", "patientId"],
             "properties": {
-                "hook": {"const": hook},
-                "hookInstance": {**NON_BLANK, "maxLength": 128},
-                "fhirServer": {
-                    "type": ["string", "null"],
-                    "minLength": 1,
-                    "description": "FHIR base URL; contacted only when it is within NMS_CDS_FHIR_ALLOWLIST "
-                                   "(https, or http on loopback); another value is not contacted",
-                },
-                "fhirAuthorization": {"oneOf": [_ref("FhirAuthorization"), {"type": "null"}]},
-                "context": _ref("OrderSignContext"),
-                "prefetch": {
-                    "type": ["object", "null"],
-                    "description": "Prefetch key → FHIR resource (a searchset Bundle for searches) or null (no "
-                                   "data). A missing key, an OperationOutcome or any other value is fetched from "
-                                   "fhirServer instead (and reported as not retrieved when that fails).",
-                },
-            },
-            "dependentSchemas": {
-                "fhirAuthorization": {
-                    "if": {"properties": {"fhirAuthorization": {"type": "object"}}},
-                    "then": {"required": ["fhirServer"],
-                             "properties": {"fhirServer": {"type": "string"}}},
-                },
+                "userId": {**NON_BLANK, "description": "e.g. Practitioner/123"},
+                "patientId": _ref("FhirId"),
+                "encounterId": {"oneOf": [_ref("FhirId"), {"type": "null"}]},
             },
         },
+        "OrderSelectContext": {
+            "type": "object",
+            "description": "order-select context (CDS Hooks 2.0): only the orders named in `selections` are "
+                           "assessed as new; other members are accepted and ignored",
+            "required": ["userId", "patientId", "selections", "draftOrders"],
+            "properties": {
+                "userId": {**NON_BLANK, "description": "e.g. Practitioner/123"},
+                "patientId": _ref("FhirId"),
+                "encounterId": {"oneOf": [_ref("FhirId"), {"type": "null"}]},
+                "selections": {"type": "array", "minItems": 1,
+                               "items": {"type": "string", "pattern": REFERENCE.pattern},
+                               "description": "references Type/id of the selected draft orders"},
+                "draftOrders": _ref("DraftOrders"),
+            },
+        },
+        **{_CONTEXT_SCHEMAS[h].removesuffix("Context") + "Request": _hook_request(h, _CONTEXT_SCHEMAS[h])
+           for h in hooks},
+        "HookRequest": {"oneOf": [_ref(_CONTEXT_SCHEMAS[h].removesuffix("Context") + "Request") for h in hooks]},
         # --- service response -----------------------------------------------------------------------
         "HookResponse": {
             "type": "object",
@@ -317,13 +358,13 @@ def _errors(settings: Settings, *statuses: int) -> dict[str, Any]:
     return {str(s): _json(_ref(texts[s][1]), texts[s][0]) for s in statuses}
 
 
-def _build(settings: Settings, hook: str) -> dict[str, Any]:
+def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
     service_id = {
         "name": "service_id",
         "in": "path",
         "required": True,
         "description": "Service id from discovery",
-        "schema": {"type": "string", "enum": [settings.service_id]},
+        "schema": {"type": "string", "enum": list(services)},
     }
     public: list[dict[str, list[str]]] = []  # no authentication on these routes
     document: dict[str, Any] = {
@@ -331,7 +372,8 @@ def _build(settings: Settings, hook: str) -> dict[str, Any]:
         "info": {
             "title": "nms-cds",
             "version": __version__,
-            "summary": "CDS Hooks 2.0 order-sign service: possible neuroleptic malignant syndrome",
+            "summary": "CDS Hooks 2.0 patient-view, order-select and order-sign services: possible neuroleptic "
+                       "malignant syndrome",
             "description": "CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/) discovery, service and feedback "
                            "endpoints, plus a health check and this document.",
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
@@ -349,7 +391,8 @@ def _build(settings: Settings, hook: str) -> dict[str, Any]:
             "/cds-services/{service_id}": {
                 "post": {
                     "operationId": "callService",
-                    "summary": "Call the order-sign service: cards about a possible NMS pattern",
+                    "summary": "Call a service (the request's hook must be the service's): cards about a possible NMS "
+                               "pattern",
                     "parameters": [service_id],
                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("HookRequest")}}},
                     "responses": {
@@ -389,7 +432,7 @@ def _build(settings: Settings, hook: str) -> dict[str, Any]:
             },
         },
         "components": {
-            "schemas": _schemas(hook),
+            "schemas": _schemas(list(dict.fromkeys(services.values()))),
             "headers": {
                 "X-Request-Id": {
                     "description": "The caller's X-Request-Id (first 64 characters) or a generated id",
@@ -417,6 +460,7 @@ def _build(settings: Settings, hook: str) -> dict[str, Any]:
     return document
 
 
-def openapi_document(settings: Settings, hook: str = "order-sign") -> dict[str, Any]:
-    """The document for a deployment with ``settings`` (built fresh: a few hundred microseconds)."""
-    return _build(settings, hook)
+def openapi_document(settings: Settings, services: dict[str, str] | None = None) -> dict[str, Any]:
+    """The document for a deployment with ``settings`` (built fresh: a few hundred microseconds);
+    ``services`` maps service id → hook (default: the three services of ``settings``)."""
+    return _build(settings, services if services is not None else service_hooks(settings))

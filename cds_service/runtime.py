@@ -11,7 +11,9 @@ from cds_service.config import Settings
 from cds_service.feedback import FeedbackStore
 from cds_service.fhir.client import QueryPool
 from cds_service.services.engine import CdsService, Engine
+from cds_service.services.order_select import OrderSelectPolicy
 from cds_service.services.order_sign import OrderSignPolicy
+from cds_service.services.patient_view import PatientViewPolicy
 
 
 @dataclass
@@ -34,10 +36,12 @@ class Runtime:
 
         pool = QueryPool(settings.fhir_concurrency)
         engine = Engine(settings, pool, clock)
-        service = CdsService(OrderSignPolicy(settings), engine)
+        # Discovery order follows the clinician's workflow: chart opened, drug picked, orders signed.
+        policies = (PatientViewPolicy(settings), OrderSelectPolicy(settings), OrderSignPolicy(settings))
+        services = {p.id: CdsService(p, engine) for p in policies}
         return cls(
             settings=settings,
-            services={service.id: service},
+            services=services,
             pool=pool,
             feedback=FeedbackStore(settings.feedback_log),
             authenticator=Authenticator(settings),

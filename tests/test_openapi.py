@@ -82,10 +82,13 @@ def test_every_route_is_documented_and_nothing_else(app: Flask, document: dict[s
 
 
 def test_document_names_the_configured_service_and_limits(app: Flask) -> None:
-    settings = make_settings(service_id="nms-x", max_body_bytes=4096)
+    settings = make_settings(service_id="nms-x", patient_view_service_id="nms-y", max_body_bytes=4096)
     document = openapi_document(settings)
     parameter = document["paths"]["/cds-services/{service_id}"]["post"]["parameters"][0]
-    assert parameter["schema"]["enum"] == ["nms-x"]
+    assert parameter["schema"]["enum"] == ["nms-y", "nms-order-select", "nms-x"]
+    hooks = [document["components"]["schemas"][r["$ref"].rsplit("/", 1)[1]]["properties"]["hook"]["const"]
+             for r in document["components"]["schemas"]["HookRequest"]["oneOf"]]
+    assert hooks == ["patient-view", "order-select", "order-sign"]
     assert "4096 bytes" in document["paths"]["/cds-services/{service_id}"]["post"]["responses"]["413"]["description"]
     assert document["servers"] == [{"url": settings.public_base_url}]
 

@@ -60,13 +60,19 @@ def febrile_prefetch() -> dict[str, Any]:
 
 # --- 1. discovery ------------------------------------------------------------------------------------
 
-def test_discovery_lists_the_order_sign_service(client: FlaskClient) -> None:
+def test_discovery_lists_the_three_services(client: FlaskClient) -> None:
     response = client.get("/cds-services")
     assert response.status_code == 200
     body = response.get_json()
     assert discovery_problems(body) == []
-    (service,) = body["services"]
-    assert service["hook"] == "order-sign" and service["id"] == "nms-order-sign"
+    hooks = {s["hook"]: s for s in body["services"]}
+    assert [s["hook"] for s in body["services"]] == ["patient-view", "order-select", "order-sign"]
+    assert {h: s["id"] for h, s in hooks.items()} == {
+        "patient-view": "nms-patient-view", "order-select": "nms-order-select", "order-sign": "nms-order-sign"}
+    for other in ("patient-view", "order-select"):  # every hook gets the same data, by the same templates
+        assert hooks[other]["prefetch"] == hooks["order-sign"]["prefetch"]
+        assert "NMS" in hooks[other]["title"] and hooks[other]["description"]
+    service = hooks["order-sign"]
     assert service["title"] and service["description"]
     prefetch = service["prefetch"]
     assert prefetch["patient"] == "Patient/{{context.patientId}}"

@@ -103,8 +103,7 @@ def health() -> Response:
 def openapi() -> Response:
     """The OpenAPI 3.1 document of this surface; unauthenticated, like /healthz."""
     rt = runtime()
-    hook = next(iter(rt.services.values())).hook
-    return jsonify(openapi_document(rt.settings, hook))
+    return jsonify(openapi_document(rt.settings, {sid: svc.hook for sid, svc in rt.services.items()}))
 
 
 def _error_response(exc: RequestError) -> tuple[Response, int]:

@@ -17,6 +17,14 @@ from typing import Any
 from cds_service.errors import BadRequest
 
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+REFERENCE = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")  # a relative reference "Type/id"
+# Context members each hook REQUIRES beyond userId and patientId (CDS Hooks hook library, R4 definitions).
+# Members a hook does not define (draftOrders sent with patient-view) are ignored, like unknown extensions.
+HOOK_CONTEXTS: dict[str, tuple[str, ...]] = {
+    "patient-view": (),
+    "order-select": ("selections", "draftOrders"),
+    "order-sign": ("draftOrders",),
+}
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]{1,8192}")
 # A UTF-16 surrogate as a JSON escape (\ud800-\udfff) or as the raw bytes json.loads decodes with surrogatepass.
 # Two patterns, each with a literal first byte, so that re scans for it at C speed (one alternation of both
@@ -145,6 +153,7 @@ class HookRequest:
     fhir_server: str | None
     access_token: str | None
     prefetch: dict[str, Any] | None
+    selections: tuple[str, ...] = ()  # order-select: "MedicationRequest/<id>" of the orders being picked
 
     def draft_resources(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -172,12 +181,26 @@ def parse_hook_request(body: Any, *, expected_hook: str) -> HookRequest:
     encounter_id = context.get("encounterId")
     if encounter_id is not None and not (isinstance(encounter_id, str) and FHIR_ID.fullmatch(encounter_id)):
         raise BadRequest("field 'context.encounterId' is not a valid FHIR id", field="context.encounterId")
-    draft_orders = _require(context, "draftOrders", dict, "context.")
-    if draft_orders.get("resourceType", "Bundle") != "Bundle":
-        raise BadRequest("field 'context.draftOrders' must be a FHIR Bundle", field="context.draftOrders")
-    entries = draft_orders.get("entry")
-    if entries is not None and not isinstance(entries, list):
-        raise BadRequest("field 'context.draftOrders.entry' must be an array", field="context.draftOrders.entry")
+    rules = HOOK_CONTEXTS.get(hook, ())
+    draft_orders: dict[str, Any] = {}
+    if "draftOrders" in rules:
+        draft_orders = _require(context, "draftOrders", dict, "context.")
+        if draft_orders.get("resourceType", "Bundle") != "Bundle":
+            raise BadRequest("field 'context.draftOrders' must be a FHIR Bundle", field="context.draftOrders")
+        entries = draft_orders.get("entry")
+        if entries is not None and not isinstance(entries, list):
+            raise BadRequest("field 'context.draftOrders.entry' must be an array",
+                             field="context.draftOrders.entry")
+    selections: tuple[str, ...] = ()
+    if "selections" in rules:
+        chosen = _require(context, "selections", list, "context.")
+        if not chosen:
+            raise BadRequest("field 'context.selections' must not be empty", field="context.selections")
+        for i, ref in enumerate(chosen):
+            if not (isinstance(ref, str) and REFERENCE.fullmatch(ref)):
+                raise BadRequest(f"field 'context.selections[{i}]' must be a reference 'Type/id'",
+                                 field=f"context.selections[{i}]")
+        selections = tuple(chosen)
 
     fhir_server = body.get("fhirServer")
     if fhir_server is not None and (not isinstance(fhir_server, str) or not fhir_server.strip()):
@@ -208,6 +231,7 @@ def parse_hook_request(body: Any, *, expected_hook: str) -> HookRequest:
         user_id=user_id,
         encounter_id=encounter_id,
         draft_orders=draft_orders,
+        selections=selections,
         fhir_server=fhir_server.strip() if isinstance(fhir_server, str) else None,
         access_token=access_token,
         prefetch=prefetch,

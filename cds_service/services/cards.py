@@ -7,6 +7,7 @@ points, names what the record cannot show, and never claims a diagnosis or data 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from cds_service.clinical.model import Assessment, Criterion, Exposure
@@ -202,7 +203,10 @@ def suggestions(a: Assessment, hook_instance: str, patient_id: str) -> list[dict
     return out
 
 
-def build_cards(a: Assessment, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
+def build_cards(a: Assessment, hook_instance: str, patient_id: str,
+                extra_suggestions: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The card for ``a``. ``hook_instance`` seeds the card and suggestion uuids (a hook policy may pass a
+    stable evidence key instead); ``extra_suggestions`` are a hook policy's own, appended after these."""
     if a.indicator is None:
         return []
     card: dict[str, Any] = {
@@ -219,7 +223,7 @@ def build_cards(a: Assessment, hook_instance: str, patient_id: str) -> list[dict
     }
     if a.indicator != "info":
         card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS]
-    suggested = suggestions(a, hook_instance, patient_id)
+    suggested = suggestions(a, hook_instance, patient_id) + list(extra_suggestions)
     if suggested:
         card["suggestions"] = suggested
         card["selectionBehavior"] = "any"

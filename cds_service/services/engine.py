@@ -86,8 +86,9 @@ class HookPolicy(ABC):
         """The raw draft orders that count as the *new* exposure for this hook (may be empty)."""
 
     @abstractmethod
-    def cards(self, assessment: Assessment, req: HookRequest) -> list[dict[str, Any]]:
-        """The hook's cards for this assessment (an empty list: no card)."""
+    def cards(self, assessment: Assessment, req: HookRequest, gathered: Gathered) -> list[dict[str, Any]]:
+        """The hook's cards for this assessment (an empty list: no card); ``gathered`` holds the record as
+        read, for suggestions that must carry a whole resource (an ``update`` action)."""
 
     def definition(self) -> dict[str, Any]:
         return {
@@ -118,7 +119,7 @@ class Engine:
         report.indicator = assessment.indicator
         report.score = assessment.score if assessment.indicator else None
         report.fhir_requests = gathered.client.requests_made if gathered.client else 0
-        cards = policy.cards(assessment, req)
+        cards = policy.cards(assessment, req, gathered)
         report.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return {"cards": cards}, report
 

@@ -9,7 +9,7 @@ from cds_service.clinical import Assessment
 from cds_service.config import Settings
 from cds_service.hooks.request import HookRequest
 from cds_service.services.cards import build_cards
-from cds_service.services.engine import CallReport, HookPolicy
+from cds_service.services.engine import CallReport, Gathered, HookPolicy
 from cds_service.services.templates import prefetch_templates
 
 __all__ = ["CallReport", "OrderSignPolicy"]
@@ -17,7 +17,7 @@ __all__ = ["CallReport", "OrderSignPolicy"]
 
 class OrderSignPolicy(HookPolicy):
     hook = "order-sign"
-    title = "Neuroleptic malignant syndrome check"
+    title = "NMS check when orders are signed (antipsychotics, antiemetics)"
     description = (
         "At order signing, looks for dopamine-antagonist exposure (antipsychotics, D2-blocking "
         "antiemetics) or dopaminergic withdrawal together with the pattern of neuroleptic malignant "
@@ -40,5 +40,5 @@ class OrderSignPolicy(HookPolicy):
     def exposure_drafts(self, req: HookRequest) -> list[dict[str, Any]]:
         return req.draft_resources()  # every order being signed
 
-    def cards(self, assessment: Assessment, req: HookRequest) -> list[dict[str, Any]]:
+    def cards(self, assessment: Assessment, req: HookRequest, gathered: Gathered) -> list[dict[str, Any]]:
         return build_cards(assessment, req.hook_instance, req.patient_id)
