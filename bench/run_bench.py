@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import scenarios  # noqa: E402
-from cds_service.fixtures import ANCHOR  # noqa: E402
+from cds_service.devtools.fixtures import ANCHOR  # noqa: E402
 
 HOST = "127.0.0.1"
 SERVICE_PATH = "/cds-services/nms-order-sign"
@@ -521,7 +521,7 @@ def scaling(tmp: Path, opts: Options, env: dict[str, str]) -> list[dict[str, Any
 
 def scenario_3(tmp: Path, opts: Options) -> dict[str, Any]:
     print(f"scenario 3: no prefetch, local FHIR server with {FHIR_LATENCY_MS} ms latency", flush=True)
-    from cds_service.localfhir import LocalFhirServer, ensure_node_packages
+    from cds_service.devtools.localfhir import LocalFhirServer, ensure_node_packages
 
     ensure_node_packages()
     data_dir = tmp / "fhir" / "bench-admission"

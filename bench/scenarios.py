@@ -12,7 +12,7 @@ Three scenarios (see ``bench/README.md``):
 3. :func:`fhir_server_request` + :func:`transaction_bundle` - no prefetch: the admission loaded into the
    local FHIR server, the request names ``fhirServer`` and the service fetches every key itself.
 
-Everything is built relative to :data:`cds_service.fixtures.ANCHOR`; run the service with
+Everything is built relative to :data:`cds_service.devtools.fixtures.ANCHOR`; run the service with
 ``NMS_CDS_FIXED_NOW`` set to it so that the clinical answer is the real one. Same arguments, same bytes.
 
     .venv/bin/python bench/scenarios.py OUT_DIR   # writes the request bodies and the FHIR bundle
@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cds_service.clinical.valuesets import LOINC, RXNORM, SNOMED, UCUM, load  # noqa: E402
-from cds_service.fixtures import ANCHOR, fill_prefetch  # noqa: E402
+from cds_service.devtools.fixtures import ANCHOR, fill_prefetch  # noqa: E402
 from cds_service.services.templates import prefetch_templates  # noqa: E402
 
 JsonDict = dict[str, Any]

@@ -58,8 +58,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.run_bench import child_pids, free_port  # noqa: E402
-from cds_service import fixtures  # noqa: E402
-from cds_service.localfhir import LocalFhirServer, ensure_node_packages  # noqa: E402
+from cds_service.devtools import fixtures  # noqa: E402
+from cds_service.devtools.localfhir import LocalFhirServer, ensure_node_packages  # noqa: E402
 
 HOST = "127.0.0.1"
 BIN = Path(sys.executable).parent

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cds_service import __version__, tools
+from cds_service import __version__
 from cds_service.config import AuthMode, Settings
 from cds_service.fhir.client import is_loopback
 
@@ -59,7 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
                       timeout=args.timeout, max_requests=args.max_requests)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, dev: bool = True) -> argparse.ArgumentParser:
+    """The command parser; ``dev`` adds the developer commands (imports :mod:`cds_service.devtools`)."""
     parser = argparse.ArgumentParser(prog="nms-cds", description=__doc__)
     parser.add_argument("--version", action="version", version=f"nms-cds {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -71,13 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout", type=int, default=30, help="seconds before a stuck worker is restarted")
     serve.add_argument("--max-requests", type=int, default=0, help="recycle a worker after N requests (0: never)")
     serve.set_defaults(func=_serve)
-    tools.register(sub)
+    if dev:
+        from cds_service.devtools import tools
+
+        tools.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    # `nms-cds serve` never imports the developer tooling: production code does not depend on it.
+    parser = build_parser(dev=not (arguments and arguments[0] == "serve"))
+    args = parser.parse_args(arguments)
     result: int = args.func(args)
     return result
 

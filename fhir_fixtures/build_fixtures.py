@@ -6,7 +6,7 @@ rewrites ``<OUT_DIR>/scenarios/<id>/{bundle,request,expected}.json`` and ``<OUT_
 (default OUT_DIR: this folder). Output is byte-for-byte identical on every run: no clock, no randomness.
 
 All data are SYNTHETIC (every resource carries the v3-ActReason ``HTEST`` tag). Times are written relative
-to ``cds_service.fixtures.ANCHOR``; ``cds_service.fixtures.rebase`` moves them to another "now".
+to ``cds_service.devtools.fixtures.ANCHOR``; ``cds_service.devtools.fixtures.rebase`` moves them to another "now".
 Every RxNorm / LOINC / SNOMED / ICD-10-CM code is looked up in ``cds_service/clinical/data/*.tsv``; the
 builders raise when a code is missing there, except the few non-listed codes marked ``listed=False``
 below, each with the public file it was taken from.
@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from cds_service.clinical.valuesets import ICD10CM, LOINC, RXNORM, SNOMED, UCUM, load  # noqa: E402
-from cds_service.fixtures import ANCHOR, fill_prefetch  # noqa: E402
+from cds_service.devtools.fixtures import ANCHOR, fill_prefetch  # noqa: E402
 from cds_service.services.templates import prefetch_templates  # noqa: E402
 
 JsonDict = dict[str, Any]
@@ -1058,7 +1058,7 @@ Each folder `scenarios/<id>/` holds:
   the scenario id so that all scenarios can be loaded into one server). Patient id `nms-<id>`.
 - `request.json`: a CDS Hooks 2.0 `order-sign` request with `draftOrders` and a `prefetch` computed from the
   bundle with the service's own templates (`cds_service.services.templates.prefetch_templates()`) by
-  `cds_service.fixtures.fill_prefetch`. No `fhirServer` (prefetch-only); `hookInstance` is a fixed uuid5.
+  `cds_service.devtools.fixtures.fill_prefetch`. No `fhirServer` (prefetch-only); `hookInstance` is a fixed uuid5.
 - `expected.json`: the specification the rules are tested against: `indicator` (`critical`, `warning` or
   `null` = no card), `iec_points` (structured IEC points from data: exposure 20, hyperthermia 18,
   CK >= 4 x ULN 10, autonomic lability 10, hypermetabolism 5), `criteria`, `drugs` the card must name,
@@ -1067,12 +1067,12 @@ Each folder `scenarios/<id>/` holds:
 
 ## Time
 
-Every time is written relative to the anchor instant **{anchor}** (`cds_service.fixtures.ANCHOR`), which the
+Every time is written relative to the anchor instant **{anchor}** (`cds_service.devtools.fixtures.ANCHOR`), which the
 scenarios treat as "now". For a live demo, move a scenario to the present with
 
 ```python
 from datetime import UTC, datetime
-from cds_service.fixtures import delta_to, load_scenario, rebase
+from cds_service.devtools.fixtures import delta_to, load_scenario, rebase
 
 s = load_scenario("classic-nms")
 bundle = rebase(s.bundle, delta_to(datetime.now(UTC)))

@@ -63,7 +63,7 @@ def require_local_fhir() -> None:
     integration suite is required and a missing Node toolchain must fail loudly instead of skipping."""
     import os
 
-    from cds_service import localfhir
+    from cds_service.devtools import localfhir
 
     if localfhir.node_available():
         return

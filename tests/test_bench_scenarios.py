@@ -20,8 +20,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from bench import scenarios
-from cds_service import fixtures
 from cds_service.config import Settings
+from cds_service.devtools import fixtures
 from cds_service.errors import BadRequest
 from cds_service.fhir import extract
 from cds_service.hooks.request import json_depth, load_json

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service import fixtures, localfhir
+from cds_service.devtools import fixtures, localfhir
 from cds_service.services.cards import card_uuid
 from tests.conftest import REPO, require_local_fhir
 

@@ -33,8 +33,8 @@ import pytest
 from flask import Flask
 from requests.adapters import HTTPAdapter
 
-from cds_service import fixtures, localfhir
 from cds_service.app import create_app
+from cds_service.devtools import fixtures, localfhir
 from tests.cdshooks_check import response_problems
 from tests.conftest import make_settings, require_local_fhir
 

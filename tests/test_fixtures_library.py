@@ -18,7 +18,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from cds_service.clinical.valuesets import ICD10CM, LOINC, RXNORM, SNOMED, load
-from cds_service.fixtures import (
+from cds_service.devtools.fixtures import (
     ANCHOR,
     FIXTURES_ROOT,
     Scenario,

@@ -40,9 +40,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from cds_service import fixtures
 from cds_service.app import create_app
 from cds_service.clinical.valuesets import LOINC, load
+from cds_service.devtools import fixtures
 from cds_service.services.cards import card_uuid
 from cds_service.services.templates import prefetch_templates
 from tests.cdshooks_check import discovery_problems, response_problems

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from cds_service import fixtures, localfhir
 from cds_service.app import create_app
-from cds_service.tools import fill_prefetch_from_server, load_fixtures
+from cds_service.devtools import fixtures, localfhir
+from cds_service.devtools.tools import fill_prefetch_from_server, load_fixtures
 from tests.cdshooks_check import response_problems
 from tests.conftest import make_settings, require_local_fhir
 

@@ -1,4 +1,4 @@
-"""Integration tests for the local Node FHIR server (fhir_server/) through cds_service.localfhir."""
+"""Integration tests for the local Node FHIR server (fhir_server/) through cds_service.devtools.localfhir."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service.localfhir import (
+from cds_service.devtools.localfhir import (
     FAULT_MODES,
     LocalFhirError,
     LocalFhirServer,

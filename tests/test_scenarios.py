@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from cds_service import fixtures
 from cds_service.clinical import assess
 from cds_service.clinical.model import ClinicalInput
 from cds_service.config import Settings
+from cds_service.devtools import fixtures
 from tests.cdshooks_check import response_problems
 from tests.conftest import make_settings
 

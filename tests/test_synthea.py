@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from cds_service import fixtures
 from cds_service.app import create_app
 from cds_service.clinical.valuesets import RXNORM
+from cds_service.devtools import fixtures
 from cds_service.services.templates import prefetch_templates
 from tests.cdshooks_check import response_problems
 from tests.conftest import DATASETS, make_settings

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 ANCHOR = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 """The fixtures' reference instant ("now" for every scenario)."""
 
-FIXTURES_ROOT = Path(__file__).resolve().parents[1] / "fhir_fixtures"
+FIXTURES_ROOT = Path(__file__).resolve().parents[2] / "fhir_fixtures"
 
 JsonDict = dict[str, Any]
 

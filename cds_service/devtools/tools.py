@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from cds_service import fixtures
 from cds_service.clinical.valuesets import RXNORM, load
+from cds_service.devtools import fixtures
 
 TIMEOUT = (3.05, 30.0)  # connect, read: uploads and remote sandboxes can be slow
 Printer = Callable[[str], None]
@@ -250,9 +250,9 @@ def demo(args: argparse.Namespace) -> int:
 # --- dev ------------------------------------------------------------------------------------------------
 
 def dev(args: argparse.Namespace) -> int:
-    from cds_service import localfhir
     from cds_service.cli import run_server
     from cds_service.config import Settings
+    from cds_service.devtools import localfhir
 
     server: localfhir.LocalFhirServer | None = None
     fhir_base = None
