@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from pathlib import Path
@@ -22,6 +23,7 @@ from urllib.parse import unquote
 ANCHOR = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 """The fixtures' reference instant ("now" for every scenario)."""
 
+_HOOK_NAMESPACE = "0f6b8a4e-2d7c-5b1e-9c3a-6e4d2f1a8b70"  # uuid5 namespace of derived hookInstances
 FIXTURES_ROOT = Path(__file__).resolve().parents[2] / "fhir_fixtures"
 
 JsonDict = dict[str, Any]
@@ -53,6 +55,33 @@ class Scenario:
         """The resources in ``context.draftOrders``."""
         bundle = self.request.get("context", {}).get("draftOrders", {})
         return [entry["resource"] for entry in bundle.get("entry", []) if "resource" in entry]
+
+    def request_for(self, hook: str) -> JsonDict:
+        """The scenario's request for ``hook`` (see :func:`request_for_hook`)."""
+        return request_for_hook(self.request, hook)
+
+
+HOOKS = ("patient-view", "order-select", "order-sign")
+
+
+def request_for_hook(order_sign_request: JsonDict, hook: str) -> JsonDict:
+    """An order-sign request turned into the same moment's request for ``hook`` (same patient, prefetch and
+    ``fhirServer``): ``patient-view`` drops ``draftOrders`` (the chart is opened, nothing is being ordered);
+    ``order-select`` keeps them and selects every draft that has an id (the drug just picked), as the
+    reference sandbox's Rx View does."""
+    body = copy.deepcopy(order_sign_request)
+    body["hook"] = hook
+    if hook != "order-sign":
+        body["hookInstance"] = str(uuid.uuid5(uuid.UUID(_HOOK_NAMESPACE), f"{body.get('hookInstance')}:{hook}"))
+    context = body.setdefault("context", {})
+    if hook == "patient-view":
+        context.pop("draftOrders", None)
+    elif hook == "order-select":
+        entries = (context.get("draftOrders") or {}).get("entry") or []
+        context["selections"] = [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in entries
+                                 if isinstance(e, dict) and isinstance(e.get("resource"), dict)
+                                 and e["resource"].get("id")] or ["MedicationRequest/nothing-selected"]
+    return body
 
 
 def _read_json(path: Path) -> JsonDict:
