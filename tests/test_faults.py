@@ -2,14 +2,14 @@
 with the whole server faulty, and mixed: only Observation faulty, only MedicationRequest faulty, only
 Condition faulty (the rest of the server healthy).
 
-Each case sends the ``classic-nms`` order-sign request with NO prefetch and ``fhirServer`` = the fault URL,
-and asserts:
+Each case sends the ``classic-nms`` request of each hook (order-sign; order-select with the haloperidol draft
+selected; patient-view, no draft) with NO prefetch and ``fhirServer`` = the fault URL, and asserts:
 
 (a) wall time ≤ budget × 1.1 + ``ALLOWANCE`` (Flask test client, assessment and card rendering);
 (b) 200 or 412 (412 with an OperationOutcome), never a 5xx;
 (c) no card claims evidence it did not see: with Observation unreadable the answer is a 412 (the three
     observation keys failed), with MedicationRequest unreadable the card says "could not retrieve medication
-    orders" and cites no record order, with Condition unreadable it says it could not check the NMS history,
+    orders" and cites no record order (patient-view, which has no draft, then has no exposure and stays quiet), with Condition unreadable it says it could not check the NMS history,
     and where a fault only cuts paging the evidence is the healthy evidence, counted once, and the card
     says the data were only partly read;
 (d) the next normal request (healthy base URL) gets the classic critical card, within the budget.
@@ -43,6 +43,8 @@ pytestmark = pytest.mark.integration
 require_local_fhir()
 
 URL = "/cds-services/nms-order-sign"
+URLS = {"order-sign": URL, "order-select": "/cds-services/nms-order-select",
+        "patient-view": "/cds-services/nms-patient-view"}
 BUDGET = 1.5
 ALLOWANCE = 0.35  # seconds on top of budget × 1.1: Flask test client, clinical assessment, card rendering
 MAX_BYTES = 5 * 1024 * 1024
@@ -122,22 +124,22 @@ def _report(request: pytest.FixtureRequest) -> Iterator[None]:
         reporter.write_line("")
         reporter.write_line(f"fault matrix (budget {BUDGET} s, limit {BUDGET * 1.1 + ALLOWANCE:.2f} s):")
         for row in RESULTS:
-            reporter.write_line(f"  {row['mode']:22} {row['scope']:12} {row['status']} {row['seconds']:.2f} s  "
+            reporter.write_line(f"  {row['mode']:22} {row['scope']:25} {row['status']} {row['seconds']:.2f} s  "
                                 f"{row['outcome']}; next healthy call {row['healthy_seconds']:.2f} s")
 
 
-def call(app: Flask, fhir_server: str) -> tuple[int, Any, float]:
-    body = copy.deepcopy(SCENARIO.request)
+def call(app: Flask, fhir_server: str, hook: str = "order-sign") -> tuple[int, Any, float]:
+    body = copy.deepcopy(SCENARIO.request_for(hook))
     body.pop("prefetch")
     body["fhirServer"] = fhir_server
     started = time.perf_counter()
-    response = app.test_client().post(URL, json=body)
+    response = app.test_client().post(URLS[hook], json=body)
     elapsed = time.perf_counter() - started
     return response.status_code, response.get_json(), elapsed
 
 
-def check_healthy(app: Flask, server: localfhir.LocalFhirServer) -> float:
-    status, body, elapsed = call(app, server.base_url)
+def check_healthy(app: Flask, server: localfhir.LocalFhirServer, hook: str = "order-sign") -> float:
+    status, body, elapsed = call(app, server.base_url, hook)
     assert status == 200, body
     assert response_problems(body) == []
     (card,) = body["cards"]
@@ -153,13 +155,14 @@ def test_healthy_baseline(app: Flask, server: localfhir.LocalFhirServer) -> None
 
 # --- the matrix -----------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("hook", list(URLS))
 @pytest.mark.parametrize("scope", list(SCOPES))
 @pytest.mark.parametrize("mode", localfhir.FAULT_MODES)
-def test_fault(app: Flask, server: localfhir.LocalFhirServer, spy: Spy, mode: str, scope: str) -> None:
-    check_healthy(app, server)  # warm connections; the fault case starts from a healthy state
+def test_fault(app: Flask, server: localfhir.LocalFhirServer, spy: Spy, mode: str, scope: str, hook: str) -> None:
+    check_healthy(app, server, hook)  # warm connections; the fault case starts from a healthy state
     spy.reset()
     resource_type = SCOPES[scope]
-    status, body, elapsed = call(app, server.fault_url(mode, resource_type))
+    status, body, elapsed = call(app, server.fault_url(mode, resource_type), hook)
     sent = list(spy.urls)
 
     # (a) within the budget
@@ -192,6 +195,9 @@ def test_fault(app: Flask, server: localfhir.LocalFhirServer, spy: Spy, mode: st
         assert status == 412, f"{mode}/{scope}: expected 412, got {status}: {outcome}"
         for key in ("temperature", "vitals", "labs"):
             assert f"{key}: " in body["issue"][0]["diagnostics"]
+    elif scope == "medications" and hook == "patient-view":
+        # no draft and no readable order: no exposure, so the chart check stays quiet (it claims nothing)
+        assert status == 200 and cards == [], f"{mode}/{scope}/{hook}: {outcome}"
     elif scope == "medications":
         # medication orders unreadable: the card stands on the draft and the observations, and says so
         assert status == 200
@@ -219,8 +225,8 @@ def test_fault(app: Flask, server: localfhir.LocalFhirServer, spy: Spy, mode: st
         assert f"response larger than {MAX_BYTES} bytes" in body["issue"][0]["diagnostics"]
 
     # (d) the next normal request succeeds with the classic critical card
-    healthy = check_healthy(app, server)
-    RESULTS.append({"mode": mode, "scope": scope, "status": status, "seconds": elapsed, "outcome": outcome[:110],
+    healthy = check_healthy(app, server, hook)
+    RESULTS.append({"mode": mode, "scope": f"{scope}/{hook}", "status": status, "seconds": elapsed, "outcome": outcome[:110],
                     "healthy_seconds": healthy})
 
 
