@@ -1,4 +1,4 @@
-"""No cross-talk under concurrency: 50 simultaneous order-sign calls for different patients against a real
+"""No cross-talk under concurrency: 50 simultaneous calls of the three hooks for different patients against a real
 gunicorn server (``nms-cds serve``, 2 workers × 8 threads, the gthread worker) on a free loopback port.
 
 Two local FHIR servers hold every fixture scenario: one healthy, one with 200 ms of latency on every
@@ -6,8 +6,9 @@ request. The 50 calls mix the fixture requests with prefetch, no-prefetch calls 
 no-prefetch calls whose AllergyIntolerance query trickles (``slow`` fault) until the hook budget runs out.
 
 Every answer must belong to its own request: byte-for-byte the answer the same request gets when sent
-alone (computed before the burst) with only the hookInstance-derived uuids changed, card uuids derived
-from its own hookInstance, its own X-Request-Id echoed, and no other patient's id anywhere in it.
+alone (computed before the burst) with only the hookInstance-derived uuids changed (order-sign; the other
+two hooks derive card uuids from the evidence, so their answers are identical), card uuids derived from
+its own hookInstance (order-sign), its own X-Request-Id echoed, and no other patient's id anywhere in it.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ BUDGET = 4.0
 SCENARIOS = fixtures.load_scenarios()
 KINDS = ("nms:critical", "nms:warning", "nms:info", "suggestion:remove-draft", "suggestion:order-labs")
 MODES = ("prefetch", "prefetch", "fhir", "fhir-latency", "fhir-slow-allergies")
+HOOKS = fixtures.HOOKS
 
 
 def _free_port() -> int:
@@ -110,8 +112,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         assert not errors, "\n".join(errors[:10])
 
 
-def build_request(scenario: fixtures.Scenario, mode: str, servers: Servers) -> dict[str, Any]:
-    body: dict[str, Any] = json.loads(json.dumps(scenario.request))
+def build_request(scenario: fixtures.Scenario, mode: str, servers: Servers, hook: str = "order-sign"
+                  ) -> dict[str, Any]:
+    body: dict[str, Any] = scenario.request_for(hook)
     body["hookInstance"] = str(uuid.uuid4())
     if mode != "prefetch":
         body.pop("prefetch")
@@ -124,7 +127,7 @@ def build_request(scenario: fixtures.Scenario, mode: str, servers: Servers) -> d
 
 
 def send(servers: Servers, body: dict[str, Any], request_id: str) -> tuple[int, str, str]:
-    response = requests.post(f"{servers.service}/cds-services/nms-order-sign", json=body, timeout=60,
+    response = requests.post(f"{servers.service}/cds-services/nms-{body['hook']}", json=body, timeout=60,
                              headers={"X-Request-Id": request_id})
     return response.status_code, response.headers.get("X-Request-Id", ""), response.text
 
@@ -137,17 +140,19 @@ def normalised(text: str, hook_instance: str) -> str:
 
 
 def test_fifty_concurrent_calls_never_cross_talk(servers: Servers) -> None:
-    plan = [(SCENARIOS[i % len(SCENARIOS)], MODES[(i // len(SCENARIOS) + i) % len(MODES)]) for i in range(CALLS)]
-    assert {mode for _, mode in plan} == set(MODES)
+    plan = [(SCENARIOS[i % len(SCENARIOS)], MODES[(i // len(SCENARIOS) + i) % len(MODES)], HOOKS[i % len(HOOKS)])
+            for i in range(CALLS)]
+    assert {mode for _, mode, _ in plan} == set(MODES) and {hook for *_, hook in plan} == set(HOOKS)
 
-    # references: each distinct (scenario, mode) sent alone; the slow-fault ones together (each waits the budget)
-    references: dict[tuple[str, str], str] = {}
-    pairs = sorted({(s.id, mode) for s, mode in plan})
+    # references: each distinct (scenario, mode, hook) sent alone; the slow-fault ones together (each waits
+    # the budget)
+    references: dict[tuple[str, str, str], str] = {}
+    pairs = sorted({(s.id, mode, hook) for s, mode, hook in plan})
     by_id = {s.id: s for s in SCENARIOS}
 
-    def reference(pair: tuple[str, str]) -> None:
-        body = build_request(by_id[pair[0]], pair[1], servers)
-        status, _, text = send(servers, body, f"ref-{pair[0]}-{pair[1]}")
+    def reference(pair: tuple[str, str, str]) -> None:
+        body = build_request(by_id[pair[0]], pair[1], servers, pair[2])
+        status, _, text = send(servers, body, f"ref-{pair[0]}-{pair[1]}-{pair[2]}")
         assert status == 200, (pair, status, text[:300])
         references[pair] = normalised(text, body["hookInstance"])
 
@@ -158,7 +163,7 @@ def test_fifty_concurrent_calls_never_cross_talk(servers: Servers) -> None:
         list(pool.map(reference, [p for p in pairs if p[1] == "fhir-slow-allergies"]))
 
     # the burst: all 50 released at once
-    bodies = [build_request(scenario, mode, servers) for scenario, mode in plan]
+    bodies = [build_request(scenario, mode, servers, hook) for scenario, mode, hook in plan]
     barrier = threading.Barrier(CALLS)
 
     def burst(i: int) -> tuple[int, str, str, float]:
@@ -173,26 +178,30 @@ def test_fifty_concurrent_calls_never_cross_talk(servers: Servers) -> None:
     wall = time.perf_counter() - started
 
     patients = {s.patient_id for s in SCENARIOS}
-    for i, ((scenario, mode), body, (status, echoed, text, _)) in enumerate(zip(plan, bodies, answers, strict=True)):
-        where = f"call {i} ({scenario.id}, {mode})"
+    for i, ((scenario, mode, hook), body, (status, echoed, text, _)) in enumerate(
+            zip(plan, bodies, answers, strict=True)):
+        where = f"call {i} ({scenario.id}, {mode}, {hook})"
         assert status == 200, f"{where}: {status} {text[:300]}"
         assert echoed == f"burst-{i}", f"{where}: X-Request-Id {echoed!r}"
         answer = json.loads(text)
         hook_instance = body["hookInstance"]
         for card in answer["cards"]:
-            assert card["uuid"] == card_uuid(hook_instance, f"nms:{card['indicator']}"), where
+            if hook == "order-sign":
+                assert card["uuid"] == card_uuid(hook_instance, f"nms:{card['indicator']}"), where
             for suggestion in card.get("suggestions", []):
-                assert suggestion["uuid"] in {card_uuid(hook_instance, k) for k in KINDS}, where
+                if hook == "order-sign":
+                    assert suggestion["uuid"] in {card_uuid(hook_instance, k) for k in KINDS}, where
                 for action in suggestion["actions"]:
-                    if action["type"] == "create":
+                    if action["type"] in ("create", "update"):
                         assert action["resource"]["subject"]["reference"] == f"Patient/{scenario.patient_id}"
                     else:
                         assert action["resourceId"].startswith(f"MedicationRequest/{scenario.id}-"), where
         for other in patients - {scenario.patient_id}:
             assert other not in text, f"{where}: mentions {other}"
-        for drug in scenario.expected.get("drugs", []):
+        for drug in scenario.expected.get("drugs", []) if hook == "order-sign" else []:  # the drafts' drugs too
             assert drug in text, f"{where}: does not name {drug}"
-        assert normalised(text, hook_instance) == references[(scenario.id, mode)], f"{where}: differs when concurrent"
+        assert normalised(text, hook_instance) == references[(scenario.id, mode, hook)], \
+            f"{where}: differs when concurrent"
 
     slowest = max(seconds for *_, seconds in answers)
     assert slowest < BUDGET + 10, f"slowest answer {slowest:.1f} s"
