@@ -485,8 +485,46 @@ class Built:
             "drugs": e.drugs,
             "evidence": e.evidence,
             "suggest_delete_draft": e.suggest_delete_draft,
+            "hooks": hook_verdicts(self.sid, e),
             "notes": e.notes,
         }
+
+
+# --- expected verdict of the two other hooks ---------------------------------------------------------
+# The same moment seen by patient-view (chart opened: no draft, only the record's exposures count) and by
+# order-select (the scenario's drafts with an id are the selection). order-select is derived: the order-sign
+# card when a selected draft is a dopamine antagonist with an id (what `suggest_delete_draft` names), no card
+# otherwise, and never the "check incomplete" info card. patient-view is stated per scenario, with why.
+PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
+    "boundary-exact-thresholds": ("warning", "active risperidone in the record; CK exactly 4 x ULN"),
+    "bp-separate-observations": ("critical", "active haloperidol in the record"),
+    "classic-nms": ("critical", "active IM haloperidol in the record"),
+    "contained-medication": (None, "the only antagonist is the draft (contained Medication)"),
+    "depot-paliperidone": ("critical", "the depot injection is within its dosing interval"),
+    "dopaminergic-withdrawal": ("critical", "levodopa stopped in the record: withdrawal"),
+    "early-nms": ("warning", "active olanzapine in the record; partial findings"),
+    "iron-pattern": ("critical", "active risperidone in the record; iron in the NMS range"),
+    "medication-reference-display": (None, "the only antagonist is the draft (server-side Medication)"),
+    "metoclopramide": ("critical", "active metoclopramide in the record"),
+    "mimic-entered-in-error": (None, "active olanzapine, but the fever and CK were entered in error"),
+    "mimic-im-ck-afebrile": ("warning", "IM haloperidol 24 h ago; CK rise without fever"),
+    "mimic-old-episode": (None, "the old episode and its haloperidol lie outside the windows"),
+    "mimic-sepsis-no-antipsychotic": (None, "no dopamine antagonist in the record"),
+    "multiple-antagonists-lithium": ("critical", "active haloperidol and prochlorperazine in the record"),
+    "no-data": (None, "no observations"),
+    "past-nms-rechallenge": (None, "a previous NMS alone is not a finding; the re-challenge is the draft"),
+    "resources-without-ids": (None, "the only antagonist is the draft"),
+    "sandbox-quirks": (None, "no finding; clozapine only as the draft"),
+    "units-us-conventional": ("critical", "active chlorpromazine in the record"),
+}
+
+
+def hook_verdicts(sid: str, e: Expected) -> JsonDict:
+    if sid not in PATIENT_VIEW:
+        raise ValueError(f"{sid}: state its patient-view verdict in PATIENT_VIEW")
+    view, why = PATIENT_VIEW[sid]
+    select = e.indicator if e.suggest_delete_draft and e.indicator in ("critical", "warning") else None
+    return {"patient-view": view, "patient-view-why": why, "order-select": select, "order-sign": e.indicator}
 
 
 SCENARIOS: list[Callable[[], Built]] = []
@@ -1062,8 +1100,11 @@ Each folder `scenarios/<id>/` holds:
 - `expected.json`: the specification the rules are tested against: `indicator` (`critical`, `warning` or
   `null` = no card), `iec_points` (structured IEC points from data: exposure 20, hyperthermia 18,
   CK >= 4 x ULN 10, autonomic lability 10, hypermetabolism 5), `criteria`, `drugs` the card must name,
-  `evidence` (canonical values the card must show), `suggest_delete_draft` and `notes` (the hand
-  calculation against `cds_service/clinical/data/thresholds.toml`).
+  `evidence` (canonical values the card must show), `suggest_delete_draft`, `hooks` (the expected indicator
+  of each hook for the same moment: `patient-view` with no draft, with `patient-view-why`; `order-select`
+  with the drafts that have an id selected; `order-sign`) and `notes` (the hand calculation against
+  `cds_service/clinical/data/thresholds.toml`). `cds_service.devtools.fixtures.request_for_hook` derives
+  the patient-view and order-select requests from `request.json`.
 
 ## Time
 
@@ -1099,8 +1140,8 @@ A card that is shown suggests deleting the draft order when the draft is a dopam
 
 ## Scenarios
 
-| scenario | what it shows | expected indicator | IEC points from data |
-|---|---|---|---|
+| scenario | what it shows | expected indicator (order-sign) | patient-view | order-select | IEC points from data |
+|---|---|---|---|---|---|
 """
 
 
@@ -1109,7 +1150,9 @@ def readme(built: list[Built]) -> str:
     for item in built:
         exp = item.expected_json()
         indicator = exp["indicator"] or "none (no card)"
-        rows.append(f"| `{item.sid}` | {exp['shows']} | {indicator} | {exp['iec_points']} |")
+        view = exp["hooks"]["patient-view"] or "none"
+        select = exp["hooks"]["order-select"] or "none"
+        rows.append(f"| `{item.sid}` | {exp['shows']} | {indicator} | {view} | {select} | {exp['iec_points']} |")
     head = README_HEAD.replace("{anchor}", ANCHOR.strftime("%Y-%m-%dT%H:%M:%SZ"))
     return head + "\n".join(rows) + "\n"
 

@@ -9,7 +9,8 @@ selected; patient-view, no draft) with NO prefetch and ``fhirServer`` = the faul
 (b) 200 or 412 (412 with an OperationOutcome), never a 5xx;
 (c) no card claims evidence it did not see: with Observation unreadable the answer is a 412 (the three
     observation keys failed), with MedicationRequest unreadable the card says "could not retrieve medication
-    orders" and cites no record order (patient-view, which has no draft, then has no exposure and stays quiet), with Condition unreadable it says it could not check the NMS history,
+    orders" and cites no record order (patient-view, which has no draft, then has no exposure and stays
+    quiet), with Condition unreadable it says it could not check the NMS history,
     and where a fault only cuts paging the evidence is the healthy evidence, counted once, and the card
     says the data were only partly read;
 (d) the next normal request (healthy base URL) gets the classic critical card, within the budget.
@@ -226,8 +227,8 @@ def test_fault(app: Flask, server: localfhir.LocalFhirServer, spy: Spy, mode: st
 
     # (d) the next normal request succeeds with the classic critical card
     healthy = check_healthy(app, server, hook)
-    RESULTS.append({"mode": mode, "scope": f"{scope}/{hook}", "status": status, "seconds": elapsed, "outcome": outcome[:110],
-                    "healthy_seconds": healthy})
+    RESULTS.append({"mode": mode, "scope": f"{scope}/{hook}", "status": status, "seconds": elapsed,
+                    "outcome": outcome[:110], "healthy_seconds": healthy})
 
 
 # --- answers no fault mode produces: a hostile FHIR server ------------------------------------------------

@@ -280,6 +280,11 @@ def test_expected_files_are_consistent(scenarios: list[Scenario]) -> None:
         if e["indicator"] == "critical":
             assert "exposure" in e["criteria"] and "hyperthermia" in e["criteria"]
             assert "ck" in e["criteria"] or e["evidence"].get("iron_min_umol_l", 99.0) <= 10.0
+        hooks = e["hooks"]
+        assert set(hooks) == {"patient-view", "patient-view-why", "order-select", "order-sign"}
+        assert hooks["order-sign"] == e["indicator"] and hooks["patient-view-why"]
+        assert hooks["patient-view"] in ("critical", "warning", None)
+        assert hooks["order-select"] in (e["indicator"], None)
         target = e["suggest_delete_draft"]
         if target is not None:
             ids = {f"{r['resourceType']}/{r['id']}" for r in s.draft_orders if "id" in r}

@@ -1,6 +1,7 @@
-"""Every fixture scenario through the service against the real local FHIR server, twice: once with no
-prefetch (the service queries the server itself) and once with prefetch filled from the discovery
-templates by querying the server, as an EHR does. Both modes must give the same cards.
+"""Every fixture scenario through each hook's service against the real local FHIR server, twice: once with
+no prefetch (the service queries the server itself) and once with prefetch filled from the discovery
+templates by querying the server, as an EHR does. Both modes must give the same cards, with the verdict
+``expected.json`` states for the hook.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def app(server: localfhir.LocalFhirServer) -> Iterator[Flask]:
 
 
 def _cards(app: Flask, body: dict[str, Any]) -> list[dict[str, Any]]:
-    response = app.test_client().post(URL, json=body)
+    response = app.test_client().post(f"/cds-services/nms-{body['hook']}", json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     answer = response.get_json()
     assert response_problems(answer) == []
@@ -54,26 +55,28 @@ def _cards(app: Flask, body: dict[str, Any]) -> list[dict[str, Any]]:
     return cards
 
 
+@pytest.mark.parametrize("hook", fixtures.HOOKS)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
 def test_both_modes_give_the_expected_cards(app: Flask, server: localfhir.LocalFhirServer,
-                                            scenario: fixtures.Scenario) -> None:
-    without = copy.deepcopy(scenario.request)
+                                            scenario: fixtures.Scenario, hook: str) -> None:
+    request = scenario.request_for(hook)
+    without = copy.deepcopy(request)
     without.pop("prefetch")
     without["fhirServer"] = server.base_url
     fetched = _cards(app, without)
 
-    templates = app.extensions["nms_cds"].services["nms-order-sign"].templates
+    templates = app.extensions["nms_cds"].services[f"nms-{hook}"].templates
     with_prefetch = copy.deepcopy(without)
     with_prefetch["prefetch"] = fill_prefetch_from_server(dict(templates), server.base_url, scenario.patient_id, None)
     assert set(with_prefetch["prefetch"]) == set(templates)
     prefetched = _cards(app, with_prefetch)
 
     assert json.dumps(fetched, sort_keys=True) == json.dumps(prefetched, sort_keys=True)
-    expected = scenario.expected["indicator"]
+    expected = scenario.expected["hooks"][hook]
     assert [c["indicator"] for c in fetched] == ([expected] if expected else [])
     # the committed prefetch-only request (no fhirServer) reaches the same verdict; its wording may differ
     # where only the server has the data (a server-side Medication is then named by the reference display)
-    offline = _cards(app, scenario.request)
+    offline = _cards(app, request)
     assert [(c["indicator"], c["summary"]) for c in offline] == [(c["indicator"], c["summary"]) for c in fetched]
 
 

@@ -45,6 +45,24 @@ def _post(client: FlaskClient, scenario: fixtures.Scenario) -> dict[str, Any]:
     return body
 
 
+@pytest.mark.parametrize("hook", fixtures.HOOKS)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
+def test_each_hook_gives_its_expected_verdict(client: FlaskClient, scenario: fixtures.Scenario, hook: str) -> None:
+    """``expected.json`` ``hooks``: the verdict of each hook at the scenario's moment."""
+    expected = scenario.expected["hooks"][hook]
+    response = client.post(f"/cds-services/nms-{hook}", json=scenario.request_for(hook))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    body = response.get_json()
+    assert response_problems(body) == []
+    assert [c["indicator"] for c in body["cards"]] == ([expected] if expected else [])
+    for card in body["cards"]:
+        kinds = {a["type"] for s in card.get("suggestions", []) for a in s["actions"]}
+        if hook == "patient-view":
+            assert "delete" not in kinds  # nothing is being ordered
+        if hook != "patient-view":
+            assert "update" not in kinds  # holds are offered from the chart only
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.id for s in SCENARIOS])
 def test_scenario_behaves_as_its_table_says(client: FlaskClient, scenario: fixtures.Scenario) -> None:
     expected = scenario.expected
