@@ -144,7 +144,7 @@ def _counted(name: str, check: Callable[[], None]) -> None:
 # --- the invariants -----------------------------------------------------------------------------------
 
 def check_answer(status: int, mimetype: str | None, raw: bytes, *, hook_instance: Any = None,
-                 feedback_items: int | None = None) -> None:
+                 feedback_items: int | None = None, hook: str = "order-sign") -> None:
     STATUSES[f"{CURRENT[0]} {status}"] += 1
     assert status < 500, f"server error {status}: {raw[:500]!r}"
     assert status in (200, 400, 404, 405, 412, 413), f"unexpected status {status}: {raw[:300]!r}"
@@ -155,6 +155,10 @@ def check_answer(status: int, mimetype: str | None, raw: bytes, *, hook_instance
     elif status == 200:
         assert response_problems(body) == [], response_problems(body)
         for card in body["cards"]:
+            if hook != "order-sign":  # patient-view and order-select: uuids derived from the evidence
+                assert hook != "patient-view" or all(a["type"] != "delete" for s in card.get("suggestions", [])
+                                                     for a in s["actions"])
+                continue
             assert card["uuid"] == card_uuid(hook_instance, f"nms:{card['indicator']}")
             for suggestion in card.get("suggestions", []):
                 assert suggestion["uuid"] in {card_uuid(hook_instance, "suggestion:remove-draft"),
@@ -521,28 +525,45 @@ def m_identity(draw: st.DrawFn, body: dict[str, Any]) -> None:
         body["context"][field] = draw(fhir_ids | st.sampled_from(["p1\n", "a/b", "a" * 65, "Practitioner/x"]))
 
 
+def m_selections(draw: st.DrawFn, body: dict[str, Any]) -> None:
+    context = body.get("context")
+    if not isinstance(context, dict):
+        return
+    ids = [f"MedicationRequest/{e['resource']['id']}" for e in (context.get("draftOrders") or {}).get("entry") or []
+           if isinstance(e, dict) and isinstance(e.get("resource"), dict) and isinstance(e["resource"].get("id"), str)]
+    context["selections"] = draw(st.one_of(
+        st.lists(st.sampled_from([*ids, "MedicationRequest/none", "ServiceRequest/x", "Medication Request/x",
+                                  "MedicationRequest/", "/x", "MedicationRequest/a/b"]), max_size=4),
+        json_values))
+
+
 MUTATIONS = [m_drop_retype_extend, m_extra_fields, m_huge_string, m_deep_nesting, m_odd_unicode, m_draft_resources,
-             m_prefetch, m_fhir_server, m_identity]
+             m_prefetch, m_fhir_server, m_identity, m_selections]
 
 
 def _bases() -> list[dict[str, Any]]:
+    """Order-sign requests, and each also as patient-view and order-select (``fixtures.request_for_hook``)."""
     chosen = ["classic-nms", "early-nms", "metoclopramide", "contained-medication", "sandbox-quirks", "no-data",
               "past-nms-rechallenge", "dopaminergic-withdrawal"]
-    bases = [fixtures.load_scenario(s).request for s in chosen]
+    signs = [fixtures.load_scenario(s).request for s in chosen]
     minimal = hook_request()
     no_prefetch = {k: v for k, v in hook_request().items() if k != "prefetch"}
-    return [*bases, minimal, {**no_prefetch, "fhirServer": CLOSED_FHIR}]
+    signs += [minimal, {**no_prefetch, "fhirServer": CLOSED_FHIR}]
+    return [fixtures.request_for_hook(body, hook) for body in signs for hook in fixtures.HOOKS]
 
 
 BASES = _bases()
+URLS = {hook: f"/cds-services/nms-{hook}" for hook in fixtures.HOOKS}
 
 
 @st.composite
-def hook_requests(draw: st.DrawFn) -> tuple[Any, bool]:
+def hook_requests(draw: st.DrawFn) -> tuple[Any, bool, str]:
+    """A request, whether to send it ASCII-escaped, and the hook whose service it is sent to."""
     body = copy.deepcopy(draw(st.sampled_from(BASES)))
+    hook = body["hook"]
     for _ in range(draw(st.integers(0, 4))):
         draw(st.sampled_from(MUTATIONS))(draw, body)
-    return body, draw(st.integers(0, 9)) > 0
+    return body, draw(st.integers(0, 9)) > 0, hook
 
 
 # --- hypothesis properties ------------------------------------------------------------------------------
@@ -550,48 +571,53 @@ def hook_requests(draw: st.DrawFn) -> tuple[Any, bool]:
 def test_fuzz_hook_requests(fuzz_client: FlaskClient) -> None:
     @FUZZ
     @given(case=hook_requests())
-    def run(case: tuple[Any, bool]) -> None:
-        body, ascii_only = case
+    def run(case: tuple[Any, bool, str]) -> None:
+        body, ascii_only, hook = case
 
         def check() -> None:
-            response = post(fuzz_client, URL, body, ascii_only=ascii_only)
+            response = post(fuzz_client, URLS[hook], body, ascii_only=ascii_only)
             hook_instance = body.get("hookInstance") if isinstance(body, dict) else None
-            check_answer(response.status_code, response.mimetype, response.get_data(), hook_instance=hook_instance)
+            check_answer(response.status_code, response.mimetype, response.get_data(), hook_instance=hook_instance,
+                         hook=hook)
 
-        _counted("hook", check)
+        _counted(f"hook {hook}", check)
 
     run()
 
 
-REQUIRED = [("hook",), ("hookInstance",), ("context",), ("context", "patientId"), ("context", "userId"),
-            ("context", "draftOrders")]
+COMMON_REQUIRED = [("hook",), ("hookInstance",), ("context",), ("context", "patientId"), ("context", "userId")]
+REQUIRED = {"order-sign": [*COMMON_REQUIRED, ("context", "draftOrders")],
+            "order-select": [*COMMON_REQUIRED, ("context", "draftOrders"), ("context", "selections")],
+            "patient-view": COMMON_REQUIRED}
 
 
 @st.composite
-def one_required_violation(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
+def one_required_violation(draw: st.DrawFn) -> tuple[dict[str, Any], str, str]:
     body = copy.deepcopy(draw(st.sampled_from(BASES)))
-    path = draw(st.sampled_from(REQUIRED))
+    hook = body["hook"]
+    path = draw(st.sampled_from(REQUIRED[hook]))
     parent = _parent(body, path)
     if draw(st.booleans()):
         del parent[path[-1]]
     else:
-        wrong: st.SearchStrategy[Any] = st.one_of(st.none(), st.booleans(), st.integers(),
-                                                  st.lists(st.integers(), max_size=2), st.just("  "))
+        wrong: st.SearchStrategy[Any] = st.one_of(st.none(), st.booleans(), st.integers(), st.just("  "))
+        if path[-1] != "selections":  # a list there is checked item by item (its field names the item)
+            wrong = wrong | st.lists(st.integers(), max_size=2)
         if path[-1] not in ("context", "draftOrders"):
             wrong = wrong | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
         parent[path[-1]] = draw(wrong)
-    return body, ".".join(path)
+    return body, ".".join(path), hook
 
 
 def test_fuzz_one_missing_or_mistyped_field_is_named(fuzz_client: FlaskClient) -> None:
     """A request that is valid except for one REQUIRED member gets a 400 naming exactly that member."""
     @FUZZ
     @given(case=one_required_violation())
-    def run(case: tuple[dict[str, Any], str]) -> None:
-        body, field = case
+    def run(case: tuple[dict[str, Any], str, str]) -> None:
+        body, field, hook = case
 
         def check() -> None:
-            response = post(fuzz_client, URL, body)
+            response = post(fuzz_client, URLS[hook], body)
             check_answer(response.status_code, response.mimetype, response.get_data())
             assert response.status_code == 400, response.get_data(as_text=True)
             assert response.get_json()["field"] == field
@@ -629,7 +655,8 @@ def feedback_bodies(draw: st.DrawFn) -> Any:
 
 
 def test_fuzz_feedback(fuzz_client: FlaskClient) -> None:
-    services = st.sampled_from(["nms-order-sign"] * 9 + ["other"])
+    services = st.sampled_from(["nms-order-sign"] * 3 + ["nms-patient-view"] * 3 + ["nms-order-select"] * 3
+                               + ["other"])
 
     @FUZZ
     @given(body=feedback_bodies(), ascii_only=st.booleans(), service=services)
@@ -657,7 +684,7 @@ raw_bodies = st.one_of(
 
 def test_fuzz_raw_bodies(fuzz_client: FlaskClient) -> None:
     @settings(FUZZ, max_examples=max(EXAMPLES // 4, 20))
-    @given(raw=raw_bodies, url=st.sampled_from([URL, FEEDBACK_URL]))
+    @given(raw=raw_bodies, url=st.sampled_from([*URLS.values(), FEEDBACK_URL]))
     def run(raw: bytes, url: str) -> None:
         def check() -> None:
             response = fuzz_client.post(url, data=raw, content_type="application/json")
