@@ -2,8 +2,9 @@
 
 - ``dev``            local FHIR server with the fixture patients + the service (what ``make run`` starts)
 - ``load-fixtures``  upload the fixture patients to a FHIR R4 server as transaction Bundles
-- ``call``           discover the service, build an order-sign request, send it, print the cards
-- ``demo``           run every fixture scenario through an in-process service and print verdicts
+- ``call``           discover the service, build a patient-view, order-select or order-sign request, send it,
+                     print the cards
+- ``demo``           run every fixture scenario through the three in-process services and print verdicts
 """
 
 from __future__ import annotations
@@ -169,26 +170,31 @@ def call(args: argparse.Namespace) -> int:
     if found.status_code != 200:
         _err(f"error: discovery answered {found.status_code}")
         return 1
-    services = [s for s in found.json().get("services", []) if s.get("hook") == "order-sign"]
+    hook = args.hook
+    services = [s for s in found.json().get("services", []) if s.get("hook") == hook]
     if not services:
-        _err("error: the service offers no order-sign hook")
+        _err(f"error: the service offers no {hook} hook")
         return 1
     service = services[0]
-    _err(f"discovered {service['id']} at {discovery}")
+    _err(f"discovered {service['id']} ({hook}) at {discovery}")
     if args.request:
         body = json.loads(Path(args.request).read_text(encoding="utf-8"))
         if not args.no_rebase:
             body = fixtures.rebase(body, fixtures.delta_to(datetime.now(UTC)))
+        if isinstance(body, dict) and body.get("hook") == "order-sign" and hook != "order-sign":
+            body = fixtures.request_for_hook(body, hook)  # a fixture's order-sign request, seen by this hook
     else:
-        if not (args.patient and args.draft):
-            _err("error: --patient and --draft are required unless --request is given")
+        if not args.patient or (hook != "patient-view" and not args.draft):
+            _err("error: --patient (and --draft, except for --hook patient-view) are required unless --request "
+                 "is given")
             return 2
-        body = {
-            "hook": "order-sign", "hookInstance": str(uuid.uuid4()),
-            "context": {"userId": "Practitioner/nms-cds-cli", "patientId": args.patient,
-                        "draftOrders": {"resourceType": "Bundle", "type": "collection",
-                                        "entry": [{"resource": draft_order(args.draft, args.patient)}]}},
-        }
+        context: dict[str, Any] = {"userId": "Practitioner/nms-cds-cli", "patientId": args.patient}
+        if hook != "patient-view":
+            draft = draft_order(args.draft, args.patient)
+            context["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}
+            if hook == "order-select":
+                context["selections"] = [f"MedicationRequest/{draft['id']}"]
+        body = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
         if args.fhir_server:
             body["fhirServer"] = args.fhir_server
             if args.token:
@@ -223,23 +229,31 @@ def demo(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
     from cds_service.config import Settings
 
-    app = create_app(Settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR,
-                              log_level="WARNING"))
+    settings = Settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR, log_level="WARNING")
+    app = create_app(settings)
     client = app.test_client()
+    ids = {"patient-view": settings.patient_view_service_id, "order-select": settings.order_select_service_id,
+           "order-sign": settings.service_id}
     failures = 0
     shown: dict[str, Any] | None = None
+    print(f"    {'scenario':34} " + " ".join(f"{hook:20}" for hook in fixtures.HOOKS) + " order-sign card")
     for scenario in fixtures.load_scenarios(Path(args.fixtures) if args.fixtures else None):
-        response = client.post("/cds-services/nms-order-sign", json=scenario.request)
-        cards = response.get_json().get("cards", []) if response.status_code == 200 else []
-        got = cards[0]["indicator"] if cards else None
-        expected = scenario.expected.get("indicator")
-        ok = got == expected and response.status_code == 200
+        cells, summary, ok = [], "(no card)", True
+        for hook in fixtures.HOOKS:
+            response = client.post(f"/cds-services/{ids[hook]}", json=scenario.request_for(hook))
+            cards = response.get_json().get("cards", []) if response.status_code == 200 else []
+            got = cards[0]["indicator"] if cards else None
+            hooks = scenario.expected.get("hooks") or {"order-sign": scenario.expected.get("indicator")}
+            expected = hooks.get(hook)
+            good = got == expected and response.status_code == 200
+            ok = ok and good
+            cells.append(f"{got or 'none':8}" + (f"(want {expected or 'none'})" if not good else "").ljust(12))
+            if hook == "order-sign":
+                summary = cards[0]["summary"] if cards else "(no card)"
+                if got == "critical" and (shown is None or scenario.id == "classic-nms"):
+                    shown = {"scenario": scenario.id, "body": response.get_json()}
         failures += not ok
-        verdict = "ok " if ok else "BAD"
-        summary = cards[0]["summary"] if cards else "(no card)"
-        print(f"{verdict} {scenario.id:34} expected {expected or 'none':8} got {got or 'none':8} {summary}")
-        if got == "critical" and (shown is None or scenario.id == "classic-nms"):
-            shown = {"scenario": scenario.id, "body": response.get_json()}
+        print(f"{'ok ' if ok else 'BAD'} {scenario.id:34} " + " ".join(cells) + f" {summary}")
     if shown is not None:
         print(f"\n--- full card for scenario {shown['scenario']} ---\n")
         print(format_cards(shown["body"]))
@@ -301,13 +315,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=lambda a: load_fixtures(a.fhir_server, a.token, Path(a.fixtures) if a.fixtures else None,
                                                 not a.no_rebase))
 
-    p = sub.add_parser("call", help="play the EHR: discover, build an order-sign request, print the cards")
+    p = sub.add_parser("call", help="play the EHR: discover, build a hook request, print the cards")
     p.add_argument("--service", required=True, help="service base URL or discovery URL")
+    p.add_argument("--hook", default="order-sign", choices=["patient-view", "order-select", "order-sign"],
+                   help="which hook to fire: chart opened, drug picked, orders signed (default order-sign)")
     p.add_argument("--fhir-server", help="FHIR base URL the service should use")
     p.add_argument("--patient", help="patient id on that FHIR server")
-    p.add_argument("--draft", help="RxNorm code of the draft medication order, e.g. 5093 (haloperidol)")
+    p.add_argument("--draft", help="RxNorm code of the draft medication order, e.g. 5093 (haloperidol); "
+                                   "order-select selects it")
     p.add_argument("--prefetch", action="store_true", help="fill prefetch from the templates, as an EHR does")
-    p.add_argument("--request", help="send this ready-made request file instead (times moved to now)")
+    p.add_argument("--request", help="send this ready-made request file instead (times moved to now); an "
+                                     "order-sign fixture request is turned into the --hook's request")
     p.add_argument("--no-rebase", action="store_true", help="with --request: keep the file's dates")
     p.add_argument("--token", help="FHIR access token to pass as fhirAuthorization")
     p.add_argument("--private-key", help="PEM key to sign a CDS Hooks JWT (when the service requires auth)")
@@ -317,6 +335,6 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
     p.set_defaults(func=call)
 
-    p = sub.add_parser("demo", help="run every fixture scenario in-process and print a verdict each")
+    p = sub.add_parser("demo", help="run every fixture scenario through the three hooks in-process; a verdict each")
     p.add_argument("--fixtures", help="fixture folder (default: fhir_fixtures/ of this checkout)")
     p.set_defaults(func=demo)
