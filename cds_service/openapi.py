@@ -1,24 +1,30 @@
 """The OpenAPI 3.1 document of the HTTP surface, served at ``GET /openapi.json``.
 
 It describes exactly the routes of :mod:`cds_service.hooks.blueprint` (``tests/test_openapi.py`` keeps
-the two in sync) and the bodies as the service reads and writes them: strict where the service is strict
+the two in sync). The body schemas are not written here: they are the JSON Schemas of the typed wire models
+in :mod:`cds_service.hooks.wire`, the same models that validate the requests, so they describe the bodies as
+the service reads and writes them: strict where the service is strict
 (the REQUIRED CDS Hooks fields and their types, FHIR ids, the 128-character ``hookInstance``), lenient
 where the service is deliberately lenient (extra members, prefetch values of any shape, Bundle entries
 that are not objects are ignored). Error bodies are the ones ``blueprint._error_response`` builds:
 ``{"error", "message", "field"?}`` for 400/404/405/413, a bare ``{"error": "unauthorized"}`` for 401
 (no detail on purpose) and a FHIR ``OperationOutcome`` for 412.
 
-The document depends on the settings only where the deployment does: the service id, the public base
+The document depends on the settings only where the deployment does: the service ids, the public base
 URL, the body limits, and whether JWT authentication is on (``security`` is declared only then).
 """
 
 from __future__ import annotations
 
+import copy
+from functools import cache
 from typing import Any
+
+from pydantic.json_schema import models_json_schema
 
 from cds_service import __version__
 from cds_service.config import AuthMode, Settings
-from cds_service.hooks.request import FHIR_ID, REFERENCE
+from cds_service.hooks import wire
 
 JSON = "application/json"
 OPENAPI_VERSION = "3.1.0"
@@ -36,312 +42,41 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     }
 
 
-NON_BLANK = {"type": "string", "minLength": 1, "description": "not blank (whitespace only is a 400)"}
-
-
 def service_hooks(settings: Settings) -> dict[str, str]:
     """Service id → hook, in discovery order (the same ids :class:`cds_service.runtime.Runtime` serves)."""
     return {settings.patient_view_service_id: "patient-view", settings.order_select_service_id: "order-select",
             settings.service_id: "order-sign"}
 
 
-_CONTEXT_SCHEMAS = {"patient-view": "PatientViewContext", "order-select": "OrderSelectContext",
-                    "order-sign": "OrderSignContext"}
+def _tidy(schema: Any) -> Any:
+    """Drop what pydantic adds for Python's sake: generated titles and ``default: null`` of omitted members."""
+    if isinstance(schema, dict):
+        return {k: _tidy(v) for k, v in schema.items()
+                if not (k == "title" and isinstance(v, str)) and not (k == "default" and v is None)}
+    if isinstance(schema, list):
+        return [_tidy(v) for v in schema]
+    return schema
 
 
-def _hook_request(hook: str, context: str) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "description": f"CDS Hooks 2.0 service request for the `{hook}` hook",
-        "required": ["hook", "hookInstance", "context"],
-        "properties": {
-            "hook": {"const": hook},
-            "hookInstance": {**NON_BLANK, "maxLength": 128},
-            "fhirServer": {
-                "type": ["string", "null"],
-                "minLength": 1,
-                "description": "FHIR base URL; contacted only when it is within NMS_CDS_FHIR_ALLOWLIST "
-                               "(https, or http on loopback); another value is not contacted",
-            },
-            "fhirAuthorization": {"oneOf": [_ref("FhirAuthorization"), {"type": "null"}]},
-            "context": _ref(context),
-            "prefetch": {
-                "type": ["object", "null"],
-                "description": "Prefetch key → FHIR resource (a searchset Bundle for searches) or null (no "
-                               "data). A missing key, an OperationOutcome or any other value is fetched from "
-                               "fhirServer instead (and reported as not retrieved when that fails).",
-            },
-        },
-        "dependentSchemas": {
-            "fhirAuthorization": {
-                "if": {"properties": {"fhirAuthorization": {"type": "object"}}},
-                "then": {"required": ["fhirServer"],
-                         "properties": {"fhirServer": {"type": "string"}}},
-            },
-        },
-    }
+@cache
+def _model_schemas() -> dict[str, Any]:
+    _, top = models_json_schema([(m, "validation") for m in wire.SCHEMA_MODELS],
+                                ref_template="#/components/schemas/{model}")
+    schemas: dict[str, Any] = _tidy(top["$defs"])
+    return schemas
 
 
 def _schemas(hooks: list[str]) -> dict[str, Any]:
-    fhir_id = {"type": "string", "pattern": FHIR_ID.pattern, "description": "FHIR id: [A-Za-z0-9-.]{1,64}"}
-    coding = {
-        "type": "object",
-        "properties": {"system": {"type": "string"}, "code": {"type": "string"}, "display": {"type": "string"}},
-    }
-    return {
-        # --- shared ---------------------------------------------------------------------------------
-        "FhirId": fhir_id,
-        "Coding": coding,
-        "FhirResource": {
-            "type": "object",
-            "description": "Any FHIR R4 resource as JSON (read leniently: unknown members are ignored)",
-            "required": ["resourceType"],
-            "properties": {"resourceType": {"type": "string"}, "id": {"type": "string"}},
-            "additionalProperties": True,
-        },
-        "Error": {
-            "type": "object",
-            "description": "A rejected request. `message` names the problem; `field` the offending member",
-            "required": ["error", "message"],
-            "properties": {
-                "error": {"type": "string", "minLength": 1,
-                          "examples": ["invalid", "not-found", "too-costly", "method-not-allowed"]},
-                "message": {"type": "string", "minLength": 1},
-                "field": {"type": "string", "minLength": 1},
-            },
-            "additionalProperties": False,
-        },
-        "Unauthorized": {
-            "type": "object",
-            "description": "JWT missing or invalid; the reason is logged, never returned",
-            "required": ["error"],
-            "properties": {"error": {"const": "unauthorized"}},
-            "additionalProperties": False,
-        },
-        "OperationOutcome": {
-            "type": "object",
-            "description": "FHIR OperationOutcome: required FHIR data could be had neither from prefetch nor "
-                           "from fhirServer (diagnostics say, per prefetch key, what failed)",
-            "required": ["resourceType", "issue"],
-            "properties": {
-                "resourceType": {"const": "OperationOutcome"},
-                "issue": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["severity", "code"],
-                        "properties": {
-                            "severity": {"enum": ["fatal", "error", "warning", "information"]},
-                            "code": {"type": "string", "minLength": 1},
-                            "diagnostics": {"type": "string", "minLength": 1},
-                        },
-                    },
-                },
-            },
-        },
-        # --- discovery ------------------------------------------------------------------------------
-        "Discovery": {
-            "type": "object",
-            "required": ["services"],
-            "properties": {"services": {"type": "array", "items": _ref("ServiceDefinition")}},
-        },
-        "ServiceDefinition": {
-            "type": "object",
-            "required": ["hook", "description", "id"],
-            "properties": {
-                "hook": {"type": "string", "minLength": 1},
-                "title": {"type": "string", "minLength": 1},
-                "description": {"type": "string", "minLength": 1},
-                "id": {"type": "string", "minLength": 1},
-                "prefetch": {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}},
-                "usageRequirements": {"type": "string", "minLength": 1},
-            },
-        },
-        # --- service request ------------------------------------------------------------------------
-        "DraftOrders": {
-            "type": "object",
-            "description": "FHIR Bundle of the draft orders being signed; MedicationRequest entries are read, "
-                           "entries that are not objects with a `resource` object are ignored",
-            "properties": {
-                "resourceType": {"const": "Bundle", "description": "may be absent"},
-                "type": {"description": "Bundle.type, e.g. collection (not checked: real clients omit it)"},
-                "entry": {
-                    "type": ["array", "null"],
-                    "description": "Bundle entries ({fullUrl, resource}); anything else is ignored",
-                },
-            },
-        },
-        "OrderSignContext": {
-            "type": "object",
-            "description": "order-sign context (CDS Hooks 2.0); other members are accepted and ignored",
-            "required": ["userId", "patientId", "draftOrders"],
-            "properties": {
-                "userId": {**NON_BLANK, "description": "e.g. Practitioner/123"},
-                "patientId": _ref("FhirId"),
-                "encounterId": {"oneOf": [_ref("FhirId"), {"type": "null"}]},
-                "draftOrders": _ref("DraftOrders"),
-            },
-        },
-        "FhirAuthorization": {
-            "type": "object",
-            "description": "OAuth 2.0 bearer token for fhirServer (needs fhirServer, cds-r-1). The token is sent "
-                           "only to URLs under fhirServer; expires_in, scope and subject are accepted, not used",
-            "required": ["access_token"],
-            "properties": {
-                "access_token": NON_BLANK,
-                "token_type": {"type": "string", "pattern": "^[Bb][Ee][Aa][Rr][Ee][Rr]$",
-                               "description": "'Bearer' (any case); the default when absent"},
-            },
-        },
-        "PatientViewContext": {
-            "type": "object",
-            "description": "patient-view context (CDS Hooks 2.0); other members are accepted and ignored",
-            "required": ["userId", "patientId"],
-            "properties": {
-                "userId": {**NON_BLANK, "description": "e.g. Practitioner/123"},
-                "patientId": _ref("FhirId"),
-                "encounterId": {"oneOf": [_ref("FhirId"), {"type": "null"}]},
-            },
-        },
-        "OrderSelectContext": {
-            "type": "object",
-            "description": "order-select context (CDS Hooks 2.0): only the orders named in `selections` are "
-                           "assessed as new; other members are accepted and ignored",
-            "required": ["userId", "patientId", "selections", "draftOrders"],
-            "properties": {
-                "userId": {**NON_BLANK, "description": "e.g. Practitioner/123"},
-                "patientId": _ref("FhirId"),
-                "encounterId": {"oneOf": [_ref("FhirId"), {"type": "null"}]},
-                "selections": {"type": "array", "minItems": 1,
-                               "items": {"type": "string", "pattern": REFERENCE.pattern},
-                               "description": "references Type/id of the selected draft orders"},
-                "draftOrders": _ref("DraftOrders"),
-            },
-        },
-        **{_CONTEXT_SCHEMAS[h].removesuffix("Context") + "Request": _hook_request(h, _CONTEXT_SCHEMAS[h])
-           for h in hooks},
-        "HookRequest": {"oneOf": [_ref(_CONTEXT_SCHEMAS[h].removesuffix("Context") + "Request") for h in hooks]},
-        # --- service response -----------------------------------------------------------------------
-        "HookResponse": {
-            "type": "object",
-            "required": ["cards"],
-            "properties": {
-                "cards": {"type": "array", "items": _ref("Card")},
-                "systemActions": {"type": "array", "items": _ref("Action")},
-            },
-        },
-        "Card": {
-            "type": "object",
-            "required": ["summary", "indicator", "source"],
-            "properties": {
-                "uuid": {"type": "string", "format": "uuid",
-                         "description": "uuid5 of hookInstance and card kind; ties feedback to the card"},
-                "summary": {"type": "string", "minLength": 1, "maxLength": 139},
-                "detail": {"type": "string", "minLength": 1, "description": "GitHub Flavored Markdown"},
-                "indicator": {"enum": ["info", "warning", "critical"]},
-                "source": _ref("Source"),
-                "suggestions": {"type": "array", "minItems": 1, "items": _ref("Suggestion")},
-                "selectionBehavior": {"enum": ["at-most-one", "any"]},
-                "overrideReasons": {"type": "array", "minItems": 1, "items": _ref("OverrideReason")},
-                "links": {"type": "array", "minItems": 1, "items": _ref("Link")},
-            },
-        },
-        "Source": {
-            "type": "object",
-            "required": ["label"],
-            "properties": {
-                "label": {"type": "string", "minLength": 1},
-                "url": {"type": "string", "format": "uri"},
-                "icon": {"type": "string", "format": "uri"},
-                "topic": coding,
-            },
-        },
-        "OverrideReason": {
-            "type": "object",
-            "required": ["system", "code", "display"],
-            "properties": {
-                "system": {"type": "string", "minLength": 1},
-                "code": {"type": "string", "minLength": 1},
-                "display": {"type": "string", "minLength": 1},
-            },
-        },
-        "Suggestion": {
-            "type": "object",
-            "required": ["label"],
-            "properties": {
-                "label": {"type": "string", "minLength": 1},
-                "uuid": {"type": "string", "format": "uuid"},
-                "isRecommended": {"type": "boolean"},
-                "actions": {"type": "array", "minItems": 1, "items": _ref("Action")},
-            },
-        },
-        "Action": {
-            "type": "object",
-            "required": ["type", "description"],
-            "properties": {
-                "type": {"enum": ["create", "update", "delete"]},
-                "description": {"type": "string", "minLength": 1},
-                "resource": _ref("FhirResource"),
-                "resourceId": {"type": "string", "minLength": 1},
-            },
-        },
-        "Link": {
-            "type": "object",
-            "required": ["label", "url", "type"],
-            "properties": {
-                "label": {"type": "string", "minLength": 1},
-                "url": {"type": "string", "format": "uri"},
-                "type": {"enum": ["absolute", "smart"]},
-                "appContext": {"type": "string"},
-            },
-        },
-        # --- feedback -------------------------------------------------------------------------------
-        "FeedbackRequest": {
-            "type": "object",
-            "required": ["feedback"],
-            "properties": {"feedback": {"type": "array", "minItems": 1, "items": _ref("FeedbackItem")}},
-        },
-        "FeedbackItem": {
-            "type": "object",
-            "required": ["card", "outcome", "outcomeTimestamp"],
-            "properties": {
-                "card": {**NON_BLANK, "description": "uuid of the card the feedback is about"},
-                "outcome": {"enum": ["accepted", "overridden"]},
-                "outcomeTimestamp": {**NON_BLANK, "description": "FHIR instant"},
-                "acceptedSuggestions": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
-                },
-                "overrideReason": {
-                    "type": ["object", "null"],
-                    "description": "{reason: Coding, userComment: string}; the reason is stored as given",
-                },
-            },
-            "if": {"properties": {"outcome": {"const": "accepted"}}, "required": ["outcome"]},
-            "then": {"required": ["acceptedSuggestions"]},
-        },
-        "FeedbackResponse": {
-            "type": "object",
-            "required": ["received", "new"],
-            "properties": {
-                "received": {"type": "integer", "minimum": 1},
-                "new": {"type": "integer", "minimum": 0},
-            },
-            "additionalProperties": False,
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status"],
-            "properties": {"status": {"const": "ok"}},
-            "additionalProperties": False,
-        },
-        "OpenApiDocument": {
-            "type": "object",
-            "required": ["openapi", "info", "paths"],
-            "properties": {"openapi": {"type": "string"}, "info": {"type": "object"}, "paths": {"type": "object"}},
-        },
-    }
+    """Every component schema, from the typed wire models; ``HookRequest`` is one of the served hooks'."""
+    schemas = copy.deepcopy(_model_schemas())
+    names = {hook: wire.REQUEST_MODELS[hook].__name__ for hook in hooks}
+    for hook, model in wire.REQUEST_MODELS.items():
+        if hook not in names:
+            schemas.pop(model.__name__, None)
+    schemas["HookRequest"] = {"description": "CDS Hooks 2.0 service request of one of the served hooks (the "
+                                             "request's hook must be the called service's)",
+                              "oneOf": [_ref(name) for name in names.values()]}
+    return schemas
 
 
 def _errors(settings: Settings, *statuses: int) -> dict[str, Any]:

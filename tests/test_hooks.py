@@ -285,3 +285,18 @@ def test_sandbox_requests_answer_200(client: FlaskClient, url: str, name: str) -
     assert response_problems(response.get_json()) == []
     sent = [c.request.url or "" for c in responses.calls]
     assert len(sent) == 6 and not any("/Patient/" in u for u in sent)  # its "patient" key is used as sent
+
+
+# --- the typed wire models are the contract ---------------------------------------------------------------
+
+@pytest.mark.parametrize("hook", fixtures.HOOKS)
+def test_every_scenario_answer_fits_the_typed_response_model(client: FlaskClient, hook: str) -> None:
+    from cds_service.hooks import wire
+
+    for scenario in fixtures.load_scenarios():
+        response = client.post(f"/cds-services/nms-{hook}", json=scenario.request_for(hook))
+        answer = response.get_json()
+        model = wire.HookResponse.model_validate(answer)
+        assert model.model_dump(exclude_none=True) == answer, scenario.id  # nothing the model does not know
+    discovery = client.get("/cds-services").get_json()
+    assert wire.Discovery.model_validate(discovery).model_dump(exclude_none=True) == discovery

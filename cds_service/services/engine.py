@@ -29,6 +29,7 @@ from cds_service.fhir import extract
 from cds_service.fhir.client import Deadline, FhirClient, QueryPool
 from cds_service.fhir.prefetch import KeyData, resolve
 from cds_service.hooks.request import HookRequest
+from cds_service.hooks.wire import ServiceDefinition
 
 log = logging.getLogger("cds_service.engine")
 
@@ -91,14 +92,10 @@ class HookPolicy(ABC):
         read, for suggestions that must carry a whole resource (an ``update`` action)."""
 
     def definition(self) -> dict[str, Any]:
-        return {
-            "hook": self.hook,
-            "id": self.id,
-            "title": self.title,
-            "description": self.description,
-            "prefetch": dict(self.templates),
-            "usageRequirements": self.usage_requirements,
-        }
+        """The discovery entry, through its typed wire model (no null or empty members)."""
+        return ServiceDefinition(hook=self.hook, id=self.id, title=self.title, description=self.description,
+                                 prefetch=dict(self.templates) or None,
+                                 usageRequirements=self.usage_requirements).model_dump(exclude_none=True)
 
 
 class Engine:
