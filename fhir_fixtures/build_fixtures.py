@@ -494,7 +494,8 @@ class Built:
 # The same moment seen by patient-view (chart opened: no draft, only the record's exposures count) and by
 # order-select (the scenario's drafts with an id are the selection). order-select is derived: the order-sign
 # card when a selected draft is a dopamine antagonist with an id (what `suggest_delete_draft` names), no card
-# otherwise, and never the "check incomplete" info card. patient-view is stated per scenario, with why.
+# otherwise, and never the "check incomplete" info card. patient-view is stated per scenario, with why: restate
+# it whenever a scenario's record changes (a record exposure added makes the chart show the card).
 PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
     "boundary-exact-thresholds": ("warning", "active risperidone in the record; CK exactly 4 x ULN"),
     "bp-separate-observations": ("critical", "active haloperidol in the record"),
@@ -516,6 +517,13 @@ PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
     "resources-without-ids": (None, "the only antagonist is the draft"),
     "sandbox-quirks": (None, "no finding; clozapine only as the draft"),
     "units-us-conventional": ("critical", "active chlorpromazine in the record"),
+    # scenarios of the clinical-reasoning work (issue 11), stated ahead of its merge:
+    "administration-only-haloperidol": ("critical", "haloperidol given (MedicationAdministration) before onset"),
+    "atc-german-record": ("critical", "quetiapine statement and risperidone administration before onset"),
+    "brand-name-free-text": ("critical", "active 'Haldol' order in the record"),
+    "mimic-neutropenic-fever-german": (None, "never a dopamine antagonist in the record"),
+    "mimic-sepsis-haloperidol-draft": (None, "the only dopamine antagonist is the draft"),
+    "other-cause-infection": ("warning", "active haloperidol in the record; infection weighed"),
 }
 
 
