@@ -171,6 +171,8 @@ def test_patient_view_never_holds_an_order_of_another_status_or_patient(client: 
             entry["resource"]["status"] = "on-hold"  # already held: the card stays, the suggestion goes
     (card,) = cards(client, PATIENT_VIEW, body)
     assert card["indicator"] == "critical" and actions(card, "update") == []
+    (before,) = cards(client, PATIENT_VIEW, scenario.request_for("patient-view"))
+    assert card["uuid"] != before["uuid"]  # the hold shows in the data: a new card, not the old one repeated
 
 
 # --- repeated cards ----------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 A chart is opened many times a day and ``patient-view`` fires each time. The service keeps nothing
 between calls; instead the card uuid (and each suggestion uuid) is a name-based uuid5 of the service id,
 the patient id, the indicator and the evidence the card shows: the exposures (reference, ingredient,
-status), the readings behind each criterion and finding (reference, code, time, value), and the NMS
-history items. So:
+status), the readings behind each criterion and finding (reference, code, time, value), the NMS history
+items, the reasons for the card, the alternative causes weighed and what could not be retrieved. So:
 
 - the first, second and third opening of the same chart with the same evidence give the *same* card:
   same uuid, same text, same indicator, never escalated, never duplicated (CDS clients replace the cards
@@ -41,6 +41,11 @@ def evidence_key(a: Assessment, service_id: str, patient_id: str) -> str:
         "findings": {f.name: [f.present, _reading_keys(f.evidence)] for f in a.findings},
         "history": sorted([h.kind, h.ref or "", h.description] for h in a.history),
         "missing_labs": sorted(a.missing_labs),
+        "missing": sorted(a.missing),
+        "reasons": list(a.reasons),
+        # alternative causes weighed by the clinical core, where it reports them
+        "other_causes": sorted([str(getattr(c, "cause", c)), str(getattr(c, "found", ""))]
+                               for c in getattr(a, "other_causes", ())),
     }
     text = json.dumps(facts, sort_keys=True, separators=(",", ":"), default=str)
     return "evidence:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
