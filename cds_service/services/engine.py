@@ -113,10 +113,11 @@ class Engine:
         report.timings_ms["data"] = (time.perf_counter() - started) * 1000
         inp = self.extract(gathered, policy.exposure_drafts(req), req)
         assessment = assess(inp)
-        report.indicator = assessment.indicator
-        report.score = assessment.score if assessment.indicator else None
         report.fhir_requests = gathered.client.requests_made if gathered.client else 0
         cards = policy.cards(assessment, req, gathered)
+        answered = cards[0].get("indicator") if cards else None  # what the clinician sees, after the policy
+        report.indicator = answered
+        report.score = assessment.score if answered else None
         report.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return {"cards": cards}, report
 
