@@ -446,12 +446,21 @@ def test_fhir_server_outside_the_allowlist_is_412_without_a_connection(
     FHIR_BASE + "/../admin",  # passes a naive prefix test, then normalised off the allowlisted base
     FHIR_BASE + "/%2e%2e/admin",
     FHIR_BASE + "/.%2E/admin",
-], ids=["sibling-path", "suffix-host", "credentials", "dot-dot", "encoded-dot-dot", "mixed-dot-dot"])
+    # the red-team run's payloads, accepted and queried with the token before
+    FHIR_BASE + "/..;/admin",
+    FHIR_BASE + "/\uff0e\uff0e/admin",
+    FHIR_BASE + "/%252e%252e/admin",
+    FHIR_BASE + "?@collector.evil.example/",
+], ids=["sibling-path", "suffix-host", "credentials", "dot-dot", "encoded-dot-dot", "mixed-dot-dot",
+        "dot-dot-semicolon", "fullwidth-dots", "double-encoded", "query-userinfo"])
 def test_look_alike_fhir_servers_are_not_contacted(client: FlaskClient, outbound: responses.RequestsMock,
-                                                   server: str) -> None:
+                                                   caplog: pytest.LogCaptureFixture, server: str) -> None:
+    outbound.get(re.compile(r".*"), json=EMPTY_BUNDLE)
     resp = send(client, "POST", SERVICE, jwt_token=token(), body=hook_body(fhirServer=server))
     assert resp.status_code == 412
     assert len(outbound.calls) == 0
+    assert "not contacted" in resp.get_json()["issue"][0]["diagnostics"]
+    assert ACCESS_TOKEN not in logged_text(caplog)
 
 
 def test_patient_id_cannot_walk_off_the_fhir_base(client: FlaskClient, outbound: responses.RequestsMock) -> None:

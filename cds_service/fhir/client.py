@@ -98,6 +98,15 @@ def _check(url: str, settings: Settings, *, base: bool) -> ParsedUrl:
     return parsed
 
 
+def log_outbound_config(settings: Settings) -> None:
+    """One start-up line: the effective (parsed, canonical) FHIR allowlist and where TLS trust comes from."""
+    verify, source = settings.tls_trust
+    bases = ", ".join(settings.fhir_allowlist) or "empty: fhirServer is never contacted (prefetch only)"
+    trust = source if isinstance(verify, bool) else f"{source} {verify}"
+    log.info(f"FHIR allowlist: {bases}; TLS trust for FHIR and JWKS calls: {trust}",
+             extra={"event": "outbound-config"})
+
+
 def check_base(url: str, settings: Settings) -> ParsedUrl:
     """Check a request's ``fhirServer`` (no query, fragment or credentials); return it parsed and normalised."""
     return _check(url, settings, base=True)
@@ -181,7 +190,7 @@ class FhirClient:
     def get_json(self, url: str) -> dict[str, Any]:
         """GET one URL under the base and return its JSON object, following same-base redirects."""
         for _ in range(_MAX_REDIRECTS + 1):
-            check_allowed(url, self.settings)
+            url = str(check_allowed(url, self.settings))  # canonical: host case, default port
             if not self._within_base(url):
                 raise FhirNotAllowed("refusing to follow a URL outside the fhirServer base", url=self._path(url))
             response = self._send(url)
@@ -456,5 +465,6 @@ __all__ = [
     "resource_name",
     "tls_failure",
     "is_loopback",
+    "log_outbound_config",
     "thread_session",
 ]
