@@ -7,9 +7,9 @@ environment. Tests build :class:`Settings` directly and pass it to ``create_app`
 from __future__ import annotations
 
 import ssl
-from functools import cached_property
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 

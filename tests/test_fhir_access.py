@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -288,15 +289,18 @@ LEAK = "Theodora Vandermolen MRN-99812 neuroleptic malignant syndrome eyJhbGciOi
     {"resourceType": ["Bundle"]},
     {"resourceType": "OperationOutcome", "issue": [{"code": LEAK, "diagnostics": LEAK,
                                                     "details": {"text": LEAK}}]},
-], ids=["free-text", "markup", "too-long", "not-a-string", "outcome-free-text"])
+    {"resourceType": "OperationOutcome", "issue": [{"code": "theodora"}, {"code": "exception"}]},
+], ids=["free-text", "markup", "too-long", "not-a-string", "outcome-free-text", "outcome-code-not-an-issue-type"])
 @responses.activate
 def test_server_supplied_resource_types_never_reach_messages(answer: dict[str, Any]) -> None:
     responses.add(responses.GET, re.compile(re.escape(FHIR_BASE) + r"/.*"), json=answer)
-    for call in (lambda c: c.read("Patient/p1"), lambda c: c.search("Observation?patient=p1")):
+    calls: list[Callable[[FhirClient], object]] = [lambda c: c.read("Patient/p1"),
+                                                   lambda c: c.search("Observation?patient=p1")]
+    for call in calls:
         with pytest.raises(FhirBadResponse) as excinfo:
             call(client_for())
         text = excinfo.value.message + " " + str(excinfo.value.url)
-        for word in ("Theodora", "MRN-99812", "malignant", "eyJ", "<script>", "AAAA", "p1"):
+        for word in ("Theodora", "theodora", "MRN-99812", "malignant", "eyJ", "<script>", "AAAA", "p1"):
             assert word not in text, text
 
 

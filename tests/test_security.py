@@ -29,7 +29,7 @@ from cds_service.app import create_app
 from cds_service.auth import Authenticator, ReplayCache, TrustedClientsError
 from cds_service.logs import JsonFormatter
 from cds_service.services.templates import prefetch_templates
-from tests.conftest import FHIR_BASE, make_settings, dataset_json
+from tests.conftest import FHIR_BASE, dataset_json, make_settings
 from tests.jwt_helpers import (
     SANDBOX_JKU,
     SPEC_PUBLIC_JWKS_FILE,
@@ -713,7 +713,7 @@ class _SlowJwks:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server API
+            def do_GET(self) -> None:
                 outer.requests += 1
                 outer.arrived.set()
                 time.sleep(outer.delay)
@@ -965,7 +965,8 @@ PRIVATE_D = "SeFXUXda8UomZ8GFUl7HH_Oi15rIbfMcsWj9ecIsDR8kLbqsEz2CGNgwy_IcILxy"
     ("DUPLICATE", "repeats an issuer"),
     ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "tenant": 7}]', "'tenant'"),
     ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "keys": {}}]', "unknown member"),
-    ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "jku": "http://k.example/j"}]', "'jku' must use"),
+    ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "jku": "http://k.example/j"}]',
+     "'jku' must use"),
     ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "jku": []}]', "'jku' must be a URL or"),
     ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "jku": ["https://u:p@k.example/"]}]',
      "credentials"),

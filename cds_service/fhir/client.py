@@ -50,7 +50,14 @@ log = logging.getLogger("cds_service.fhir")
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 _MAX_REDIRECTS = 3
 _CHUNK = 64 * 1024
-_ISSUE_CODE = re.compile(r"^[a-z][a-z-]{0,39}$")  # FHIR IssueType codes
+#: FHIR R4 IssueType codes (http://hl7.org/fhir/R4/valueset-issue-type.html): the only OperationOutcome
+#: text ever repeated; anything else a server writes there (even a lower-case word) is dropped.
+ISSUE_CODES = frozenset({
+    "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
+    "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches", "not-found",
+    "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule", "conflict", "transient",
+    "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled", "informational",
+})
 
 
 class Deadline:
@@ -367,7 +374,7 @@ def _outcome_text_obj(outcome: dict[str, Any]) -> str:
     codes = []
     for issue in issues[:3]:
         code = issue.get("code") if isinstance(issue, dict) else None
-        if isinstance(code, str) and _ISSUE_CODE.match(code):
+        if isinstance(code, str) and code in ISSUE_CODES:
             codes.append(code)
     return ("issue code " + ", ".join(codes)) if codes else ""
 
@@ -461,10 +468,10 @@ __all__ = [
     "SearchResult",
     "check_allowed",
     "check_base",
-    "new_session",
-    "resource_name",
-    "tls_failure",
     "is_loopback",
     "log_outbound_config",
+    "new_session",
+    "resource_name",
     "thread_session",
+    "tls_failure",
 ]
