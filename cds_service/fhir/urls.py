@@ -31,6 +31,9 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 _HOST = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
 _SEPARATORS = re.compile(r"[\s,;]+")
+_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_NON_ASCII = re.compile(r"[^\x00-\x7e]")
+_IP_LIKE = re.compile(r"^[0-9.]+$|:")
 #: Characters that look like "." and that NFKC does not map to it (NFKC already maps U+FF0E, U+2024,
 #: U+FE52 and the leaders U+2025/U+2026). Sources: Unicode confusables.txt entries for U+002E.
 DOT_LOOKALIKES = frozenset("\u3002\uff61\u0701\u0702\u06d4\u0589\u2e3c\ua4f8\ua60e\u00b7\u2219\u22c5\u2027\u0660\u06f0")
@@ -70,10 +73,11 @@ def _host(raw: str | None) -> str:
     if not raw:
         raise UrlRefused("has no host")
     host = raw.lower().removesuffix(".")
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
+    if _IP_LIKE.search(host):
+        try:
+            return str(ipaddress.ip_address(host))
+        except ValueError:
+            raise UrlRefused("has a host that is not a valid IP address") from None
     if not _HOST.match(host):
         raise UrlRefused("has a host name that is not plain ASCII letters, digits, '-' and '.' "
                          "(write internationalised names in their xn-- form)")
@@ -81,8 +85,10 @@ def _host(raw: str | None) -> str:
 
 
 def _dotted(segment: str) -> bool:
+    if segment.isascii():
+        return bool(segment) and not segment.strip(".")
     folded = "".join("." if ch in DOT_LOOKALIKES else ch for ch in unicodedata.normalize("NFKC", segment))
-    return bool(folded) and set(folded) == {"."}
+    return bool(folded) and not folded.strip(".")
 
 
 def check_path(path: str) -> str:
@@ -99,9 +105,9 @@ def check_path(path: str) -> str:
     segments = decoded.split("/")
     if any(_dotted(segment) for segment in segments):
         raise UrlRefused("has a '.' or '..' path segment (in some spelling)")
-    if any(ord(ch) < 0x21 or ch == "\x7f" for ch in decoded):
+    if _CONTROL.search(decoded):
         raise UrlRefused("has control characters or spaces in its path")
-    if any(ord(ch) > 0x7e for ch in decoded):
+    if _NON_ASCII.search(decoded):
         raise UrlRefused("has non-ASCII characters in its path")
     trimmed = path.rstrip("/")
     if "//" in trimmed:
@@ -113,7 +119,7 @@ def parse_url(url: str, *, allow_query: bool) -> ParsedUrl:
     """Parse and check one absolute http(s) URL; :class:`UrlRefused` names the problem."""
     if not isinstance(url, str) or not url:
         raise UrlRefused("is empty")
-    if any(ord(ch) < 0x21 or ch == "\x7f" for ch in url):
+    if _CONTROL.search(url):
         raise UrlRefused("has control characters or spaces")
     if "\\" in url:
         raise UrlRefused("has a backslash")
