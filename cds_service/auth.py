@@ -54,7 +54,7 @@ from jwt.types import Options
 
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import NmsCdsError, Unauthorized
-from cds_service.fhir.client import is_loopback, new_session, tls_failure
+from cds_service.fhir.client import is_loopback, new_session, tls_failure, trust_hint
 
 log = logging.getLogger("cds_service.auth")
 
@@ -576,8 +576,8 @@ class Authenticator:
                         log.warning(f"JWK Set not read within {JWKS_TOTAL_SECONDS} s; ignored", extra=extra)
                         return None
         except requests.exceptions.SSLError as exc:
-            log.warning(f"JWK Set fetch failed: TLS {tls_failure(exc)} (CAs trusted: {self.settings.tls_trust[1]}; "
-                        "see NMS_CDS_CA_BUNDLE)", extra=extra | {"reason": tls_failure(exc)})
+            log.warning(f"JWK Set fetch failed: TLS {tls_failure(exc)} ({trust_hint(self.settings)})",
+                        extra=extra | {"reason": tls_failure(exc)})
             return None
         except requests.RequestException as exc:
             log.warning(f"JWK Set fetch failed ({type(exc).__name__})", extra=extra)

@@ -228,7 +228,7 @@ def test_a_certificate_for_another_name_fails_with_the_mismatch_named(tmp_path: 
     finally:
         server.shutdown()
         server.server_close()
-    assert "certificate verify failed (IP address mismatch" in excinfo.value.message
+    assert "certificate verify failed (IP address mismatch)" in excinfo.value.message
 
 
 @pytest.mark.parametrize("trusted", [True, False], ids=["ca-configured", "ca-missing"])

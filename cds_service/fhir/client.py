@@ -227,7 +227,7 @@ class FhirClient:
             trust = self.settings.tls_trust[1]
             log.warning(f"TLS failure talking to the FHIR server: {what}",
                         extra={"event": "fhir-tls-failed", "reason": f"{what}; trusted CAs from {trust}"})
-            raise FhirTlsError(f"TLS {what} on GET {self._path(url)} (CAs trusted: {trust}; see NMS_CDS_CA_BUNDLE)",
+            raise FhirTlsError(f"TLS {what} on GET {self._path(url)} ({trust_hint(self.settings)})",
                                url=self._path(url)) from exc
         except requests.ConnectionError as exc:
             raise FhirConnectionError(f"connection failed on GET {self._path(url)}", url=self._path(url)) from exc
@@ -425,6 +425,14 @@ def new_session(verify: str | bool) -> requests.Session:
     return session
 
 
+def trust_hint(settings: Settings) -> str:
+    """Where the trusted CAs came from, and what to set, for TLS failure messages."""
+    source = settings.tls_trust[1]
+    if source == "NMS_CDS_CA_BUNDLE":
+        return "trusted CAs from NMS_CDS_CA_BUNDLE"
+    return f"trusted CAs from {source}; set NMS_CDS_CA_BUNDLE for a private CA"
+
+
 _VERIFY_REASON = re.compile(r"certificate verify failed: ([A-Za-z][A-Za-z ,()-]{0,80})")
 
 
@@ -444,7 +452,8 @@ def tls_failure(exc: BaseException) -> str:
     joined = " ".join(texts)
     match = _VERIFY_REASON.search(joined)
     if match:
-        return f"certificate verify failed ({match.group(1).strip().rstrip(' (')})"
+        reason = match.group(1).split(", certificate is not valid")[0].strip().rstrip(" (")
+        return f"certificate verify failed ({reason})"
     if "CERTIFICATE_VERIFY_FAILED" in joined or "certificate verify failed" in joined:
         return "certificate verify failed"
     return "handshake failed"
@@ -474,4 +483,5 @@ __all__ = [
     "resource_name",
     "thread_session",
     "tls_failure",
+    "trust_hint",
 ]
