@@ -341,7 +341,7 @@ _LOGGABLE = re.compile(r"^[A-Za-z0-9._:+/=@-]{1,64}$")
 
 def _loggable(value: Any) -> str:
     """A header or JWK value for a log reason: shown only when it is a short token of plain characters."""
-    return repr(value) if isinstance(value, str) and _LOGGABLE.match(value) else "(not shown)"
+    return repr(value) if isinstance(value, str) and _LOGGABLE.fullmatch(value) else "(not shown)"
 
 
 class Authenticator:
@@ -447,7 +447,7 @@ class Authenticator:
             raise Unauthorized("empty bearer token")
         if len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("bearer token too long")
-        if not _COMPACT_JWS.match(token):
+        if not _COMPACT_JWS.fullmatch(token):
             raise Unauthorized("malformed token")
         return token
 

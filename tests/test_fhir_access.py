@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import Any
@@ -12,9 +13,11 @@ import responses
 from flask.testing import FlaskClient
 from pydantic import ValidationError
 
+from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.errors import FhirAuthError, FhirBadResponse, FhirNotAllowed, FhirTimeout
 from cds_service.fhir.client import Deadline, FhirClient, check_allowed, resource_name
+from cds_service.logs import JsonFormatter
 from tests.conftest import FHIR_BASE, make_settings
 from tests.test_protocol import URL, empty_prefetch, febrile_prefetch, hook_request
 
@@ -222,6 +225,15 @@ HOSTILE_BASES = {
     "non-ascii-path": FHIR_BASE + "/Pati\u0435nt",
     "idn-host": "https://fh\u0456r.example.org/r4",
     "bad-utf8": FHIR_BASE + "/%ff%fe/admin",
+    # SSRF spellings of hosts and ports (never admitted, whatever the allowlist holds)
+    "port-userinfo": "https://fhir.example.org:443@collector.evil.example/r4",
+    "fragment-userinfo": "https://collector.evil.example#@fhir.example.org/r4",
+    "decimal-ip": "http://2130706433:8081/fhir",
+    "short-ip": "http://127.1:8081/fhir",
+    "hex-ip": "http://0x7f000001:8081/fhir",
+    "octal-ip": "http://0177.0.0.1:8081/fhir",
+    "bad-port": "https://fhir.example.org:0x1bb/r4",
+    "encoded-host": "https://fhir.example.org%2f@collector.evil.example/r4",
 }
 
 
@@ -236,6 +248,17 @@ def test_hostile_fhir_server_paths_are_refused_before_any_connection(server: str
     assert "admin" not in message and "evil" not in message and "pass" not in message
 
 
+def test_the_effective_allowlist_is_logged_once_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    app = create_app(make_settings(fhir_allowlist="https://FHIR.example.org:443/r4/; http://127.0.0.1:8081",
+                                   ca_bundle=None, REQUESTS_CA_BUNDLE=None, SSL_CERT_FILE=None))
+    app.extensions["nms_cds"].pool.shutdown()
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "outbound-config"]
+    assert line.getMessage().startswith("FHIR allowlist: https://fhir.example.org/r4, http://127.0.0.1:8081; "
+                                        "TLS trust for FHIR and JWKS calls: ")
+    assert "\n" not in JsonFormatter().format(line)
+
+
 def test_the_fhir_server_base_is_normalised() -> None:
     client = FhirClient("https://FHIR.example.org:443/r4/", make_settings(), Deadline(3.0))
     assert client.base_url == FHIR_BASE
@@ -247,6 +270,9 @@ def test_the_fhir_server_base_is_normalised() -> None:
     "/r4/\u00ef\u00bc\u008e\u00ef\u00bc\u008e/admin",  # U+FF0E U+FF0E as a latin-1 header carries it
     "//collector.evil.example/r4",
     "https://fhir.example.org@collector.evil.example/r4/Observation",
+    "http://fhir.example.org/r4/Observation",  # a downgrade to http on the same host
+    "https://fhir.example.org:8443/r4/Observation",
+    "../admin", "./..;/admin",
 ])
 @responses.activate
 def test_redirects_with_hostile_paths_are_not_followed(location: str) -> None:
@@ -287,10 +313,12 @@ LEAK = "Theodora Vandermolen MRN-99812 neuroleptic malignant syndrome eyJhbGciOi
     {"resourceType": "Patient<script>"},
     {"resourceType": "A" * 65},
     {"resourceType": ["Bundle"]},
+    {"resourceType": "Bundle\nTheodora"},
     {"resourceType": "OperationOutcome", "issue": [{"code": LEAK, "diagnostics": LEAK,
                                                     "details": {"text": LEAK}}]},
     {"resourceType": "OperationOutcome", "issue": [{"code": "theodora"}, {"code": "exception"}]},
-], ids=["free-text", "markup", "too-long", "not-a-string", "outcome-free-text", "outcome-code-not-an-issue-type"])
+], ids=["free-text", "markup", "too-long", "not-a-string", "newline", "outcome-free-text",
+        "outcome-code-not-an-issue-type"])
 @responses.activate
 def test_server_supplied_resource_types_never_reach_messages(answer: dict[str, Any]) -> None:
     responses.add(responses.GET, re.compile(re.escape(FHIR_BASE) + r"/.*"), json=answer)
@@ -309,6 +337,7 @@ def test_resource_name_keeps_only_resource_names() -> None:
     assert resource_name(LEAK) == "an invalid resourceType"
     assert resource_name(None) == "no resourceType"
     assert resource_name(7) == "an invalid resourceType"
+    assert resource_name("Patient\n") == "an invalid resourceType"  # "$" would match before a final newline
 
 
 def test_budget_exhausted_before_sending_is_a_timeout() -> None:

@@ -8,6 +8,7 @@ case cannot pass by failing for an unrelated reason.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -390,6 +391,40 @@ def test_the_jwks_url_is_an_accepted_jku_and_the_jku_list_adds_others(build: Cal
         jwt_token = token(key, iss=ROTATING_ISS, path=DISCOVERY, headers={"jku": jku})
         assert send(client, "GET", DISCOVERY, jwt_token=jwt_token).status_code == 200
     assert [c.request.url for c in outbound.calls] == [JWKS_URL]  # the other jku is never fetched
+
+
+@pytest.mark.parametrize("header", [
+    {"jwk": "ATTACKER_JWK"},  # an embedded key (CVE-2018-0114 style)
+    {"x5u": "https://attacker.example.net/cert.pem"},
+    {"x5c": ["MIIB"]},
+    {"jku": "https://attacker.example.net/jwks.json", "kid": "ehr-es384"},
+], ids=["embedded-jwk", "x5u", "x5c", "jku-with-a-trusted-kid"])
+def test_keys_named_in_the_header_are_never_used_or_fetched(client: FlaskClient, caplog: pytest.LogCaptureFixture,
+                                                            outbound: responses.RequestsMock,
+                                                            header: dict[str, Any]) -> None:
+    attacker = SigningKey(trusted_ec().kid, "ES384", ec_key("attacker").private)
+    outbound.get(re.compile(r"https://attacker\.example\.net/.*"), json=jwks(attacker))
+    headers = {k: (attacker.public_jwk() if v == "ATTACKER_JWK" else v) for k, v in header.items()}
+    jwt_token = token(attacker, headers=headers)
+    resp = send(client, "POST", SERVICE, jwt_token=jwt_token)
+    assert_rejected(resp, caplog, outbound, "jku" if "jku" in header else "bad signature", jwt_token)
+
+
+@pytest.mark.parametrize(("alg", "reason"), [
+    ("es384", "algorithm not allowed: es384"), ("ES512", "algorithm not allowed: ES512"),
+    ("PS384", "algorithm not allowed: PS384"), ("ES384\n", "algorithm not allowed: (not shown)"),
+    ("<script>", "algorithm not allowed: (not shown)"),
+], ids=["lower-case", "es512", "ps384", "newline", "markup"])
+def test_algorithm_spellings_are_refused_and_logged_only_as_tokens(client: FlaskClient,
+                                                                   caplog: pytest.LogCaptureFixture,
+                                                                   outbound: responses.RequestsMock, alg: str,
+                                                                   reason: str) -> None:
+    forged = unsigned_token(claims_for(iss=ISS, aud=BASE + SERVICE, now=NOW), kid=trusted_ec().kid)
+    head = json.loads(base64.urlsafe_b64decode(forged.split(".")[0] + "=="))
+    head["alg"] = alg
+    forged = base64.urlsafe_b64encode(json.dumps(head).encode()).rstrip(b"=").decode() + forged[forged.index("."):]
+    resp = send(client, "POST", SERVICE, jwt_token=forged + "c2ln")
+    assert_rejected(resp, caplog, outbound, reason, forged)
 
 
 def test_oversized_body_is_413(client: FlaskClient, build: Callable[..., Flask], caplog: pytest.LogCaptureFixture,

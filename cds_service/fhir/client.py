@@ -139,7 +139,7 @@ _PATH_WORD = re.compile(r"^(?:[A-Z][A-Za-z]{1,63}|_history|_search|\$[a-z][a-z-]
 def resource_name(value: Any) -> str:
     """A server-supplied ``resourceType`` as safe text: the value only when it has the form of a FHIR
     resource name (letters, at most 64), otherwise a fixed phrase. Free text never reaches messages."""
-    if isinstance(value, str) and _RESOURCE_NAME.match(value):
+    if isinstance(value, str) and _RESOURCE_NAME.fullmatch(value):
         return value
     return "no resourceType" if value is None else "an invalid resourceType"
 
@@ -156,7 +156,7 @@ def _safe_path(url: str, base_path: str = "") -> str:
         prefix, path = base_path, path[len(base_path):]
     else:
         prefix = ""
-    words = [s if _PATH_WORD.match(s) else "{id}" for s in path.split("/") if s]
+    words = [s if _PATH_WORD.fullmatch(s) else "{id}" for s in path.split("/") if s]
     return prefix + "/" + "/".join(words) if words or not prefix else prefix
 
 

@@ -78,7 +78,7 @@ def _host(raw: str | None) -> str:
             return str(ipaddress.ip_address(host))
         except ValueError:
             raise UrlRefused("has a host that is not a valid IP address") from None
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise UrlRefused("has a host name that is not plain ASCII letters, digits, '-' and '.' "
                          "(write internationalised names in their xn-- form)")
     return host
