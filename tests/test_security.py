@@ -410,6 +410,14 @@ def test_keys_named_in_the_header_are_never_used_or_fetched(client: FlaskClient,
     assert_rejected(resp, caplog, outbound, "jku" if "jku" in header else "bad signature", jwt_token)
 
 
+@pytest.mark.parametrize("header", [{"crit": ["b64"], "b64": False}, {"crit": ["x-unknown"], "x-unknown": 1},
+                                    {"crit": []}], ids=["b64", "unknown-extension", "empty"])
+def test_critical_header_extensions_are_refused(client: FlaskClient, caplog: pytest.LogCaptureFixture,
+                                                outbound: responses.RequestsMock, header: dict[str, Any]) -> None:
+    jwt_token = token(headers=header)  # signed by the trusted key; RFC 7515 4.1.11: unknown crit must fail
+    assert_rejected(send(client, "POST", SERVICE, jwt_token=jwt_token), caplog, outbound, "malformed token", jwt_token)
+
+
 @pytest.mark.parametrize(("alg", "reason"), [
     ("es384", "algorithm not allowed: es384"), ("ES512", "algorithm not allowed: ES512"),
     ("PS384", "algorithm not allowed: PS384"), ("ES384\n", "algorithm not allowed: (not shown)"),
