@@ -132,8 +132,9 @@ def test_allowlist_and_scheme_rules() -> None:
     ("https://a.example/r4, https://A.example:443/r4/", ["https://a.example/r4"]),  # duplicates collapse
     ("https://[::1]:8443/fhir", ["https://[::1]:8443/fhir"]),
     ("https://fhir.example.org", ["https://fhir.example.org"]),
+    ("http://fhir_server:8080/fhir", ["http://fhir_server:8080/fhir"]),  # a container name
 ], ids=["plain", "normalised", "http-default-port", "comma", "semicolon", "whitespace", "json-list", "duplicate",
-        "ipv6", "origin-only"])
+        "ipv6", "origin-only", "underscore-host"])
 def test_allowlist_forms_are_parsed_and_normalised(monkeypatch: pytest.MonkeyPatch, value: str,
                                                    expected: list[str]) -> None:
     monkeypatch.setenv("NMS_CDS_FHIR_ALLOWLIST", value)

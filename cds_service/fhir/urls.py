@@ -29,7 +29,8 @@ from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
-_HOST = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$")
+#: DNS labels; "_" is allowed because container and service-discovery names use it (``fhir_server``).
+_HOST = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?)*")
 _SEPARATORS = re.compile(r"[\s,;]+")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
 _NON_ASCII = re.compile(r"[^\x00-\x7e]")
@@ -79,7 +80,7 @@ def _host(raw: str | None) -> str:
         except ValueError:
             raise UrlRefused("has a host that is not a valid IP address") from None
     if not _HOST.fullmatch(host):
-        raise UrlRefused("has a host name that is not plain ASCII letters, digits, '-' and '.' "
+        raise UrlRefused("has a host name that is not plain ASCII letters, digits, '-', '_' and '.' "
                          "(write internationalised names in their xn-- form)")
     return host
 
