@@ -587,7 +587,7 @@ class Authenticator:
                 session.close()
         try:
             keys, problems = parse_jwks(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
             log.warning("JWK Set response is not a JWK Set", extra=extra)
             return None
         for problem in problems:

@@ -692,7 +692,8 @@ def test_unusable_jwks_answers_give_401(build: Callable[..., Flask], outbound: r
     {"body": "<html>maintenance</html>", "content_type": "text/html"},
     {"json": {"keys": "none"}},
     {"status": 503, "json": {}},
-], ids=["empty-set", "only-oct", "only-unsupported", "garbage", "keys-not-array", "http-503"])
+    {"body": "[" * 60000, "content_type": "application/json"},
+], ids=["empty-set", "only-oct", "only-unsupported", "garbage", "keys-not-array", "http-503", "nested-60000-deep"])
 def test_a_refresh_without_a_usable_key_keeps_the_previous_keys(build: Callable[..., Flask],
                                                                 outbound: responses.RequestsMock,
                                                                 caplog: pytest.LogCaptureFixture,
