@@ -6,17 +6,20 @@
     [
       {"iss": "https://ehr.example.org", "jwks_url": "https://ehr.example.org/.well-known/jwks.json",
        "tenant": "optional-tenant-id"},
-      {"iss": "https://sandbox.cds-hooks.org", "jwks": {"keys": [ ...public JWKs... ]}}
+      {"iss": "https://sandbox.cds-hooks.org", "jwks": {"keys": [ ...public JWKs... ]},
+       "jku": ["https://sandbox.cds-hooks.org/.well-known/jwks.json"]}
     ]
 
 A token is accepted only when, in this order:
 
 1. the header is a JWS header with an asymmetric ``alg`` from :data:`ALLOWED_ALGORITHMS` (never ``none``,
    never HS*), ``typ`` ``JWT`` when present, and a ``kid``;
-2. ``iss`` is a trusted client; a ``jku`` header, when the client has a ``jwks_url``, must equal it
-   (the service never fetches a URL named by a token: only the allowlisted ``jwks_url``);
+2. ``iss`` is a trusted client; a ``jku`` header must be one of the client's listed values (its ``jwks_url``
+   and its ``jku`` list; none listed: any ``jku`` is refused). The service never fetches a URL named by a
+   token: only the allowlisted ``jwks_url``;
 3. ``kid`` names a key of that client (static ``jwks``, then the cached ``jwks_url`` set, refreshed on an
-   unknown ``kid`` at most once per ``NMS_CDS_JWKS_REFRESH_MIN_INTERVAL_SECONDS``), the key suits ``alg``
+   unknown ``kid`` at most once per ``NMS_CDS_JWKS_REFRESH_MIN_INTERVAL_SECONDS``; a refresh without a
+   usable key keeps the cached keys, and no lock is held while fetching), the key suits ``alg``
    and the signature verifies (:func:`jwt.decode` with the key's own algorithm as the only one allowed);
 4. ``aud`` (string or list) contains the exact endpoint URL built from ``NMS_CDS_PUBLIC_BASE_URL``;
    ``exp`` is not past, ``iat`` not in the future, ``nbf`` (if present) reached, all with
