@@ -302,3 +302,11 @@ def test_every_scenario_answer_fits_the_typed_response_model(client: FlaskClient
         assert model.model_dump(exclude_none=True) == answer, scenario.id  # nothing the model does not know
     discovery = client.get("/cds-services").get_json()
     assert wire.Discovery.model_validate(discovery).model_dump(exclude_none=True) == discovery
+
+
+def test_order_select_with_service_requests_only_gives_nothing(client: FlaskClient) -> None:
+    """The sandbox's PAMA screen fires order-select with ServiceRequest orders: not a drug, no card."""
+    imaging = {"resourceType": "ServiceRequest", "id": "sr-1", "status": "draft", "intent": "order",
+               "subject": {"reference": "Patient/p1"}, "code": {"text": "CT head"}}
+    body = order_select(["ServiceRequest/sr-1"], [imaging, HALOPERIDOL_DRAFT], prefetch=febrile_prefetch())
+    assert cards(client, ORDER_SELECT, body) == []
