@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cds_service.audit import audit_fields
 from cds_service.clinical import ClinicalInput, assess
 from cds_service.config import Settings
 from cds_service.errors import FhirError, FhirNotAllowed, PreconditionFailed
@@ -46,6 +47,10 @@ class CallReport:
     score: int | None = None
     fhir_server: str = "none"  # "none", "allowed", "not-allowed"
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # For the card audit (cds_service/audit.py): rule names, the card's reasons, evidence resource ids.
+    rules: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
 
 
 class OrderSignService:
@@ -137,6 +142,7 @@ class OrderSignService:
         assessment = assess(inp)
         report.indicator = assessment.indicator
         report.score = assessment.score if assessment.indicator else None
+        report.rules, report.reasons, report.evidence = audit_fields(assessment)
         report.fhir_requests = client.requests_made if client else 0
         report.timings_ms["total"] = (time.perf_counter() - started) * 1000
         return {"cards": build_cards(assessment, req.hook_instance, req.patient_id)}, report
