@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -56,7 +56,7 @@ class PostgresServer:
     port: int
     user: str | None  # system user the server runs as (None: the current one)
     proc: subprocess.Popen[bytes] | None = None
-    _dbs: itertools.count[int] = itertools.count(1)
+    _dbs: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def _cmd(self, *args: str) -> list[str]:
         return ["runuser", "-u", self.user, "--", *args] if self.user else list(args)
