@@ -181,3 +181,58 @@ def redis_server() -> Iterator[RedisServer]:
     proc.terminate()
     proc.wait(10)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class ServiceProcess:
+    """``nms-cds serve`` (gunicorn) in its own process group."""
+
+    base: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return [int(p) for p in children.read_text().split()]
+        except OSError:
+            return []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+
+
+def start_service(env: dict[str, str], *, workers: int, log: Path, threads: int = 1) -> ServiceProcess:
+    """Start ``nms-cds serve --workers N`` on a free loopback port; wait until /healthz answers."""
+    import requests
+
+    port = free_port()
+    full_env = {**os.environ, "NMS_CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}", "NMS_CDS_LOG_LEVEL": "WARNING",
+                **env}
+    nms_cds = shutil.which("nms-cds", path=str(REPO / ".venv" / "bin")) or "nms-cds"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([nms_cds, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
+                                 str(workers), "--threads", str(threads)],
+                                env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log)
+    deadline = time.monotonic() + 40
+    while True:
+        try:
+            if requests.get(service.base + "/healthz", timeout=1).status_code == 200 and \
+                    len(service.worker_pids()) >= workers:
+                return service
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            service.stop()
+            pytest.fail(f"nms-cds serve did not start:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
