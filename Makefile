@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := fhir_server/node_modules/.installed
 
-.PHONY: install node servers run test test-unit test-integration test-node lint typecheck fixtures bench fuzz soak clean
+.PHONY: install node servers run test test-unit test-integration test-node lint typecheck fixtures report-example bench fuzz soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+## make report-example: the README's example `nms-cds report` (fixture demo, simulated feedback) and its chart
+report-example: install
+	$(BIN)/python fhir_fixtures/report_demo.py >/dev/null
 
 fixtures: install
 	$(BIN)/python fhir_fixtures/build_fixtures.py

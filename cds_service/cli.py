@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cds_service import __version__, tools
+from cds_service import __version__, report, tools
 from cds_service.config import AuthMode, Settings
 from cds_service.fhir.client import is_loopback
 
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-requests", type=int, default=0, help="recycle a worker after N requests (0: never)")
     serve.set_defaults(func=_serve)
     tools.register(sub)
+    report.register(sub)
     return parser
 
 

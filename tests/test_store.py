@@ -6,6 +6,7 @@ cannot start fails these tests.
 
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
 import threading
@@ -361,3 +362,40 @@ def test_feedback_item_and_request_size_limits_are_413_json(make_app: Callable[.
     assert app.extensions["nms_cds"].store.report_rows(0).feedback == []
     ok = client.post(URL + "/feedback", json={"feedback": [dict(item, card=f"c{i}") for i in range(5)]})
     assert ok.get_json() == {"received": 5, "new": 5}
+
+
+# --- nms-cds report ----------------------------------------------------------------------------------------------
+
+
+def test_report_counts_cards_rules_and_override_rates(make_app: Callable[..., Flask], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, backend: str,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from cds_service import cli
+
+    app = make_app()
+    client = app.test_client()
+    uuids = []
+    for i in range(3):
+        (card,) = client.post(URL, json=hook_request(prefetch=febrile_prefetch(), hookInstance=f"h{i}")).get_json()[
+            "cards"]
+        uuids.append(card["uuid"])
+    client.post(URL + "/feedback", json=_feedback_body(uuids[0]))
+    client.post(URL + "/feedback", json={"feedback": [{"card": uuids[1], "outcome": "accepted",
+                                                       "outcomeTimestamp": "2026-11-24T12:00:00Z",
+                                                       "acceptedSuggestions": []}]})
+    client.post(URL + "/feedback", json=_feedback_body("not-an-audited-card"))
+    settings = app.extensions["nms_cds"].settings
+    monkeypatch.setenv("NMS_CDS_DATA_DIR", str(settings.data_dir))
+    if settings.database_url is not None:
+        monkeypatch.setenv("NMS_CDS_DATABASE_URL", settings.database_url.get_secret_value())
+    png = tmp_path / "chart.png"
+    assert cli.main(["report", "--since", "30d", "--png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "Cards served: 3" in out and "accepted: 1 (33.3 %)" in out and "overridden: 1 (33.3 %)" in out
+    assert re.search(r"^critical\s+3\s+33\.3 %\s+33\.3 %\s+33\.3 %$", out, re.M)
+    assert re.search(r"^hyperthermia\s+3\s", out, re.M) and re.search(r"^order-sign\s+3$", out, re.M)
+    assert re.search(r"^other-cause-identified\s+2\s+100\.0 %$", out, re.M)
+    assert "for cards not in this window's audit: 1" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert cli.main(["report", "--since", "soon"]) == 2
+    assert cli.main(["purge"]) == 0 and "purged" in capsys.readouterr().out
