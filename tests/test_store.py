@@ -7,7 +7,6 @@ cannot start fails these tests.
 from __future__ import annotations
 
 import re
-import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ from flask import Flask
 
 from cds_service.app import create_app
 from cds_service.config import Settings
+from cds_service.errors import StoreUnavailable
 from cds_service.store import FeedbackRecord, Store, open_store
 from cds_service.store.base import CardRecord
 from cds_service.store.migrations import LATEST
@@ -263,7 +263,7 @@ def _assert_503_names_cause_without_secrets(response: Any, *words: str, secrets:
 
 
 def test_feedback_to_a_locked_store_is_503_and_the_resend_is_stored_once(
-        make_app: Callable[..., Flask], backend: str, postgres_lock: Callable[[Flask], Any]) -> None:
+        make_app: Callable[..., Flask], backend: str, postgres_lock: Callable[..., Any]) -> None:
     app = make_app(store_timeout_seconds=0.3)
     client = app.test_client()
     (card,) = client.post(URL, json=hook_request(prefetch=febrile_prefetch())).get_json()["cards"]
@@ -281,10 +281,10 @@ def test_feedback_to_a_locked_store_is_503_and_the_resend_is_stored_once(
 
 
 @pytest.fixture
-def postgres_lock(backend: str) -> Callable[[Flask], Any]:
-    """Hold the feedback table's write lock from outside the service; returns the release function."""
+def postgres_lock(backend: str) -> Callable[..., Any]:
+    """Hold the write lock (SQLite: the file's; PostgreSQL: the table's) from outside the service."""
 
-    def lock(app: Flask) -> Callable[[], None]:
+    def lock(app: Flask, table: str = "feedback") -> Callable[[], None]:
         settings = app.extensions["nms_cds"].settings
         if backend == "sqlite":
             conn = sqlite3.connect(settings.data_dir / FILENAME, isolation_level=None)
@@ -298,7 +298,7 @@ def postgres_lock(backend: str) -> Callable[[Flask], Any]:
         import psycopg
 
         pg = psycopg.connect(settings.database_url.get_secret_value())
-        pg.execute("LOCK TABLE feedback IN ACCESS EXCLUSIVE MODE")
+        pg.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
 
         def release_pg() -> None:
             pg.rollback()
@@ -309,21 +309,26 @@ def postgres_lock(backend: str) -> Callable[[Flask], Any]:
     return lock
 
 
-def test_feedback_log_directory_gone_is_503_not_lost(tmp_path: Path) -> None:
-    """The measured failure: the storage location disappears. Before: 500, then every retry '200 new 0'."""
-    data = tmp_path / "data"
+def test_a_data_directory_that_does_not_exist_yet_loses_nothing(tmp_path: Path) -> None:
+    """The measured failure: a feedback location whose directory did not exist got 500, then every retry
+    '200 new 0' with nothing written. Now the store's directory is created at start-up."""
+    data = tmp_path / "not" / "there" / "yet"
     app = create_app(make_settings(data_dir=data))
     client = app.test_client()
-    moved = tmp_path / "moved-away"
-    shutil.move(data, moved)
-    failed = client.post(URL + "/feedback", json=_feedback_body("card-x"))
-    _assert_503_names_cause_without_secrets(failed, "cannot be opened", secrets=(str(tmp_path),))
-    retry = client.post(URL + "/feedback", json=_feedback_body("card-x"))
-    assert retry.status_code == 503  # nothing was marked as seen by the failed attempt
-    shutil.move(moved, data)
     assert client.post(URL + "/feedback", json=_feedback_body("card-x")).get_json() == {"received": 1, "new": 1}
     assert client.post(URL + "/feedback", json=_feedback_body("card-x")).get_json() == {"received": 1, "new": 0}
     app.extensions["nms_cds"].close()
+    reopened = open_store(make_settings(data_dir=data))  # a restarted worker still has it
+    assert [f.card_uuid for f in reopened.report_rows(0).feedback] == ["card-x"]
+    reopened.close()
+
+
+def test_a_data_directory_that_cannot_be_created_fails_at_start_naming_the_cause(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(StoreUnavailable) as info:
+        create_app(make_settings(data_dir=blocker / "data"))
+    assert "data directory cannot be created" in info.value.cause and str(tmp_path) not in info.value.cause
 
 
 def test_postgres_down_is_503_and_the_resend_after_restart_is_stored_once(
@@ -399,3 +404,30 @@ def test_report_counts_cards_rules_and_override_rates(make_app: Callable[..., Fl
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert cli.main(["report", "--since", "soon"]) == 2
     assert cli.main(["purge"]) == 0 and "purged" in capsys.readouterr().out
+
+
+def test_replay_check_with_the_store_locked_is_503_never_skipped(make_app: Callable[..., Flask], tmp_path: Path,
+                                                                 postgres_lock: Callable[..., Any],
+                                                                 backend: str) -> None:
+    import time
+
+    from tests.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
+
+    clients = write_trusted_clients(tmp_path / "clients.json", [{"iss": "https://ehr.example.org",
+                                                                  "jwks": jwks(ec_key())}])
+    app = make_app(auth="jwt", trusted_clients=clients, store_timeout_seconds=0.3)
+    client = app.test_client()
+    audience = "http://127.0.0.1:8080/cds-services"
+
+    def token() -> dict[str, str]:
+        return {"Authorization": "Bearer " + make_token(ec_key(), iss="https://ehr.example.org", aud=audience,
+                                                         now=time.time())}
+
+    assert client.get("/cds-services", headers=token()).status_code == 200
+    release = postgres_lock(app, "replay_issuer")
+    locked = client.get("/cds-services", headers=token())
+    release()
+    assert locked.status_code == 503 and locked.get_json()["error"] == "store-unavailable"
+    again = token()
+    assert client.get("/cds-services", headers=again).status_code == 200
+    assert client.get("/cds-services", headers=again).status_code == 401  # and the replay check is back

@@ -1,18 +1,21 @@
 """The embedded store: one SQLite file under ``NMS_CDS_DATA_DIR``, safe for several gunicorn workers.
 
-Each operation opens its own connection (cheap for a local file, nothing to share across ``fork``),
-in WAL mode so readers never block the writer, and takes the write lock up front
+Each thread keeps its own connection (opened lazily, never inherited across ``fork``, dropped after
+an error), in WAL mode so readers never block the writer, and takes the write lock up front
 (``BEGIN IMMEDIATE``) so that concurrent writers queue for up to ``NMS_CDS_STORE_TIMEOUT_SECONDS``
 instead of failing half-way. Feedback commits with ``synchronous=FULL`` (on disk before the 200);
 audit and replay entries with ``NORMAL`` (safe against a killed process, not against power loss).
 
-The file is opened in ``mode=rw``: a file or directory that disappeared is an error (503), never a
-silently recreated empty database.
+Connections open the file in ``mode=rw``: a file that disappeared is an error (503), never a
+silently recreated empty database. (A connection per operation would be simpler but costs about
+25 ms each: closing the last connection checkpoints and deletes the WAL file.)
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -55,6 +58,7 @@ class SqliteStore(SqlStore):
         self.path = path.resolve()
         self.timeout = timeout
         self._uri = self.path.as_uri() + "?mode=rw"
+        self._local = threading.local()
         self.migrated = self._setup()
 
     @classmethod
@@ -72,12 +76,23 @@ class SqliteStore(SqlStore):
             raise StoreUnavailable(cause_of(exc)) from None
         return self._run(self._migrate, lock=True, wal=True)
 
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            conn = sqlite3.connect(self._uri, uri=True, timeout=self.timeout, isolation_level=None)
+            self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _drop(self) -> None:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            conn.close()
+
     def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
              wal: bool = False) -> T:
-        conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(self._uri, uri=True, timeout=self.timeout, isolation_level=None,
-                                   check_same_thread=False)
+            conn = self._connection()
             if wal:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
@@ -92,10 +107,8 @@ class SqliteStore(SqlStore):
                 raise
             return result
         except sqlite3.Error as exc:
+            self._drop()
             raise StoreUnavailable(cause_of(exc)) from None
-        finally:
-            if conn is not None:
-                conn.close()
 
     def close(self) -> None:
-        """Nothing is held open between operations."""
+        self._drop()
