@@ -15,7 +15,8 @@ from cds_service.auth import Authenticator
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import StoreUnavailable
 from cds_service.fhir.client import QueryPool
-from cds_service.services.order_sign import CallReport, OrderSignService
+from cds_service.services.engine import CallReport, CdsService, Engine
+from cds_service.services.order_sign import OrderSignPolicy
 from cds_service.store import ReplayGuard, Store, open_replay_guard, open_store
 
 log = logging.getLogger("cds_service.store")
@@ -25,7 +26,7 @@ PURGE_INTERVAL_SECONDS = 3600.0
 @dataclass
 class Runtime:
     settings: Settings
-    services: dict[str, OrderSignService]
+    services: dict[str, CdsService]
     pool: QueryPool
     store: Store
     replay: ReplayGuard
@@ -47,7 +48,8 @@ class Runtime:
         store = open_store(settings)
         replay = open_replay_guard(settings, store)
         pool = QueryPool(settings.fhir_concurrency)
-        service = OrderSignService(settings, pool, clock)
+        engine = Engine(settings, pool, clock)
+        service = CdsService(OrderSignPolicy(settings), engine)
         authenticator = Authenticator(settings, replay=replay) if settings.auth == AuthMode.JWT else \
             Authenticator(settings)
         return cls(settings=settings, services={service.id: service}, pool=pool, store=store, replay=replay,
