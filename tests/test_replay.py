@@ -163,3 +163,30 @@ def test_redis_down_is_503_not_a_skipped_check(tmp_path: Path) -> None:
 
     with pytest.raises(StoreUnavailable, match="cannot reach the Redis server"):
         g.claim("iss", "x", until=time.time() + 60, now=time.time())
+
+
+# --- the in-process cache (no store wired in) has the same per-issuer bound -----------------------------------
+
+
+def test_in_process_cache_is_bounded_per_issuer_too() -> None:
+    from cds_service.store import ReplayCache
+
+    cache = ReplayCache(capacity=100, max_per_issuer=3)
+    for i in range(3):
+        assert cache.claim("flooder", f"j{i}", until=50, now=0) is None
+    assert cache.claim("flooder", "j9", until=50, now=1) == "full"
+    assert cache.claim("other", "j9", until=50, now=1) is None  # not locked out by the flooder
+    assert cache.claim("flooder", "j9", until=100, now=51) is None  # the flooder's expired entries were purged
+    assert len(cache) == 1
+
+
+def test_report_with_the_store_unavailable_exits_1_naming_the_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from cds_service import cli
+    from tests.dbservers import free_port
+
+    monkeypatch.setenv("NMS_CDS_DATABASE_URL", f"postgresql://u:secret-pw@127.0.0.1:{free_port()}/db")
+    monkeypatch.setenv("NMS_CDS_STORE_TIMEOUT_SECONDS", "1")
+    assert cli.main(["report"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the PostgreSQL server" in err and "secret-pw" not in err
