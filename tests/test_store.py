@@ -431,3 +431,25 @@ def test_replay_check_with_the_store_locked_is_503_never_skipped(make_app: Calla
     again = token()
     assert client.get("/cds-services", headers=again).status_code == 200
     assert client.get("/cds-services", headers=again).status_code == 401  # and the replay check is back
+
+
+def test_one_client_filling_the_replay_cache_does_not_lock_out_another_over_http(
+        make_app: Callable[..., Flask], tmp_path: Path) -> None:
+    """Issue 14's measurement: one client's unique tokens filled the single cache and every client got 401."""
+    import time
+
+    from tests.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
+
+    flooder, other = "https://flooder.example.org", "https://ehr.example.org"
+    clients = write_trusted_clients(tmp_path / "clients.json", [
+        {"iss": flooder, "jwks": jwks(ec_key("flood"))}, {"iss": other, "jwks": jwks(ec_key())}])
+    app = make_app(auth="jwt", trusted_clients=clients, replay_max_per_issuer=10)
+    client = app.test_client()
+    audience = "http://127.0.0.1:8080/cds-services"
+
+    def get(key: Any, iss: str) -> int:
+        token = make_token(key, iss=iss, aud=audience, now=time.time())
+        return client.get("/cds-services", headers={"Authorization": f"Bearer {token}"}).status_code
+
+    assert [get(ec_key("flood"), flooder) for _ in range(12)] == [200] * 10 + [401] * 2
+    assert [get(ec_key(), other) for _ in range(5)] == [200] * 5

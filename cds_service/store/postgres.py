@@ -29,6 +29,8 @@ MIGRATION_LOCK = 7_345_001  # pg_advisory_xact_lock key of nms-cds migrations
 
 def cause_of(exc: psycopg.Error) -> str:
     """The failure in words: never the URL, host, user or password."""
+    if isinstance(exc, pg_errors.LockNotAvailable):
+        return "a PostgreSQL table or row stayed locked longer than the store timeout"
     if isinstance(exc, pg_errors.QueryCanceled):
         return "a PostgreSQL statement timed out"
     if isinstance(exc, pg_errors.ReadOnlySqlTransaction):
