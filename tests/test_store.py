@@ -453,3 +453,16 @@ def test_one_client_filling_the_replay_cache_does_not_lock_out_another_over_http
 
     assert [get(ec_key("flood"), flooder) for _ in range(12)] == [200] * 10 + [401] * 2
     assert [get(ec_key(), other) for _ in range(5)] == [200] * 5
+
+
+def test_serve_with_an_unusable_store_exits_1_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from cds_service import cli
+
+    (tmp_path / "a-file").write_text("x")
+    monkeypatch.setenv("NMS_CDS_AUTH", "off")
+    monkeypatch.setenv("NMS_CDS_DATA_DIR", str(tmp_path / "a-file" / "data"))
+    assert cli.main(["serve", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("nms-cds: store unavailable: the data directory cannot be created")
+    assert str(tmp_path) not in err
