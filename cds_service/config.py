@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     service_id: str = Field("nms-order-sign", pattern=r"^[A-Za-z0-9\-_.]+$")
     feedback_max_items: int = Field(50, ge=1, le=10_000, description="Feedback items accepted per request (413 beyond)")
     feedback_max_item_bytes: int = Field(
-        4096, ge=256, le=1024 * 1024, description="Largest feedback item, as compact UTF-8 JSON (413 beyond)"
+        8192, ge=256, le=1024 * 1024, description="Largest feedback item, as compact UTF-8 JSON (413 beyond)"
     )
 
     # --- persistence (cds_service/store/) -----------------------------------------------------------

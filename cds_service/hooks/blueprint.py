@@ -103,6 +103,7 @@ def feedback(service_id: str) -> Response:
     items = parse_feedback(body)
     # Stored (and "new" decided) in one transaction before the answer; StoreUnavailable → 503, nothing kept.
     new = rt.store.add_feedback(feedback_items.records(service_id, items, iss=g.get("iss"), now=rt.wall_clock()))
+    rt.maybe_purge()
     log.info("feedback stored", extra={"event": "feedback", "service": service_id,
                                        "feedback_items": len(items), "feedback_new": new})
     return jsonify({"received": len(items), "new": new})
