@@ -26,6 +26,7 @@ from cds_service.store.sql import SqlStore
 from cds_service.store.sqlite import FILENAME
 from tests.conftest import make_settings
 from tests.dbservers import PostgresServer, postgres  # noqa: F401  (session fixture)
+from tests.test_openapi import assert_documented
 from tests.test_protocol import febrile_prefetch, hook_request
 
 URL = "/cds-services/nms-order-sign"
@@ -272,6 +273,7 @@ def test_feedback_to_a_locked_store_is_503_and_the_resend_is_stored_once(
     settings = app.extensions["nms_cds"].settings
     secrets = (str(settings.data_dir), settings.database_url.get_secret_value() if settings.database_url else "\0")
     _assert_503_names_cause_without_secrets(failed, "locked", "timed out", secrets=secrets)
+    assert_documented(client.get("/openapi.json").get_json(), "/cds-services/{service_id}/feedback", "post", failed)
     release()
     assert client.post(URL + "/feedback", json=_feedback_body(card["uuid"])).get_json() == {"received": 1, "new": 1}
     assert client.post(URL + "/feedback", json=_feedback_body(card["uuid"])).get_json() == {"received": 1, "new": 0}
