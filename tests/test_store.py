@@ -468,3 +468,15 @@ def test_serve_with_an_unusable_store_exits_1_with_one_line(tmp_path: Path, monk
     err = capsys.readouterr().err
     assert err.startswith("nms-cds: store unavailable: the data directory cannot be created")
     assert str(tmp_path) not in err
+
+
+def test_the_default_store_needs_no_set_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make run` with nothing configured: the SQLite file appears under ./var and feedback is stored."""
+    for name in ("NMS_CDS_DATA_DIR", "NMS_CDS_DATABASE_URL", "NMS_CDS_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    app = create_app(Settings(auth="off", environment="development"))
+    response = app.test_client().post(URL + "/feedback", json=_feedback_body("c1"))
+    assert response.get_json() == {"received": 1, "new": 1}
+    assert (tmp_path / "var" / FILENAME).is_file() and app.extensions["nms_cds"].store.backend == "sqlite"
+    app.extensions["nms_cds"].close()
