@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cds_service import __version__
+from cds_service import __version__, report
 from cds_service.config import AuthMode, Settings
 from cds_service.fhir.client import is_loopback
 
@@ -33,6 +33,8 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         except TrustedClientsError as exc:
             print(f"nms-cds: {exc}", file=sys.stderr)
             return 2
+    if not _store_ready(settings):
+        return 1
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -52,6 +54,20 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
 
     Server().run()
     return 0
+
+
+def _store_ready(settings: Settings) -> bool:
+    """Open the store once before any worker starts: migrations run here, and a store that cannot be used
+    is one clear line (the cause, never a path or URL) instead of a traceback per gunicorn worker."""
+    from cds_service.errors import StoreUnavailable
+    from cds_service.store import open_store
+
+    try:
+        open_store(settings).close()
+    except StoreUnavailable as exc:
+        print(f"nms-cds: store unavailable: {exc.cause}", file=sys.stderr)
+        return False
+    return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -76,6 +92,7 @@ def build_parser(*, dev: bool = True) -> argparse.ArgumentParser:
         from cds_service.devtools import tools
 
         tools.register(sub)
+    report.register(sub)
     return parser
 
 

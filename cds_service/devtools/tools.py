@@ -229,7 +229,9 @@ def demo(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
     from cds_service.config import Settings
 
-    settings = Settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR, log_level="WARNING")
+    # a throw-away store: demo cards never enter the configured audit (or a production database)
+    settings = Settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR, log_level="WARNING",
+                        data_dir=Path(tempfile.mkdtemp(prefix="nms-cds-demo-")), database_url=None, redis_url=None)
     app = create_app(settings)
     client = app.test_client()
     ids = {"patient-view": settings.patient_view_service_id, "order-select": settings.order_select_service_id,
