@@ -11,8 +11,9 @@ items, the reasons for the card, the alternative causes weighed and what could n
   of the previous invocation of the same service);
 - anything new in the evidence (another febrile reading, a new CK, the order put on hold) gives a new uuid,
   so the client shows it as a new card and feedback on the old one does not silence the new one;
-- feedback on any opening refers to the same uuid, which is what a feedback store (when the operator
-  enables one) needs to match the repeats of a card; the uuid is a one-way hash, not patient data.
+- feedback on any opening refers to the same uuid, and the store's card audit (keyed by card uuid) records
+  a repeated card once, at its first showing; the uuid is a one-way hash, not patient data. The store is
+  never consulted to hide a card.
 
 The ``now`` of the call is not part of the key: only what the card shows is.
 """
