@@ -102,14 +102,25 @@ def template_problems(template: str) -> list[str]:
     return problems
 
 
+# Context fields that are NOT prefetch tokens in the hook library's R4 definitions ("Prefetch Token: No"):
+# objects and arrays (2.0: "only root-level fields with a primitive value ... are eligible").
+NOT_TOKENS = {"order-sign": {"draftOrders"}, "order-select": {"draftOrders", "selections"}, "patient-view": set()}
+
+
 def discovery_problems(body: Any) -> list[str]:
     if not isinstance(body, dict) or not isinstance(body.get("services"), list):
         return ["discovery must be an object with a services array"]
     problems = empties(body, "discovery", allow_empty=frozenset({"discovery.services"}))
+    pairs = [(s.get("id"), s.get("hook")) for s in body["services"] if isinstance(s, dict)]
+    if len(set(pairs)) != len(pairs):
+        problems.append("two services with the same id and hook")
     for service in body["services"]:
         for field in ("hook", "id", "description"):
             if not isinstance(service.get(field), str):
                 problems.append(f"service.{field} is required")
         for template in (service.get("prefetch") or {}).values():
             problems += template_problems(template)
+            for token in re.findall(r"\{\{\s*context\.([A-Za-z]+)\s*\}\}", template):
+                if token in NOT_TOKENS.get(service.get("hook", ""), set()):
+                    problems.append(f"context.{token} is not a prefetch token of {service.get('hook')}")
     return problems

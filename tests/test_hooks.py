@@ -74,6 +74,15 @@ def test_discovery_defines_each_hook(client: FlaskClient) -> None:
         assert "chart" in services["patient-view"]["title"] and "picked" in services["order-select"]["title"]
 
 
+def test_the_checker_knows_which_context_fields_are_not_tokens() -> None:
+    def one(hook: str, template: str) -> dict[str, Any]:
+        return {"services": [{"hook": hook, "id": "x", "description": "d", "prefetch": {"k": template}}]}
+
+    assert discovery_problems(one("order-select", "MedicationRequest/{{context.selections}}"))
+    assert discovery_problems(one("order-sign", "Bundle/{{context.draftOrders}}"))
+    assert discovery_problems(one("patient-view", "Encounter/{{context.encounterId}}")) == []
+
+
 def test_service_ids_are_configurable_and_distinct() -> None:
     settings = make_settings(patient_view_service_id="nms-chart")
     assert settings.patient_view_service_id == "nms-chart"
