@@ -152,7 +152,9 @@ def test_operation_outcome_prefetch_is_refetched_once(client: FlaskClient) -> No
     response = client.post(URL, json=hook_request(fhirServer=FHIR_BASE, prefetch=prefetch))
     assert response.status_code == 200
     assert response.get_json()["cards"][0]["indicator"] == "critical"
-    assert len(responses.calls) == 1
+    urls = [c.request.url or "" for c in responses.calls]
+    assert len([u for u in urls if "date=ge" in u]) == 1  # the labs query, once
+    assert len(urls) == 2  # and the last serum iron before the lab window (cds_service.fhir.bounds)
 
 
 @responses.activate

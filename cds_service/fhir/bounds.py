@@ -1,0 +1,185 @@
+"""Date bounds for the service's own FHIR queries, derived from the rules' windows.
+
+CDS Hooks 2.0 prefetch templates cannot carry relative dates (no date tokens in 2.0), so the discovery
+templates stay unbounded. When the service queries ``fhirServer`` itself (a key absent from prefetch, or one
+that must be re-fetched), it knows ``now`` (the engine's clock) and asks only for what the rules can use:
+
+- ``{param}=ge{now - look-back}`` on the resource type's R4 date search parameter;
+- sorted newest first (``_sort=-{param}``), so that paging can stop once a page has gone past the oldest
+  date needed, also against servers that ignore the date parameter (see :meth:`FhirClient.follow`);
+- for keys whose rules compare with the newest reading *before* their window (the falling serum iron
+  compares with the last iron before the lab window, however old), one extra ``_count=1`` query for it.
+
+The look-backs are computed from ``clinical/data/thresholds.toml`` (through :mod:`valuesets`); no number
+lives here. One row per prefetch key (or per resource type, for keys without their own row): a key without
+a row is not bounded. A new key gets a bound by adding a row to :data:`ROWS`.
+
+R4 search parameters (https://hl7.org/fhir/R4/searchparameter-registry.html), per resource type:
+
+- Observation ``date`` (``effective[x]``);
+- MedicationAdministration ``effective-time`` (``effective[x]``); MedicationStatement ``effective``
+  (``effective[x]``); a Period overlapping the bound matches, an open-ended one too;
+- MedicationRequest: **no bound**. Its only date parameter is ``authoredon``, but the rules count an
+  active order of any age, and an order that ended recently (validity period end, not searchable)
+  whatever its authoring date; ``_lastUpdated`` does not change when a supply lapses;
+- Condition, AllergyIntolerance (NMS history at any age), Patient (a read): **no bound**.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from itertools import pairwise
+from typing import Any
+from urllib.parse import quote, unquote
+
+from cds_service.clinical.valuesets import LOINC, load
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """How to bound one key: the date search parameter, the window name, what to ask for before it."""
+
+    param: str  # R4 date search parameter of the resource type
+    element: str  # the resource element behind ``param`` (``effective`` → effectiveDateTime/Period/Instant)
+    window: str  # a name in :func:`windows`
+    previous: tuple[str, ...] = ()  # concepts whose newest reading before the bound is needed too
+
+
+# key (or resource type) → row. Observation keys are listed one by one: each has its own window.
+ROWS: dict[str, Row] = {
+    "temperature": Row("date", "effective", "vitals"),
+    "vitals": Row("date", "effective", "vitals"),
+    "labs": Row("date", "effective", "labs", previous=("serum-iron",)),
+    "MedicationAdministration": Row("effective-time", "effective", "exposure"),
+    "MedicationStatement": Row("effective", "effective", "exposure"),
+}
+
+
+@cache
+def windows() -> dict[str, timedelta]:
+    """How far back before ``now`` each family of rules looks (from ``thresholds.toml``).
+
+    - ``vitals``: the acute window, plus the baseline look-back before its earliest anchor (the window
+      start): the 24-168 h baseline window, or the fallback to the earliest reading within
+      ``fallback_days`` when that window is empty, whichever reaches further;
+    - ``labs``: the lab window (the falling-iron comparison is an extra query, see :data:`ROWS`);
+    - ``exposure``: the exposure window, the long-acting-injectable interval, the withdrawal window and
+      the recent-start window, whichever is longest.
+    """
+    th: dict[str, Any] = load().thresholds
+    hours = timedelta(hours=1)
+    days = timedelta(days=1)
+    acute = th["window"]["acute_hours"] * hours
+    baseline = max(th["baseline"]["lookback_start_hours"] * hours, th["baseline"]["fallback_days"] * days)
+    ex = th["exposure"]
+    return {
+        "vitals": acute + baseline,
+        "labs": th["window"]["lab_days"] * days,
+        "exposure": max(ex["window_hours"] * hours, ex["depot_window_days"] * days,
+                        ex["withdrawal_window_days"] * days, ex["recent_start_days"] * days),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The bounded query for one key and how to tell when paging may stop."""
+
+    url: str
+    oldest: datetime | None  # None: unbounded, page to the end (within the client's caps)
+    time_of: Callable[[dict[str, Any]], datetime | None]
+    previous_url: str | None = None  # newest matching reading before ``oldest`` (``_count=1``)
+
+
+def _no_time(resource: dict[str, Any]) -> datetime | None:
+    return None
+
+
+def fhir_instant(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def row_for(key: str, url: str) -> Row | None:
+    resource_type = url.split("?", 1)[0].strip("/").split("/")[0]
+    return ROWS.get(key) or ROWS.get(resource_type)
+
+
+def plan(key: str, url: str, now: datetime | None) -> Plan:
+    """The query the service sends for ``key`` (``url``: the filled template) at ``now``."""
+    row = row_for(key, url) if "?" in url else None
+    if row is None or now is None:
+        return Plan(url, None, _no_time)
+    oldest = now - windows()[row.window]
+    path, query = url.split("?", 1)
+    # the filled template's own encoding is kept: only whole parameters are dropped or added
+    pairs = [part for part in query.split("&") if part and _name(part) not in (row.param, "_sort")]
+    since = fhir_instant(oldest)
+    bounded = "&".join([*pairs, f"{row.param}=ge{since}", f"_sort=-{row.param}"])
+    previous = None
+    if row.previous:
+        codes = ",".join(f"{LOINC}|{code}" for code in load().loinc_codes(*row.previous))
+        rest = [part for part in pairs if _name(part) not in ("code", "_count")]
+        previous = f"{path}?" + "&".join([*rest, f"code={quote(codes, safe='|,:/')}", f"{row.param}=lt{since}",
+                                          f"_sort=-{row.param}", "_count=1"])
+    bounded = f"{path}?{bounded}"
+    return Plan(bounded, oldest, _time_reader(row.element), previous)
+
+
+def _name(part: str) -> str:
+    """The parameter name of one ``name[:modifier]=value`` query part (modifier dropped)."""
+    return unquote(part.split("=", 1)[0]).split(":", 1)[0]
+
+
+@cache
+def _time_reader(element: str) -> Callable[[dict[str, Any]], datetime | None]:
+    """Latest instant a resource's ``element[x]`` covers (a Period's end, else its start), or None."""
+    names = (element + "DateTime", element + "Instant")
+    period = element + "Period"
+
+    def time_of(resource: dict[str, Any]) -> datetime | None:
+        for name in names:
+            value = resource.get(name)
+            if isinstance(value, str):
+                return parse_latest(value)
+        value = resource.get(period)
+        if isinstance(value, dict):
+            end, start = value.get("end"), value.get("start")
+            if isinstance(end, str):
+                return parse_latest(end)
+            if isinstance(start, str):
+                # open-ended: it reaches into the present; never "older than the bound"
+                return datetime.max.replace(tzinfo=UTC)
+        return None
+
+    return time_of
+
+
+def parse_latest(text: str) -> datetime | None:
+    """The latest instant a FHIR date/dateTime/instant covers (``2026-11`` → the end of November), UTC."""
+    try:
+        if len(text) == 4 and text.isdigit():
+            return datetime(int(text) + 1, 1, 1, tzinfo=UTC) - timedelta(microseconds=1)
+        if len(text) == 7:
+            year, month = int(text[:4]), int(text[5:7])
+            first = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+            return first - timedelta(microseconds=1)
+        if len(text) == 10:
+            return datetime.fromisoformat(text).replace(tzinfo=UTC) + timedelta(days=1, microseconds=-1)
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def passed(resources: list[dict[str, Any]], oldest: datetime,
+           time_of: Callable[[dict[str, Any]], datetime | None]) -> bool:
+    """True when this page, sorted newest first, has gone past ``oldest``: later pages hold nothing needed.
+
+    Only a page that is in newest-first order (a server that honoured ``_sort``) allows the conclusion.
+    """
+    times = [t for t in map(time_of, resources) if t is not None]
+    if not times or times[-1] >= oldest:
+        return False
+    return all(a >= b for a, b in pairwise(times))
