@@ -35,8 +35,12 @@ def th() -> dict[str, Any]:
 
 def vitals_lookback() -> timedelta:
     t = th()
-    return timedelta(hours=t["window"]["acute_hours"]) + max(
-        timedelta(hours=t["baseline"]["lookback_start_hours"]), timedelta(days=t["baseline"]["fallback_days"]))
+    return timedelta(hours=t["window"]["acute_hours"] + t["baseline"]["lookback_start_hours"])
+
+
+def fallback_lookback() -> timedelta:
+    t = th()
+    return timedelta(hours=t["window"]["acute_hours"]) + timedelta(days=t["baseline"]["fallback_days"])
 
 
 def instant(when: datetime) -> str:
@@ -69,6 +73,7 @@ def test_windows_come_from_the_thresholds() -> None:
     ex = t["exposure"]
     assert bounds.windows() == {
         "vitals": vitals_lookback(),
+        "vitals-fallback": fallback_lookback(),
         "labs": timedelta(days=t["window"]["lab_days"]),
         "exposure": max(timedelta(hours=ex["window_hours"]), timedelta(days=ex["depot_window_days"]),
                         timedelta(days=ex["withdrawal_window_days"]), timedelta(days=ex["recent_start_days"])),
@@ -84,15 +89,21 @@ def test_plans_for_the_order_sign_keys() -> None:
         assert q["_sort"] == ["-date"]
         assert plans[key].oldest == NOW - vitals_lookback()
         assert plans[key].url.startswith(filled[key].split("&_sort")[0])  # the template's own code list, as is
+    assert plans["temperature"].extras == ()
+    (earliest,) = plans["vitals"].extras  # the baseline's fallback: the oldest readings within fallback_days
+    q = query_of(earliest.url)
+    assert q["date"] == ["ge" + instant(NOW - fallback_lookback()), "lt" + instant(NOW - vitals_lookback())]
+    assert q["_sort"] == ["date"] and q["_count"] == ["200"] and q["code"] == query_of(plans["vitals"].url)["code"]
     lab_start = NOW - timedelta(days=th()["window"]["lab_days"])
     assert query_of(plans["labs"].url)["date"] == ["ge" + instant(lab_start)]
-    previous = query_of(plans["labs"].previous_url)
+    (previous_iron,) = plans["labs"].extras
+    previous = query_of(previous_iron.url)
     assert previous["date"] == ["lt" + instant(lab_start)]
     assert previous["_count"] == ["1"] and previous["_sort"] == ["-date"]
     iron = set(load().loinc_codes("serum-iron"))
     assert {c.split("|")[1] for c in previous["code"][0].split(",")} == iron
     for key in ("patient", "medications", "conditions", "allergies"):  # no usable R4 date bound: see bounds.py
-        assert plans[key].url == filled[key] and plans[key].oldest is None and plans[key].previous_url is None
+        assert plans[key].url == filled[key] and plans[key].oldest is None and plans[key].extras == ()
     assert bounds.plan("vitals", filled["vitals"], None).url == filled["vitals"]  # no clock, no bound
 
 
@@ -188,7 +199,8 @@ def test_hook_without_prefetch_sends_bounded_newest_first_queries(client: FlaskC
         q = query_of(request.url)
         codes = q["code"][0]
         key = "temperature" if "8310-5" in codes else "labs" if "2157-6" in codes or "14798-3" in codes else "vitals"
-        body = by_code[key] if q["date"][0].startswith("ge") else searchset([])
+        own_window = q["date"][0].startswith("ge") and len(q["date"]) == 1
+        body = (by_code[key] or searchset([])) if own_window else searchset([])
         return 200, {"Content-Type": "application/fhir+json"}, json.dumps(body)
 
     responses.add_callback(responses.GET, OBS, callback=observations)
@@ -197,14 +209,17 @@ def test_hook_without_prefetch_sends_bounded_newest_first_queries(client: FlaskC
     response = client.post(URL, json=hook_request(fhirServer=FHIR_BASE, prefetch={}))
     assert response.status_code == 200
     assert response.get_json()["cards"][0]["indicator"] == "critical"
+    assert "only partly" not in response.get_json()["cards"][0]["detail"]
     urls = [c.request.url or "" for c in responses.calls]
     observation_urls = [u for u in urls if "/Observation?" in u]
-    assert len(observation_urls) == 4  # temperature, vitals, labs + the last serum iron before the lab window
+    # temperature, vitals, labs + the vital-sign baseline fallback + the last serum iron before the lab window
+    assert len(observation_urls) == 5
     since_vitals = "ge" + instant(NOW - vitals_lookback())
     lab_start = instant(NOW - timedelta(days=th()["window"]["lab_days"]))
-    dates = sorted(query_of(u)["date"][0] for u in observation_urls)
-    assert dates == sorted([since_vitals, since_vitals, "ge" + lab_start, "lt" + lab_start])
-    assert all(query_of(u)["_sort"] == ["-date"] for u in observation_urls)
+    dates = sorted(",".join(query_of(u)["date"]) for u in observation_urls)
+    fallback = "ge" + instant(NOW - fallback_lookback()) + ",lt" + instant(NOW - vitals_lookback())
+    assert dates == sorted([since_vitals, since_vitals, "ge" + lab_start, "lt" + lab_start, fallback])
+    assert sorted(query_of(u)["_sort"][0] for u in observation_urls) == ["-date"] * 4 + ["date"]
     others = [u for u in urls if "/Observation" not in u]
     assert others and all("date" not in query_of(u) for u in others)  # meds, conditions, allergies: unbounded
 

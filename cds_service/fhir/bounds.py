@@ -7,8 +7,10 @@ that must be re-fetched), it knows ``now`` (the engine's clock) and asks only fo
 - ``{param}=ge{now - look-back}`` on the resource type's R4 date search parameter;
 - sorted newest first (``_sort=-{param}``), so that paging can stop once a page has gone past the oldest
   date needed, also against servers that ignore the date parameter (see :meth:`FhirClient.follow`);
-- for keys whose rules compare with the newest reading *before* their window (the falling serum iron
-  compares with the last iron before the lab window, however old), one extra ``_count=1`` query for it.
+- for readings before the window that a rule still needs, an extra query per key, run concurrently: the
+  falling serum iron compares with the last iron before the lab window, however old (``_count=1``); the
+  vital-sign baseline falls back to the earliest reading within ``fallback_days`` when its 24-168 h
+  window is empty (the oldest readings of that range, one page, oldest first).
 
 The look-backs are computed from ``clinical/data/thresholds.toml`` (through :mod:`valuesets`); no number
 lives here. One row per prefetch key (or per resource type, for keys without their own row): a key without
@@ -39,33 +41,49 @@ from cds_service.clinical.valuesets import LOINC, load
 
 
 @dataclass(frozen=True, slots=True)
+class Extra:
+    """One more query for a key, for readings *before* its window that a rule still needs.
+
+    ``previous``: the newest reading of ``concepts`` before the window (one resource, ``_count=1``);
+    ``earliest``: the oldest readings of the key's own codes between ``window`` and the key's bound, oldest
+    first, one page (``_count=200``): the baseline's fallback takes the earliest reading within its days.
+    """
+
+    kind: str  # "previous" or "earliest"
+    concepts: tuple[str, ...] = ()  # previous: whose codes replace the key's code list
+    window: str = ""  # earliest: how far back (a name in windows())
+
+
+@dataclass(frozen=True, slots=True)
 class Row:
     """How to bound one key: the date search parameter, the window name, what to ask for before it."""
 
     param: str  # R4 date search parameter of the resource type
     element: str  # the resource element behind ``param`` (``effective`` → effectiveDateTime/Period/Instant)
     window: str  # a name in :func:`windows`
-    previous: tuple[str, ...] = ()  # concepts whose newest reading before the bound is needed too
+    extras: tuple[Extra, ...] = ()
 
 
 # key (or resource type) → row. Observation keys are listed one by one: each has its own window.
 ROWS: dict[str, Row] = {
     "temperature": Row("date", "effective", "vitals"),
-    "vitals": Row("date", "effective", "vitals"),
-    "labs": Row("date", "effective", "labs", previous=("serum-iron",)),
+    "vitals": Row("date", "effective", "vitals", (Extra("earliest", window="vitals-fallback"),)),
+    "labs": Row("date", "effective", "labs", (Extra("previous", concepts=("serum-iron",)),)),
     "MedicationAdministration": Row("effective-time", "effective", "exposure"),
     "MedicationStatement": Row("effective", "effective", "exposure"),
 }
+EARLIEST_COUNT = 200  # one page; HAPI's largest
 
 
 @cache
 def windows() -> dict[str, timedelta]:
     """How far back before ``now`` each family of rules looks (from ``thresholds.toml``).
 
-    - ``vitals``: the acute window, plus the baseline look-back before its earliest anchor (the window
-      start): the 24-168 h baseline window, or the fallback to the earliest reading within
-      ``fallback_days`` when that window is empty, whichever reaches further;
-    - ``labs``: the lab window (the falling-iron comparison is an extra query, see :data:`ROWS`);
+    - ``vitals``: the acute window plus the baseline look-back before its earliest anchor (the window
+      start): ``acute_hours`` + ``lookback_start_hours``;
+    - ``vitals-fallback``: the acute window plus ``fallback_days``: when a baseline window is empty, the
+      rules take the earliest reading within those days (the ``earliest`` extra query);
+    - ``labs``: the lab window (the falling-iron comparison is the ``previous`` extra query);
     - ``exposure``: the exposure window, the long-acting-injectable interval, the withdrawal window and
       the recent-start window, whichever is longest.
     """
@@ -73,14 +91,20 @@ def windows() -> dict[str, timedelta]:
     hours = timedelta(hours=1)
     days = timedelta(days=1)
     acute = th["window"]["acute_hours"] * hours
-    baseline = max(th["baseline"]["lookback_start_hours"] * hours, th["baseline"]["fallback_days"] * days)
     ex = th["exposure"]
     return {
-        "vitals": acute + baseline,
+        "vitals": acute + th["baseline"]["lookback_start_hours"] * hours,
+        "vitals-fallback": acute + th["baseline"]["fallback_days"] * days,
         "labs": th["window"]["lab_days"] * days,
         "exposure": max(ex["window_hours"] * hours, ex["depot_window_days"] * days,
                         ex["withdrawal_window_days"] * days, ex["recent_start_days"] * days),
     }
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraQuery:
+    url: str
+    keep: Callable[[dict[str, Any]], bool]  # drops what a server that ignores the date parameter sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +114,7 @@ class Plan:
     url: str
     oldest: datetime | None  # None: unbounded, page to the end (within the client's caps)
     time_of: Callable[[dict[str, Any]], datetime | None]
-    previous_url: str | None = None  # newest matching reading before ``oldest`` (``_count=1``)
+    extras: tuple[ExtraQuery, ...] = ()
 
 
 def _no_time(resource: dict[str, Any]) -> datetime | None:
@@ -106,6 +130,15 @@ def row_for(key: str, url: str) -> Row | None:
     return ROWS.get(key) or ROWS.get(resource_type)
 
 
+def _between(time_of: Callable[[dict[str, Any]], datetime | None], low: datetime | None,
+             high: datetime) -> Callable[[dict[str, Any]], bool]:
+    def keep(resource: dict[str, Any]) -> bool:
+        t = time_of(resource)
+        return t is not None and t < high and (low is None or t >= low)
+
+    return keep
+
+
 def plan(key: str, url: str, now: datetime | None) -> Plan:
     """The query the service sends for ``key`` (``url``: the filled template) at ``now``."""
     row = row_for(key, url) if "?" in url else None
@@ -116,15 +149,25 @@ def plan(key: str, url: str, now: datetime | None) -> Plan:
     # the filled template's own encoding is kept: only whole parameters are dropped or added
     pairs = [part for part in query.split("&") if part and _name(part) not in (row.param, "_sort")]
     since = fhir_instant(oldest)
+    time_of = _time_reader(row.element)
+    extras: list[ExtraQuery] = []
+    for extra in row.extras:
+        if extra.kind == "previous":
+            codes = ",".join(f"{LOINC}|{code}" for code in load().loinc_codes(*extra.concepts))
+            rest = [part for part in pairs if _name(part) not in ("code", "_count")]
+            parts = [*rest, f"code={quote(codes, safe='|,:/')}", f"{row.param}=lt{since}",
+                     f"_sort=-{row.param}", "_count=1"]
+            extras.append(ExtraQuery(f"{path}?" + "&".join(parts), _between(time_of, None, oldest)))
+        elif extra.kind == "earliest":
+            far = now - windows()[extra.window]
+            if far >= oldest:
+                continue  # the fallback reaches no further than the window itself
+            rest = [part for part in pairs if _name(part) != "_count"]
+            parts = [*rest, f"{row.param}=ge{fhir_instant(far)}", f"{row.param}=lt{since}",
+                     f"_sort={row.param}", f"_count={EARLIEST_COUNT}"]
+            extras.append(ExtraQuery(f"{path}?" + "&".join(parts), _between(time_of, far, oldest)))
     bounded = "&".join([*pairs, f"{row.param}=ge{since}", f"_sort=-{row.param}"])
-    previous = None
-    if row.previous:
-        codes = ",".join(f"{LOINC}|{code}" for code in load().loinc_codes(*row.previous))
-        rest = [part for part in pairs if _name(part) not in ("code", "_count")]
-        previous = f"{path}?" + "&".join([*rest, f"code={quote(codes, safe='|,:/')}", f"{row.param}=lt{since}",
-                                          f"_sort=-{row.param}", "_count=1"])
-    bounded = f"{path}?{bounded}"
-    return Plan(bounded, oldest, _time_reader(row.element), previous)
+    return Plan(f"{path}?{bounded}", oldest, time_of, tuple(extras))
 
 
 def _name(part: str) -> str:

@@ -127,29 +127,29 @@ def _fetch(key: str, template_url: str, client: FhirClient, *, why: str | None,
     return data
 
 
-def _fetch_previous(plan: bounds.Plan, client: FhirClient) -> list[dict[str, Any]]:
-    """The newest reading before the bound (one resource at most; FhirError propagates)."""
-    assert plan.previous_url is not None and plan.oldest is not None
-    page = client.get_json(client.url_for(plan.previous_url))
-    found = client.follow({**page, "link": []}).resources  # one page: _count=1
-    # a server that ignores the date parameter answers the newest reading of all: not "before"
-    return [r for r in found if (t := plan.time_of(r)) is not None and t < plan.oldest]
+def _fetch_extra(extra: bounds.ExtraQuery, client: FhirClient) -> list[dict[str, Any]]:
+    """One page of readings before a key's window (FhirError propagates)."""
+    page = client.get_json(client.url_for(extra.url))
+    found = client.follow({**page, "link": []}).resources  # one page, never its next links
+    # a server that ignores the date parameter answers readings from anywhere: keep those in range
+    return [r for r in found if extra.keep(r)]
 
 
-def _merge_previous(data: KeyData, future: Future[list[dict[str, Any]]], timeout: float) -> KeyData:
-    if not data.ok:
-        future.cancel()
-        return data
-    try:
-        extra = future.result(timeout=timeout)
-    except (FhirError, FutureTimeout) as exc:
-        future.cancel()
-        data.complete = False
-        reason = exc.message if isinstance(exc, FhirError) else "hook time budget exhausted"
-        data.note = "; ".join(filter(None, [data.note, f"the last reading before the window: {reason}"]))
-        return data
-    seen = {(r.get("resourceType"), r.get("id")) for r in data.resources}
-    data.resources.extend(r for r in extra if (r.get("resourceType"), r.get("id")) not in seen)
+def _merge_extras(data: KeyData, futures: list[Future[list[dict[str, Any]]]], budget: Callable[[], float]) -> KeyData:
+    for future in futures:
+        if not data.ok:
+            future.cancel()
+            continue
+        try:
+            extra = future.result(timeout=max(budget(), 0.0) + 0.05)
+        except (FhirError, FutureTimeout) as exc:
+            future.cancel()
+            data.complete = False
+            reason = exc.message if isinstance(exc, FhirError) else "hook time budget exhausted"
+            data.note = "; ".join(filter(None, [data.note, f"readings before the window: {reason}"]))
+            continue
+        seen = {(r.get("resourceType"), r.get("id")) for r in data.resources}
+        data.resources.extend(r for r in extra if (r.get("resourceType"), r.get("id")) not in seen)
     return data
 
 
@@ -169,7 +169,7 @@ def resolve(
     """
     results: dict[str, KeyData] = {}
     pending: dict[str, Future[KeyData]] = {}
-    previous: dict[str, Future[list[dict[str, Any]]]] = {}
+    extras: dict[str, list[bounds.ExtraQuery]] = {}
     supplied: Mapping[str, Any] = prefetch or {}
     for key, template in templates.items():
         url = substitute(template, context)
@@ -198,16 +198,19 @@ def resolve(
             continue
         plan = bounds.plan(key, url, now) if not _is_read(url) else None
         pending[key] = pool.executor.submit(_fetch, key, url, client, why=why, plan=plan)
-        if plan is not None and plan.previous_url is not None:
-            previous[key] = pool.executor.submit(_fetch_previous, plan, client)
+        if plan is not None and plan.extras:
+            extras[key] = list(plan.extras)
+    # the extra queries after every key's own, so that a small pool serves the keys first
+    extra_futures = {key: [pool.executor.submit(_fetch_extra, extra, client) for extra in queries]
+                     for key, queries in extras.items() if client is not None}
     for key, future in pending.items():
         try:
             results[key] = future.result(timeout=max(budget_remaining(), 0.0) + 0.05)
         except FutureTimeout:
             future.cancel()
             results[key] = KeyData(key, [], "none", False, False, "hook time budget exhausted")
-        if key in previous:
-            results[key] = _merge_previous(results[key], previous[key], max(budget_remaining(), 0.0) + 0.05)
+        if key in extra_futures:
+            results[key] = _merge_extras(results[key], extra_futures[key], budget_remaining)
     return {key: results[key] for key in templates}
 
 
