@@ -277,6 +277,44 @@ class AtomicMemoryRepository extends MemoryRepository {
     }
   }
 
+  /**
+   * Medplum's searchSync evaluates every filter's FHIRPath expression on every stored resource of the
+   * type (about 0.1 ms per resource and filter). Narrow the candidates first with a plain-text superset
+   * test: a resource can match an equality token or reference filter only if one of the filter's codes or
+   * ids occurs in its JSON. Medplum still decides on the candidates, so the result is the same.
+   */
+  searchSync(request) {
+    const needles = prefilterNeedles(request);
+    const all = this.resources.get(request.resourceType);
+    if (!needles.length || !all) {
+      return super.searchSync(request);
+    }
+    const narrowed = new Map();
+    for (const [id, resource] of all) {
+      const text = this.#text(resource);
+      if (needles.every((alternatives) => alternatives.some((needle) => text.includes(needle)))) {
+        narrowed.set(id, resource);
+      }
+    }
+    this.resources.set(request.resourceType, narrowed);
+    try {
+      return super.searchSync(request);
+    } finally {
+      this.resources.set(request.resourceType, all);
+    }
+  }
+
+  #texts = new WeakMap(); // stored resources are replaced on update, never mutated
+
+  #text(resource) {
+    let text = this.#texts.get(resource);
+    if (text === undefined) {
+      text = JSON.stringify(resource).toLowerCase();
+      this.#texts.set(resource, text);
+    }
+    return text;
+  }
+
   /** @returns {boolean} true if the resource exists */
   has(resourceType, id) {
     return Boolean(this.resources.get(resourceType)?.has(id));
@@ -295,6 +333,38 @@ class AtomicMemoryRepository extends MemoryRepository {
     }
     return n;
   }
+}
+
+/**
+ * For the pre-filter: per equality filter on a token or reference parameter, the strings one of which a
+ * matching resource's (lower-cased) JSON must contain. Empty when a filter could defeat the test (chains,
+ * modifiers, escapes), so that Medplum scans everything as before.
+ */
+function prefilterNeedles(request) {
+  const params = searchParamsOf(request.resourceType);
+  const out = [];
+  for (const filter of request.filters ?? []) {
+    if (filter.code.includes('.')) {
+      return [];
+    }
+    const type = params[filter.code]?.type;
+    if (filter.operator !== 'eq' || (type !== 'token' && type !== 'reference')) {
+      continue;
+    }
+    const alternatives = [];
+    for (const value of String(filter.value).split(',')) {
+      const part = (type === 'token' ? value.split('|').pop() : value.split('/').pop()).toLowerCase();
+      if (!part || /["\\]/.test(part)) {
+        alternatives.length = 0;
+        break;
+      }
+      alternatives.push(part);
+    }
+    if (alternatives.length) {
+      out.push(alternatives);
+    }
+  }
+  return out;
 }
 
 /** Serialise repository access: transactions await between entries and must not interleave. */
