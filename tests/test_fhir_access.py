@@ -138,7 +138,9 @@ def test_absent_keys_are_fetched_concurrently_with_the_bearer_token(client: Flas
     assert response.status_code == 200
     assert response.get_json()["cards"][0]["indicator"] == "critical"
     paths = sorted((c.request.url or "").split("?")[0].removeprefix(FHIR_BASE) for c in responses.calls)
-    assert paths == ["/AllergyIntolerance", "/Condition", "/MedicationRequest", "/Observation", "/Patient/p1"]
+    # vitals, and its baseline fallback (the oldest readings before its window: cds_service.fhir.bounds)
+    assert paths == ["/AllergyIntolerance", "/Condition", "/MedicationRequest", "/Observation", "/Observation",
+                     "/Patient/p1"]
     assert all(c.request.headers["Authorization"] == "Bearer tok-123" for c in responses.calls)
 
 
