@@ -355,8 +355,8 @@ def _server_request(**overrides: Any) -> dict[str, Any]:
 @responses.activate
 def test_absent_keys_are_fetched_concurrently_with_the_bearer_token(client: FlaskClient) -> None:
     prefetch = febrile_prefetch()
-    responses.add(responses.GET, ANY, json=bundle([]))
     responses.add(responses.GET, f"{FHIR_BASE}/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    responses.add(responses.GET, re.compile(re.escape(FHIR_BASE) + r"/(?!Patient/).*"), json=bundle([]))
     body = hook_request(fhirServer=FHIR_BASE, prefetch={"temperature": prefetch["temperature"],
                                                         "labs": prefetch["labs"]},
                         fhirAuthorization={"access_token": "tok-123", "token_type": "Bearer", "expires_in": 300,
