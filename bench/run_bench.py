@@ -64,7 +64,18 @@ TARGETS = {
     "s2_p50_ms_max": 100.0,
     "s2_memory_mb_max": 150.0,
     "s3_p50_rtt_ratio_max": 1.5,
+    "s4_budget_ms": 3000.0,
+    "s4_slowest_query_ratio_max": 1.3,
 }
+# Scenario 4's FHIR server: HAPI-like paging (20 a page by default, at most 200, _getpages links) and about
+# 1 s per request: 1 s per new search + 0.5 ms per resource it matches (a 1,100-match search: 1.55 s), 1 s
+# per later page (pessimistic for HAPI's cached pages; it is what made today's three Observation keys time
+# out). The server sleeps outside its lock, so concurrent queries cost their latency concurrently (its own
+# CPU work, a few ms to ~100 ms a search, is still serial: one Node thread).
+S4_SERVER_ARGS = ("--paging", "hapi", "--search-latency-ms", "1000", "--match-latency-us", "500",
+                  "--page-latency-ms", "1000")
+# A server that thinks 1-2 s before its first byte needs a read timeout above the 2 s default.
+S4_SERVICE_ENV = {"NMS_CDS_FHIR_READ_TIMEOUT": "3"}
 
 
 # --- processes ----------------------------------------------------------------------------------------
@@ -385,7 +396,7 @@ class Options:
     scaling_requests: int
     sequential: int
     quick: bool
-    only: set[int] = field(default_factory=lambda: {1, 2, 3})
+    only: set[int] = field(default_factory=lambda: {1, 2, 3, 4})
 
 
 def _card_summary(answer: bytes) -> list[dict[str, Any]]:
@@ -621,6 +632,134 @@ def fhir_checks(fhir: Any, service: Server, body: bytes, opts: Options) -> dict[
     }
 
 
+def _traced_requests(fhir: Any, port: int, body: bytes) -> tuple[list[str], float, bytes]:
+    """The GET lines the FHIR server logged for one isolated hook call, its time and its answer."""
+    import requests
+
+    marker = "bench-marker-" + str(time.monotonic_ns())
+    requests.get(f"{fhir.base_url}/Patient/{marker}", timeout=10)
+    status, answer, seconds = post(port, body)
+    if status != 200:
+        raise RuntimeError(f"hook call answered {status}: {answer[:300]!r}")
+    time.sleep(0.3)
+    lines = fhir.stderr_tail().splitlines()
+    start = max(i for i, line in enumerate(lines) if marker in line)
+    return [line.split(" ")[1] for line in lines[start + 1:] if line.startswith("GET ")], seconds, answer
+
+
+def _key_queries_alone(base: str, *, bounded: bool) -> dict[str, dict[str, Any]]:
+    """Each of the service's queries alone (one after another), as the service sends them, with paging."""
+    from cds_service.config import Settings
+    from cds_service.errors import FhirError
+    from cds_service.fhir import bounds
+    from cds_service.fhir.client import Deadline, FhirClient
+    from cds_service.fhir.prefetch import _fetch, _fetch_extra, substitute
+    from cds_service.services.templates import prefetch_templates
+
+    settings = Settings(environment="development", auth="off", fhir_allowlist=[base], fixed_now=ANCHOR,
+                        fhir_read_timeout=30.0, public_base_url="http://127.0.0.1:8080")
+    context = {"patientId": scenarios.PATIENT_ID, "userId": "Practitioner/bench-clinician"}
+    out: dict[str, dict[str, Any]] = {}
+    for key, template in prefetch_templates().items():
+        url = substitute(template, context) or ""
+        plan = bounds.plan(key, url, ANCHOR) if bounded and "?" in url else None
+        client = FhirClient(base, settings, Deadline(60.0))
+        started = time.perf_counter()
+        data = _fetch(key, url, client, why=None, plan=plan)
+        out[key] = {"ms": round((time.perf_counter() - started) * 1000, 1), "requests": client.requests_made,
+                    "resources": len(data.resources), "ok": data.ok}
+        for i, extra in enumerate(plan.extras if plan else ()):
+            client = FhirClient(base, settings, Deadline(60.0))
+            started = time.perf_counter()
+            try:
+                found = len(_fetch_extra(extra, client))
+            except FhirError:
+                found = -1
+            out[f"{key}+before-window-{i + 1}"] = {"ms": round((time.perf_counter() - started) * 1000, 1),
+                                                   "requests": client.requests_made, "resources": found,
+                                                   "ok": found >= 0}
+    return out
+
+
+def _unbounded_gather(base: str) -> dict[str, str]:
+    """What the service did before the date bounds (``now=None``: the templates as they are), in-process."""
+    from cds_service.config import Settings
+    from cds_service.fhir.client import Deadline, FhirClient, QueryPool
+    from cds_service.fhir.prefetch import resolve
+    from cds_service.services.templates import prefetch_templates
+
+    settings = Settings(environment="development", auth="off", fhir_allowlist=[base], fixed_now=ANCHOR,
+                        public_base_url="http://127.0.0.1:8080", **{"fhir_read_timeout": 3.0})
+    pool = QueryPool(settings.fhir_concurrency)
+    try:
+        deadline = Deadline(settings.hook_budget_seconds)
+        client = FhirClient(base, settings, deadline)
+        data = resolve(prefetch_templates(), None, {"patientId": scenarios.PATIENT_ID}, client, pool,
+                       budget_remaining=deadline.remaining, now=None)
+    finally:
+        pool.shutdown()
+    return {k: ("ok" if v.ok else "failed: " + (v.note or "")) + ("" if v.complete else " (partial)")
+            for k, v in data.items()}
+
+
+def scenario_4(tmp: Path, opts: Options) -> dict[str, Any]:
+    """No prefetch, a 45-day stay, a HAPI-like paging server at about 1 s per request."""
+    print("scenario 4: no prefetch, 45-day stay, HAPI-like paging server at ~1 s per request", flush=True)
+    from cds_service.localfhir import LocalFhirServer, ensure_node_packages
+
+    ensure_node_packages()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    data_dir = tmp / "fhir4" / "long-stay"
+    data_dir.mkdir(parents=True)
+    bundle = scenarios.transaction_bundle(scenarios.LONG_STAY_DAYS)
+    observations = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
+    (data_dir / "bundle.json").write_bytes(scenarios.dumps(bundle))
+    with LocalFhirServer(load=[tmp / "fhir4"], port=0, extra_args=S4_SERVER_ARGS) as fhir:
+        base = fhir.base_url
+        body = scenarios.dumps(scenarios.fhir_server_request(base))
+        service = start_service(tmp, "s4-service", {"NMS_CDS_FHIR_ALLOWLIST": base, **S4_SERVICE_ENV})
+        with running(service):
+            for _ in range(2):  # warm both (worker imports, the server's first searches)
+                post(service.port, body)
+            gets, _, _ = _traced_requests(fhir, service.port, body)
+            calls = max(opts.sequential // 3, 5)
+            times = sequential_ms(service.port, body, calls)
+            _, last, _ = post(service.port, body)
+            internal = service_timings(service.log_path)
+        alone = _key_queries_alone(base, bounded=True)
+        before = _key_queries_alone(base, bounded=False)
+        unbounded = _unbounded_gather(base)
+    cards = _card_summary(last)
+    slowest_key = max(alone, key=lambda k: alone[k]["ms"])
+    result = {
+        "observations_on_server": observations,
+        "server_args": list(S4_SERVER_ARGS),
+        "service_env": S4_SERVICE_ENV,
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "cards": cards,
+        "hook_calls": calls,
+        "hook_p50_ms": round(statistics.median(times), 1),
+        "hook_max_ms": round(max(times), 1),
+        "hook_ms": [round(t, 1) for t in times],
+        "requests_per_hook": len(gets),
+        "observation_requests_per_hook": sum("/Observation?" in g for g in gets),
+        "next_page_requests": sum("_getpages" in g for g in gets),
+        "service_internal_ms": internal,
+        "queries_alone": alone,
+        "slowest_query": slowest_key,
+        "slowest_query_ms": alone[slowest_key]["ms"],
+        "unbounded_queries_alone": before,
+        "unbounded_gather": unbounded,
+    }
+    old = ", ".join(f"{k}: {v['ms']:.0f} ms/{v['requests']} req" for k, v in before.items())
+    print(f"  s4: {observations} Observations on the server; cards {cards}; hook p50 {result['hook_p50_ms']} ms "
+          f"(max {result['hook_max_ms']}), {len(gets)} FHIR requests per hook ({result['next_page_requests']} "
+          f"next-page); slowest query alone: {slowest_key} {alone[slowest_key]['ms']} ms; unbounded, the "
+          f"template queries alone: {old}; unbounded gather: {unbounded}", flush=True)
+    return result
+
+
 # --- machine, JWT, report ----------------------------------------------------------------------------
 
 
@@ -719,6 +858,22 @@ def evaluate(results: dict[str, Any]) -> dict[str, Any]:
                                                                            "next_page_requests")},
                                    "met": s3["fhir"]["requests_per_hook"] == s3["fhir"]["distinct_requests"]
                                    and s3["fhir"]["next_page_requests"] == 0}
+    s4 = results.get("scenario_4")
+    if s4:
+        indicator = (s4["cards"] or [{}])[0].get("indicator")
+        out["s4_critical_within_budget"] = {
+            "target": f"critical card within the {TARGETS['s4_budget_ms'] / 1000:.0f} s hook budget (45-day stay, "
+                      "no prefetch, HAPI-like paging, ~1 s per request)",
+            "measured": f"{indicator}, p50 {s4['hook_p50_ms']:.0f} ms, max {s4['hook_max_ms']:.0f} ms",
+            "met": indicator == "critical" and s4["hook_max_ms"] <= TARGETS["s4_budget_ms"]}
+        ratio = round(s4["hook_p50_ms"] / s4["slowest_query_ms"], 2) if s4["slowest_query_ms"] else None
+        out["s4_p50_vs_slowest_query"] = {
+            "target": f"<= {TARGETS['s4_slowest_query_ratio_max']} x the slowest single query (alone)",
+            "measured": ratio, "p50_ms": s4["hook_p50_ms"], "slowest_query_ms": s4["slowest_query_ms"],
+            "met": ratio is not None and ratio <= TARGETS["s4_slowest_query_ratio_max"]}
+        out["s4_requests_per_hook"] = {"target": "reported", "measured": {
+            "requests": s4["requests_per_hook"], "observation": s4["observation_requests_per_hook"],
+            "next_page": s4["next_page_requests"]}, "met": None}
     return out
 
 
@@ -742,6 +897,8 @@ def markdown(results: dict[str, Any]) -> str:
         "| single-request p50 ms (floor) | worker CPU ms per request (floor) | peak RSS per worker MB (floor) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if not any(results.get(key) for key in NAMES):
+        lines = lines[:1]
     for key, name in NAMES.items():
         s = results.get(key)
         if not s:
@@ -783,6 +940,24 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{hook / f['round_trip_slowest_query_ms']:.2f} × the slowest query; inside the service "
                   f"{internal.get('data_p50', float('nan')):.1f} ms gathering data of "
                   f"{internal.get('total_p50', float('nan')):.1f} ms in all."]
+    s4 = results.get("scenario_4")
+    if s4:
+        lines += ["", f"Scenario 4 (no prefetch, {scenarios.LONG_STAY_DAYS}-day stay, {s4['observations_on_server']:,} "
+                  "Observations, local FHIR server `" + " ".join(s4["server_args"]) + "`, service with "
+                  + ", ".join(f"{k}={v}" for k, v in s4["service_env"].items())
+                  + f"; load average {s4['load_average_before']} before, {s4['load_average_after']} after):", "",
+                  "| query | bounded: ms alone | requests | resources | unbounded template: ms alone | requests "
+                  "| resources |", "|---|---|---|---|---|---|---|"]
+        for key, row in s4["queries_alone"].items():
+            old = s4["unbounded_queries_alone"].get(key)
+            lines.append(f"| {key} | {row['ms']:.0f} | {row['requests']} | {row['resources']} | "
+                         + (f"{old['ms']:.0f} | {old['requests']} | {old['resources']} |" if old else "— | — | — |"))
+        failed = {k: v for k, v in s4["unbounded_gather"].items() if v != "ok"}
+        lines += ["", f"Hook p50 {s4['hook_p50_ms']:.0f} ms (max {s4['hook_max_ms']:.0f} ms over {s4['hook_calls']} "
+                  f"calls), cards {s4['cards']}; {s4['requests_per_hook']} FHIR requests per hook "
+                  f"({s4['observation_requests_per_hook']} Observation searches, {s4['next_page_requests']} "
+                  f"next-page). Without the date bounds (the templates as they are, in-process, same budget): "
+                  + (", ".join(f"{k}: {v}" for k, v in failed.items()) if failed else "every key ok") + "."]
     targets = results.get("targets") or {}
     if targets:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
@@ -803,7 +978,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run (~2 minutes): short runs, fewer levels")
     parser.add_argument("--duration", type=int, help="seconds per wrk run (default 10, quick 3)")
     parser.add_argument("--connections", help="comma-separated connection counts (default 1,4,16,64)")
-    parser.add_argument("--only", help="comma-separated scenario numbers (default 1,2,3)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (default 1,2,3,4)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--render", action="store_true", help="only rewrite latest.md from latest.json")
     args = parser.parse_args(argv)
@@ -829,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
         scaling_requests=5 if quick else 30,
         sequential=10 if quick else 30,
         quick=quick,
-        only={int(s) for s in args.only.split(",")} if args.only else {1, 2, 3},
+        only={int(s) for s in args.only.split(",")} if args.only else {1, 2, 3, 4},
     )
     started = datetime.now(UTC)
     results: dict[str, Any] = {
@@ -850,6 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
             results["scenario_2"] = scenario_2(tmp, opts)
         if 3 in opts.only:
             results["scenario_3"] = scenario_3(tmp, opts)
+        if 4 in opts.only:
+            results["scenario_4"] = scenario_4(tmp, opts)
     foreign = [run.get("foreign_cpu_pct", 0.0) for key in ("scenario_1", "scenario_2", "scenario_3")
                for app in ("service", "floor") for run in (results.get(key) or {}).get("saturation", {})
                .get(app, {}).get("runs", [])]
