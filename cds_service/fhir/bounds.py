@@ -12,6 +12,12 @@ that must be re-fetched), it knows ``now`` (the engine's clock) and asks only fo
   vital-sign baseline falls back to the earliest reading within ``fallback_days`` when its 24-168 h
   window is empty (the oldest readings of that range, one page, oldest first).
 
+Against a server that ignores the date parameter the main queries are still right (paging stops by the
+resources' own dates); the extra queries then return readings from elsewhere in the record, which are
+dropped, so the iron comparison and the baseline fallback may miss their reading (the cards then show what
+was seen; nothing is invented). The ``earliest`` page holds 200 readings: a record with more than 200 in the
+fallback range where one concept has none among the first 200 would miss that concept's fallback.
+
 The look-backs are computed from ``clinical/data/thresholds.toml`` (through :mod:`valuesets`); no number
 lives here. One row per prefetch key (or per resource type, for keys without their own row): a key without
 a row is not bounded. A new key gets a bound by adding a row to :data:`ROWS`.
