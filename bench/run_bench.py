@@ -925,6 +925,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {s['single_request']['service_p50_ms']:.1f} ({s['single_request']['floor_p50_ms']:.1f}) "
             f"| {sat['service']['worker_cpu_ms_per_request']:.2f} ({sat['floor']['worker_cpu_ms_per_request']:.2f}) "
             f"| {mem_s:.0f} ({mem_f:.0f}) |")
+    per = [(k, results[k]) for k in ("scenario_1", "scenario_2", "scenario_3", "scenario_4") if results.get(k)]
+    if any("load_average_at_start" in s for _, s in per):
+        lines += ["", "Each scenario's start and load average (1/5/15 min): " + "; ".join(
+            f"{k.replace('scenario_', 'scenario ')} {s.get('started', '?')} load {s.get('load_average_at_start')}"
+            for k, s in per) + "."]
     s2 = results.get("scenario_2")
     if s2 and s2.get("scaling"):
         lines += ["", "Scenario 2 scaling (sequential single requests; relevant Observations constant at "
@@ -1003,6 +1008,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help="comma-separated scenario numbers (default 1,2,3,4)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--render", action="store_true", help="only rewrite latest.md from latest.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other scenarios of the existing latest.json (each scenario records when it "
+                             "ran and the load average)")
     parser.add_argument("--readme", action="store_true",
                         help="also rewrite README.md's Performance table (between the bench:latest markers)")
     args = parser.parse_args(argv)
@@ -1043,16 +1051,22 @@ def main(argv: list[str] | None = None) -> int:
                     "latency_method": "wrk delay() pacing at 50% of the service's best saturation rate "
                                       "(closed loop with think time, 1-4 connections)"},
     }
+    if args.merge and (args.out / "latest.json").is_file():
+        previous = json.loads((args.out / "latest.json").read_text())
+        for key in ("scenario_1", "scenario_2", "scenario_3", "scenario_4"):
+            if previous.get(key) and int(key[-1]) not in opts.only:
+                results[key] = previous[key] | {"started": previous[key].get("started", previous["started"]),
+                                                "load_average_at_start": previous[key].get(
+                                                    "load_average_at_start", previous.get("load_average"))}
+        results["merged_from"] = previous["started"]
+    runners = {1: scenario_1, 2: scenario_2, 3: scenario_3, 4: scenario_4}
     with tempfile.TemporaryDirectory(prefix="nms-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        if 1 in opts.only:
-            results["scenario_1"] = scenario_1(tmp, opts)
-        if 2 in opts.only:
-            results["scenario_2"] = scenario_2(tmp, opts)
-        if 3 in opts.only:
-            results["scenario_3"] = scenario_3(tmp, opts)
-        if 4 in opts.only:
-            results["scenario_4"] = scenario_4(tmp, opts)
+        for number in sorted(opts.only):
+            at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            load = [round(x, 2) for x in os.getloadavg()]
+            results[f"scenario_{number}"] = runners[number](tmp, opts) | {"started": at,
+                                                                          "load_average_at_start": load}
     foreign = [run.get("foreign_cpu_pct", 0.0) for key in ("scenario_1", "scenario_2", "scenario_3")
                for app in ("service", "floor") for run in (results.get(key) or {}).get("saturation", {})
                .get(app, {}).get("runs", [])]

@@ -11,6 +11,7 @@
 // Run:  node --experimental-websocket fhir_server/server.mjs [--port 8081] [--load DIR]...
 // On Node 20, Medplum needs --experimental-websocket (it references the WebSocket global).
 
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -1423,7 +1424,11 @@ function logRequest(log, req, res, started) {
   const ms = (performance.now() - started).toFixed(1);
   const status = res.headersSent ? String(res.statusCode) : '-';
   const note = res.writableFinished ? '' : ' (aborted)';
-  const target = req.url.length > 300 ? `${req.url.slice(0, 300)}...` : req.url;
+  // long URLs are cut, with a short hash of the whole URL so that different requests stay distinct
+  const target =
+    req.url.length > 300
+      ? `${req.url.slice(0, 300)}...#${createHash('sha256').update(req.url).digest('hex').slice(0, 12)}`
+      : req.url;
   log(`${req.method} ${target} ${status} ${ms}ms${note}`);
 }
 
