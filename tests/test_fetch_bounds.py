@@ -262,3 +262,31 @@ def test_prefetch_is_used_as_it_came(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert response.get_json()["cards"][0]["indicator"] == "critical"
     assert len(responses.calls) == 0
+
+
+@responses.activate
+def test_a_failed_before_window_query_leaves_the_key_usable_but_partial() -> None:
+    from cds_service.fhir.client import QueryPool
+    from cds_service.fhir.prefetch import resolve
+
+    ck = heart_rate(1, NOW - timedelta(hours=3)) | {
+        "id": "ck1", "code": {"coding": [{"system": "http://loinc.org", "code": "2157-6"}]}}
+
+    def labs(request: Any) -> tuple[int, dict[str, str], str]:
+        import json
+
+        if query_of(request.url).get("_count") == ["1"]:  # the previous serum iron
+            return 503, {}, json.dumps({"resourceType": "OperationOutcome",
+                                        "issue": [{"severity": "error", "code": "transient"}]})
+        return 200, {}, json.dumps(searchset([ck]))
+
+    responses.add_callback(responses.GET, OBS, callback=labs)
+    pool = QueryPool(4)
+    try:
+        client = FhirClient(FHIR_BASE, make_settings(), Deadline(3.0))
+        data = resolve({"labs": prefetch_templates()["labs"]}, {}, {"patientId": "p1"}, client, pool,
+                       budget_remaining=lambda: 3.0, now=NOW)["labs"]
+    finally:
+        pool.shutdown()
+    assert data.ok and not data.complete and [r["id"] for r in data.resources] == ["ck1"]
+    assert data.note is not None and "readings before the window" in data.note and "503" in data.note
