@@ -714,7 +714,7 @@ def _unbounded_gather(base: str) -> dict[str, str]:
 def scenario_4(tmp: Path, opts: Options) -> dict[str, Any]:
     """No prefetch, a 45-day stay, a HAPI-like paging server at about 1 s per request."""
     print("scenario 4: no prefetch, 45-day stay, HAPI-like paging server at ~1 s per request", flush=True)
-    from cds_service.localfhir import LocalFhirServer, ensure_node_packages
+    from cds_service.devtools.localfhir import LocalFhirServer, ensure_node_packages
 
     ensure_node_packages()
     load_before = [round(x, 2) for x in os.getloadavg()]

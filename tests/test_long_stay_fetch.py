@@ -16,9 +16,9 @@ import pytest
 from flask import Flask
 
 from bench import scenarios
-from cds_service import localfhir
 from cds_service.app import create_app
-from cds_service.fixtures import ANCHOR, fill_prefetch
+from cds_service.devtools import localfhir
+from cds_service.devtools.fixtures import ANCHOR, fill_prefetch
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import make_settings, require_local_fhir
 
