@@ -295,7 +295,9 @@ def test_sandbox_requests_answer_200(client: FlaskClient, url: str, name: str) -
     assert response.status_code == 200
     assert response_problems(response.get_json()) == []
     sent = [c.request.url or "" for c in responses.calls]
-    assert len(sent) == 6 and not any("/Patient/" in u for u in sent)  # its "patient" key is used as sent
+    # its "patient" key is used as sent; the six other keys are fetched, plus the two queries for readings from
+    # before the vitals' and labs' windows (as for order-sign, tests/test_protocol.py)
+    assert len(sent) == 6 + 2 and not any("/Patient/" in u for u in sent)
 
 
 # --- the typed wire models are the contract ---------------------------------------------------------------
