@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -64,6 +64,33 @@ class Settings(BaseSettings):
     )
     max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting")
 
+    # --- serving (nms-cds serve; see docs/reliability.md "Serving") ------------------------------------
+    front: str = Field(
+        "nginx", pattern=r"^(nginx|none)$",
+        description="'nginx': a buffering nginx front started by `nms-cds serve` reads whole requests before "
+                    "gunicorn sees them; 'none': gunicorn listens itself (only behind another buffering proxy)",
+    )
+    client_header_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Whole request line + headers must arrive within this (408 beyond)"
+    )
+    client_body_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Longest pause between two reads of a request body (408 beyond)"
+    )
+    keepalive_timeout_seconds: float = Field(
+        5.0, ge=0, le=300, description="Idle keep-alive connections are closed after this"
+    )
+    front_max_connections: int = Field(
+        4096, ge=64, le=65536, description="Client connections the front holds at once"
+    )
+    request_timeout_seconds: float = Field(
+        20.0, gt=0, le=600,
+        description="A request still running after this answers 503 JSON and the worker goes on",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for GET /metrics; unset: /metrics is off in production (open in development)",
+    )
+
     # --- behaviour --------------------------------------------------------------------------------
     service_id: str = Field("nms-order-sign", pattern=r"^[A-Za-z0-9\-_.]+$")
     feedback_log: Path | None = Field(None, description="JSON-lines file to append card feedback to")
@@ -78,6 +105,13 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("NMS_CDS_METRICS_TOKEN must be at least 16 characters")
         return value
 
     @field_validator("public_base_url")
