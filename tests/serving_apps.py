@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import warnings
 
 from flask import Flask, Response, jsonify
@@ -19,6 +20,11 @@ def spinning_app(settings: Settings) -> Flask:
 
     @app.get("/test/pid")
     def pid() -> Response:
+        return jsonify({"pid": os.getpid()})
+
+    @app.get("/test/sleep")
+    def sleep() -> Response:
+        time.sleep(0.3)  # long enough that concurrent calls spread over the workers
         return jsonify({"pid": os.getpid()})
 
     @app.get("/test/spin")

@@ -30,6 +30,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from cds_service import metrics
 from cds_service.config import Settings
 from cds_service.errors import (
     FhirAuthError,
@@ -144,6 +145,7 @@ class FhirClient:
         )
 
     # -- HTTP --------------------------------------------------------------------------------------
+    @metrics.count_fhir_call  # nms_cds_fhir_requests_total{outcome}
     def get_json(self, url: str) -> dict[str, Any]:
         """GET one URL under the base and return its JSON object, following same-base redirects."""
         for _ in range(_MAX_REDIRECTS + 1):
