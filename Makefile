@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := fhir_server/node_modules/.installed
 
-.PHONY: install node run test test-unit test-integration lint typecheck fixtures bench fuzz soak clean
+.PHONY: front install node run test test-unit test-integration lint typecheck fixtures bench fuzz soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,13 +21,18 @@ $(NODE_STAMP): fhir_server/package.json fhir_server/package-lock.json
 
 node: $(NODE_STAMP)
 
+## make front: the nginx binary `nms-cds serve` starts as its buffering front (Debian package)
+front:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && \
+	  (apt-get install -y -qq nginx-light >/dev/null 2>&1 || apt-get install -y -qq nginx >/dev/null))
+
 ## make run: local FHIR server with the fixture patients + the service on 127.0.0.1:8080 (development mode)
 run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/nms-cds dev --host 127.0.0.1 --port 8080
 
 ## make test: lint, type-check and every test (integration tests use the local Node FHIR server)
-test: install
+test: install front
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -52,7 +57,7 @@ clean:
 	rm -rf $(VENV) fhir_server/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 ## make bench: benchmark the service against a bare Flask floor (wrk on loopback); writes bench/results/latest.json
-bench: install node
+bench: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/run_bench.py
 
@@ -61,6 +66,6 @@ fuzz: install
 	NMS_CDS_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 ## make soak: sustained mixed load at about half the measured saturation rate (default 10 minutes)
-soak: install node
+soak: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/soak.py --minutes $${SOAK_MINUTES:-10}

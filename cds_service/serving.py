@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -120,6 +121,11 @@ def nginx_conf(settings: Settings, *, host: str, port: int, upstream: Path, runt
     """The nginx configuration of the front (everything under ``runtime``; nothing read from /etc/nginx)."""
     s = settings
     conns = s.front_max_connections
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and 2 * conns + 64 > hard:  # a client and an upstream fd per connection
+        conns = max(64, (hard - 64) // 2)
+        log.warning(f"NMS_CDS_FRONT_MAX_CONNECTIONS lowered to {conns}: open-file limit {hard}",
+                    extra={"event": "config-warning"})
     proxy_read = s.request_timeout_seconds + 5
     return f"""# written by nms-cds serve; see cds_service/serving.py
 daemon off;

@@ -54,3 +54,7 @@ def spinning_app(settings: Settings) -> Flask:
         return jsonify({"ok": True})
 
     return app
+
+
+def broken_app(settings: Settings) -> Flask:
+    raise RuntimeError("boot failure")

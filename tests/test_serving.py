@@ -319,6 +319,51 @@ def test_every_output_line_is_json_and_no_control_socket(tmp_path: Path) -> None
     assert not any(served.home.iterdir()), list(served.home.rglob("*"))  # nothing written under $HOME
 
 
+def test_a_worker_that_cannot_boot_ends_the_server_with_json_lines_only(tmp_path: Path) -> None:
+    _require_nginx()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("NMS_CDS_")}
+    env.update({"HOME": str(tmp_path), "PYTHONPATH": str(REPO), "NMS_CDS_AUTH": "off"})
+    result = subprocess.run([str(NMS_CDS), "serve", "--port", str(free_port()), "--workers", "1",
+                             "--app", "tests.serving_apps:broken_app"], env=env, capture_output=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).decode().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is JSON, the traceback included
+    assert any(r.get("exception") == "RuntimeError" for r in records), lines
+    assert not any(line.lstrip().startswith("File ") for line in lines)  # no raw traceback lines
+    assert not list(tmp_path.glob(".gunicorn*"))
+
+
+def test_the_output_funnel_turns_plain_text_into_json_records() -> None:
+    import io
+
+    funnel = serving.OutputFunnel.__new__(serving.OutputFunnel)
+    sink = io.BytesIO()
+    funnel._sink = sink  # type: ignore[assignment]
+    funnel._traceback = None
+    text = b"""{"ts":"x","level":"info","logger":"a","msg":"already json"}
+2026/12/01 21:00:00 [emerg] 12#12: bind() to 127.0.0.1:8080 failed (98: Address already in use)
+2026/12/01 21:00:01 [error] 13#13: *5 client intended to send too large body: 99 bytes, client: 127.0.0.1
+Traceback (most recent call last):
+  File "/app/x.py", line 3, in <module>
+    f(patient="Jane Doe")
+  File "/app/y.py", line 9, in f
+    raise ValueError(patient)
+ValueError: Jane Doe
+a stray print
+"""
+    for line in text.splitlines():
+        funnel._line(line)
+    records = [json.loads(line) for line in sink.getvalue().decode().splitlines()]
+    assert [r["msg"] for r in records][:1] == ["already json"]
+    assert records[1]["logger"] == "nginx" and records[1]["level"] == "critical"
+    assert records[2]["level"] == "info"  # a client's mistake, not the service's
+    assert records[3]["exception"] == "ValueError" and records[3]["where"].startswith('File "/app/y.py", line 9')
+    assert "Jane Doe" not in sink.getvalue().decode()
+    assert records[4] == {**records[4], "logger": "stderr", "msg": "a stray print"}
+    assert len(records) == 5
+
+
 def test_missing_nginx_is_refused_in_production(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from cds_service import cli
