@@ -71,6 +71,7 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
     def when_ready(server: object) -> None:
         state["funnel"] = serving.OutputFunnel()
         logs.configure_process()
+        serving.json_gunicorn_errors()
         if nginx is None:
             return
         conf = runtime / "nginx.conf"

@@ -33,6 +33,11 @@ def spinning_app(settings: Settings) -> Flask:
         while True:  # pure Python, never ends: only the watchdog stops it
             n += 1
 
+    @app.get("/test/block")
+    def block() -> Response:
+        time.sleep(120)  # one C call: the watchdog cannot interrupt it, gunicorn's timeout ends the worker
+        return jsonify({"ok": True})
+
     @app.get("/test/warn")
     def warn() -> Response:
         warnings.warn("a library warning", UserWarning, stacklevel=1)

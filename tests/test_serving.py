@@ -279,6 +279,31 @@ def test_an_overrunning_request_answers_json_and_the_worker_survives(tmp_path: P
     assert len(overruns) == 1 and overruns[0]["level"] == "error"
 
 
+def test_a_request_stuck_in_c_code_gets_gunicorns_error_as_json(tmp_path: Path) -> None:
+    """When even the watchdog cannot stop a request (blocked in one C call), gunicorn's timeout ends the
+    worker: the client still gets the JSON error, never gunicorn's HTML page, and a new worker takes over."""
+    _require_nginx()
+    env = {"NMS_CDS_REQUEST_TIMEOUT_SECONDS": "1"}
+    with serve(tmp_path, "--workers", "1", "--timeout", "3", "--app", "tests.serving_apps:spinning_app",
+               env=env) as served:
+        response = requests.get(f"{served.base}/test/block", timeout=30)
+        # gunicorn's SIGABRT wakes the sleep; then either the watchdog's pending exception answers first (503
+        # timeout) or gunicorn's abort does (500, its error page made JSON): JSON either way
+        assert response.headers["Content-Type"] == "application/json"
+        assert (response.status_code, response.json()["error"]) in {(503, "timeout"), (500, "internal")}
+        assert requests.get(f"{served.base}/healthz", timeout=10).status_code == 200
+
+
+def test_gunicorn_without_front_answers_malformed_http_as_json(tmp_path: Path) -> None:
+    with serve(tmp_path, "--workers", "1", "--front", "none") as served:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nBad Header Name: x\r\n\r\n")
+            answer = sock.recv(4000)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/json" in head
+    assert json.loads(body)["error"] == "invalid"
+
+
 def test_every_output_line_is_json_and_no_control_socket(tmp_path: Path) -> None:
     """Provoke what used to print plain text: a worker killed with SIGKILL (gunicorn's error line), a
     Python warning and a traceback from a worker, nginx's own refusals (oversized body, broken request line,
@@ -398,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - measuremen
     parser.add_argument("--connections", type=int, default=0, help="default: 30 × workers × threads")
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--budget", type=float, default=2.0)
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between two trickled pieces")
     args = parser.parse_args(argv)
     import tempfile
 
@@ -407,11 +433,11 @@ def main(argv: list[str] | None = None) -> int:  # pragma: no cover - measuremen
         ready_workers=args.workers,
     ) as served:
         report = run_attack(served.base, served.port, connections=connections, seconds=args.seconds,
-                            budget=args.budget)
+                            budget=args.budget, interval=args.interval)
     lifetimes = sorted(report.header_lifetimes)
     print(json.dumps({
         "front": args.front, "workers": args.workers, "threads": args.threads, "connections": connections,
-        "seconds": args.seconds, "calls": report.calls, "ok": report.ok,
+        "seconds": args.seconds, "interval": args.interval, "calls": report.calls, "ok": report.ok,
         "availability_pct": round(100 * report.availability, 2),
         "p50_ms": round(1000 * report.percentile(0.5), 1), "p99_ms": round(1000 * report.percentile(0.99), 1),
         "max_ms": round(1000 * max(report.latencies, default=0), 1),
