@@ -295,10 +295,10 @@ def test_a_request_stuck_in_c_code_gets_gunicorns_error_as_json(tmp_path: Path) 
 
 
 def test_gunicorn_without_front_answers_malformed_http_as_json(tmp_path: Path) -> None:
-    with serve(tmp_path, "--workers", "1", "--front", "none") as served:
-        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nBad Header Name: x\r\n\r\n")
-            answer = sock.recv(4000)
+    with serve(tmp_path, "--workers", "1", "--front", "none") as served, \
+            socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nBad Header Name: x\r\n\r\n")
+        answer = sock.recv(4000)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/json" in head
     assert json.loads(body)["error"] == "invalid"
