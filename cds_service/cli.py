@@ -54,9 +54,6 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         serving.log.warning("nginx not found: development server without the buffering front",
                             extra={"event": "front-missing"})
     runtime = Path(tempfile.mkdtemp(prefix="nms-cds-serve-"))
-    multiproc = Path(os.environ.get(metrics.MULTIPROC_ENV) or runtime / "prometheus")
-    serving.clean_multiproc_dir(multiproc)
-    os.environ[metrics.MULTIPROC_ENV] = str(multiproc)
     upstream = runtime / "app.sock"
     bind = f"unix:{upstream}" if nginx else f"{host}:{port}"
     worker_timeout = timeout or int(settings.request_timeout_seconds + 10)
@@ -72,6 +69,10 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         state["funnel"] = serving.OutputFunnel()
         logs.configure_process()
         serving.json_gunicorn_errors()
+        # before the workers fork (they import prometheus_client on first use, in multiprocess mode)
+        multiproc = Path(os.environ.get(metrics.MULTIPROC_ENV) or runtime / "prometheus")
+        serving.clean_multiproc_dir(multiproc)
+        os.environ[metrics.MULTIPROC_ENV] = str(multiproc)
         if nginx is None:
             return
         conf = runtime / "nginx.conf"

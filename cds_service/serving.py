@@ -202,6 +202,13 @@ http {{
 """
 
 
+def _die_with_parent() -> None:
+    """In the nginx child before exec: Linux sends it SIGTERM if the gunicorn master dies (even by SIGKILL),
+    so no orphaned nginx keeps the port."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class Front:
     """The nginx process the gunicorn master owns."""
 
@@ -215,7 +222,7 @@ class Front:
             os.chmod(self.conf.parent, 0o711)
         self.proc = subprocess.Popen(
             [self.binary, "-e", "stderr", "-p", str(self.conf.parent), "-c", str(self.conf)],
-            stdin=subprocess.DEVNULL, close_fds=True,
+            stdin=subprocess.DEVNULL, close_fds=True, preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout
         probe = "127.0.0.1" if self.host in ("0.0.0.0", "") else ("::1" if self.host == "::" else self.host)

@@ -389,6 +389,22 @@ a stray print
     assert len(records) == 5
 
 
+def test_nginx_does_not_outlive_a_killed_master(tmp_path: Path) -> None:
+    _require_nginx()
+    with serve(tmp_path, "--workers", "1") as served:
+        os.kill(served.proc.pid, signal.SIGKILL)  # no clean-up code runs in the master
+        served.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", served.port), timeout=0.5).close()
+            except OSError:
+                break  # nobody listens any more: nginx went with its parent
+            time.sleep(0.2)
+        else:
+            pytest.fail("nginx still listens after its gunicorn master was killed")
+
+
 def test_missing_nginx_is_refused_in_production(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from cds_service import cli

@@ -175,7 +175,6 @@ _ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]{1,100}(:[0-9]{1,5})?")
 
 def _access(response: Response) -> Response:
     """One JSON access line and the request metrics per request (route template, never the raw path)."""
-    current_app.extensions["nms_cds_watchdog"].disarm()
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     method = request.method if request.method in _METHODS else "other"
     seconds = time.perf_counter() - g.get("started", time.perf_counter())
@@ -187,6 +186,12 @@ def _access(response: Response) -> Response:
 
 def _disarm(exc: BaseException | None) -> None:
     current_app.extensions["nms_cds_watchdog"].disarm()
+
+
+def _view_done(response: Response) -> Response:
+    """The first after-request step (registered last): the request's own work is over."""
+    current_app.extensions["nms_cds_watchdog"].disarm()
+    return response
 
 
 def _origin_label(origin: str) -> str:
@@ -223,6 +228,7 @@ def register(app: Flask) -> None:
     app.before_request(_start)
     app.after_request(_access)
     app.after_request(_cors)
+    app.after_request(_view_done)  # after-request functions run last-registered first
     app.teardown_request(_disarm)
     app.register_error_handler(RequestError, _error_response)
     app.register_error_handler(HTTPException, _http_error)
