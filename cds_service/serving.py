@@ -4,7 +4,7 @@ watchdog. The design and its measured figures are in docs/reliability.md ("Servi
 - **Front** (``NMS_CDS_FRONT=nginx``, the default): gunicorn's sync and gthread workers read a request in
   the worker (a thread per connection), so a client that trickles its headers holds that worker. nginx reads
   whole requests (headers within ``NMS_CDS_CLIENT_HEADER_TIMEOUT_SECONDS``, body pauses up to
-  ``NMS_CDS_CLIENT_BODY_TIMEOUT_SECONDS``, bodies beyond 1 MiB spooled to a temporary file) in its event loop
+  ``NMS_CDS_CLIENT_BODY_TIMEOUT_SECONDS``, bodies beyond 64 KiB spooled to a temporary file) in its event loop
   and passes only complete requests to gunicorn over a Unix socket; it also buffers the answers, so slow
   readers do not hold workers either. The gunicorn master starts nginx once its socket is bound
   (``when_ready``) and stops it on exit; nginx's own answers (400/408/413/502/504) are the documented JSON
@@ -154,7 +154,7 @@ http {{
     client_header_buffer_size 1k;
     large_client_header_buffers 4 16k;
     client_max_body_size {s.max_body_bytes};
-    client_body_buffer_size 1m;
+    client_body_buffer_size 64k;
     client_body_temp_path {runtime}/client_body;
     proxy_temp_path {runtime}/proxy;
     fastcgi_temp_path {runtime}/fastcgi;
@@ -327,8 +327,8 @@ class OutputFunnel:
         match = _NGINX_LINE.match(line)
         if match:
             level = _NGINX_LEVELS.get(match.group(1), "info")
-            if match.group(2).startswith(b"client "):  # "client intended to send too large body", ...
-                level = "info"  # the client's mistake, answered with a 4xx: not an error of the service
+            if match.group(2).startswith((b"client ", b"a client request body is buffered", b"an upstream response")):
+                level = "info"  # a client's mistake answered with a 4xx, or a large body spooled: not a fault
             self._emit(_record(level, "nginx", match.group(2).decode("utf-8", "replace")))
             return
         self._emit(_record("warning", "stderr", line.decode("utf-8", "replace")))
