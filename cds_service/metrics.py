@@ -60,11 +60,11 @@ def _m() -> dict[str, Any]:
                                           "Time from request start to response, by route", ["route"],
                                           buckets=LATENCY_BUCKETS),
                 hook_seconds=Histogram("nms_cds_hook_duration_seconds",
-                                       "Hook call latency (parse, FHIR work, assessment, cards)", ["service"],
-                                       buckets=LATENCY_BUCKETS),
+                                       "Hook call latency (parse, FHIR work, assessment, cards)",
+                                       ["service", "hook"], buckets=LATENCY_BUCKETS),
                 fhir=Counter("nms_cds_fhir_requests", "Outbound FHIR GETs by outcome", ["outcome"]),
-                cards=Counter("nms_cds_cards", "Cards returned, by service and indicator",
-                              ["service", "indicator"]),
+                cards=Counter("nms_cds_cards", "Cards returned, by service, hook and indicator",
+                              ["service", "hook", "indicator"]),
                 auth_failures=Counter("nms_cds_auth_failures", "Refused CDS client authentications by reason",
                                       ["reason"]),
                 overruns=Counter("nms_cds_request_overruns",
@@ -81,11 +81,11 @@ def observe_request(method: str, route: str, status: int, seconds: float) -> Non
     m["request_seconds"].labels(route).observe(seconds)
 
 
-def observe_hook(service: str, seconds: float, indicators: list[str]) -> None:
+def observe_hook(service: str, hook: str, seconds: float, indicators: list[str]) -> None:
     m = _m()
-    m["hook_seconds"].labels(service).observe(seconds)
+    m["hook_seconds"].labels(service, hook).observe(seconds)
     for indicator in indicators:
-        m["cards"].labels(service, indicator).inc()
+        m["cards"].labels(service, hook, indicator).inc()
 
 
 _REASON_CUT = re.compile(r"[:'\"(\[{].*$", re.DOTALL)

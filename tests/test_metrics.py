@@ -99,8 +99,8 @@ def test_requests_hooks_cards_by_route_status_and_indicator(client: FlaskClient)
     assert delta("nms_cds_http_requests_total", method="GET", route="/cds-services", status="200") == 1
     assert delta("nms_cds_http_requests_total", route="/cds-services/<service_id>", status="404") == 1
     assert delta("nms_cds_http_requests_total", route="unmatched", status="404") == 1
-    assert delta("nms_cds_hook_duration_seconds_count", service="nms-order-sign") == 1
-    assert delta("nms_cds_cards_total", service="nms-order-sign", indicator="critical") == 1
+    assert delta("nms_cds_hook_duration_seconds_count", service="nms-order-sign", hook="order-sign") == 1
+    assert delta("nms_cds_cards_total", service="nms-order-sign", hook="order-sign", indicator="critical") == 1
     assert "nope" not in after and "/no/such/route" not in after  # raw paths never become labels
 
 

@@ -94,7 +94,7 @@ def call_service(service_id: str) -> Response:
     if rt.settings.log_patient_ids:
         extra["patient_id"] = hook_request.patient_id
     log.info("hook answered", extra=extra)
-    metrics.observe_hook(service_id, time.perf_counter() - g.started,
+    metrics.observe_hook(service_id, service.hook, time.perf_counter() - g.started,
                          [str(card.get("indicator")) for card in response.get("cards", [])])
     return jsonify(response)
 
