@@ -74,6 +74,9 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         serving.clean_multiproc_dir(multiproc)
         os.environ[metrics.MULTIPROC_ENV] = str(multiproc)
         if nginx is None:
+            serving.log.info(f"serving on {bind} without a front (NMS_CDS_FRONT=none): slow clients hold workers",
+                             extra={"event": "serving", "front": "none", "bind": bind, "workers": workers,
+                                    "threads": threads})
             return
         conf = runtime / "nginx.conf"
         conf.write_text(serving.nginx_conf(settings, host=host, port=port, upstream=upstream, runtime=runtime))
@@ -96,8 +99,13 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
             os.kill(master, signal.SIGTERM)
 
         proxy.watch(front_died)
-        serving.log.info("serving", extra={"event": "serving", "front": "nginx", "bind": f"{host}:{port}",
-                                           "workers": workers, "threads": threads})
+        serving.log.info(
+            f"serving on {host}:{port} through nginx: headers within {settings.client_header_timeout_seconds:g} s, "
+            f"body pauses up to {settings.client_body_timeout_seconds:g} s, keep-alive "
+            f"{settings.keepalive_timeout_seconds:g} s, at most {settings.front_max_connections} connections, "
+            f"requests stopped after {settings.request_timeout_seconds:g} s",
+            extra={"event": "serving", "front": "nginx", "bind": f"{host}:{port}", "workers": workers,
+                   "threads": threads})
 
     def child_exit(server: object, worker: object) -> None:
         from prometheus_client import multiprocess
