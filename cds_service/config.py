@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     front_max_connections: int = Field(
         4096, ge=64, le=65536, description="Client connections the front holds at once"
     )
+    front_max_requests_per_client: int = Field(
+        256, ge=0, le=65536,
+        description="Requests (headers read, body arriving or being answered) at once per client address; "
+                    "429 beyond; 0: no limit",
+    )
     request_timeout_seconds: float = Field(
         20.0, gt=0, le=600,
         description="A request still running after this answers 503 JSON and the worker goes on",

@@ -127,6 +127,8 @@ def nginx_conf(settings: Settings, *, host: str, port: int, upstream: Path, runt
         log.warning(f"NMS_CDS_FRONT_MAX_CONNECTIONS lowered to {conns}: open-file limit {hard}",
                     extra={"event": "config-warning"})
     proxy_read = s.request_timeout_seconds + 5
+    per_client = (f"        limit_conn nms_cds_per_client {s.front_max_requests_per_client};\n"
+                  if s.front_max_requests_per_client else "")
     return f"""# written by nms-cds serve; see cds_service/serving.py
 daemon off;
 master_process on;
@@ -160,12 +162,15 @@ http {{
     fastcgi_temp_path {runtime}/fastcgi;
     uwsgi_temp_path {runtime}/uwsgi;
     scgi_temp_path {runtime}/scgi;
+    limit_conn_zone $binary_remote_addr zone=nms_cds_per_client:10m;
+    limit_conn_status 429;
+    limit_conn_log_level info;
     upstream nms_cds_app {{
         server unix:{upstream};
     }}
     server {{
         listen {_listen(host, port)} backlog=4096;
-        location / {{
+{per_client}        location / {{
             proxy_pass http://nms_cds_app;
             proxy_http_version 1.1;
             proxy_set_header Host $http_host;
@@ -180,6 +185,7 @@ http {{
         error_page 400 414 431 494 /_nms_cds_error/400;
         error_page 408 /_nms_cds_error/408;
         error_page 413 /_nms_cds_error/413;
+        error_page 429 /_nms_cds_error/429;
         error_page 500 502 503 504 /_nms_cds_error/503;
         location = /_nms_cds_error/400 {{
             internal;
@@ -192,6 +198,10 @@ http {{
         location = /_nms_cds_error/413 {{
             internal;
             return 413 '{_json_body("too-costly", f"request body larger than {s.max_body_bytes} bytes")}';
+        }}
+        location = /_nms_cds_error/429 {{
+            internal;
+            return 429 '{_json_body("too-many-requests", "too many requests at once from this address")}';
         }}
         location = /_nms_cds_error/503 {{
             internal;

@@ -413,6 +413,32 @@ def test_nginx_does_not_outlive_a_killed_master(tmp_path: Path) -> None:
             pytest.fail("nginx still listens after its gunicorn master was killed")
 
 
+def test_one_address_cannot_hold_more_than_its_share_of_requests(tmp_path: Path) -> None:
+    """Trickled bodies stay open while they keep coming; NMS_CDS_FRONT_MAX_REQUESTS_PER_CLIENT bounds how many
+    one client address holds, the next answers 429 JSON at once."""
+    _require_nginx()
+    env = {"NMS_CDS_FRONT_MAX_REQUESTS_PER_CLIENT": "3"}
+    with serve(tmp_path, "--workers", "1", env=env) as served:
+        held = []
+        head = (f"POST {HOOK_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                "Content-Length: 1000\r\n\r\n[").encode()
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", served.port), timeout=5)
+            sock.sendall(head)
+            held.append(sock)
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", served.port), timeout=5) as extra:
+            extra.sendall(head)
+            answer = extra.recv(4000)
+        refused = requests.get(f"{served.base}/healthz", timeout=5)
+        for sock in held:
+            sock.close()
+        time.sleep(0.3)
+        assert requests.get(f"{served.base}/healthz", timeout=5).status_code == 200  # slots freed
+    assert answer.startswith(b"HTTP/1.1 429") and b'"too-many-requests"' in answer
+    assert refused.status_code == 429 and refused.json()["error"] == "too-many-requests"
+
+
 def test_missing_nginx_is_refused_in_production(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     from cds_service import cli
@@ -434,7 +460,8 @@ def test_nginx_configuration_carries_the_limits() -> None:
     conf = serving.nginx_conf(settings, host="::", port=9999, upstream=Path("/r/app.sock"), runtime=Path("/r"))
     for directive in ("client_header_timeout 7000ms;", "client_body_timeout 9000ms;", "keepalive_timeout 4000ms;",
                       "worker_connections 1000;", "client_max_body_size 5000;", "proxy_read_timeout 17000ms;",
-                      "listen [::]:9999", "server unix:/r/app.sock;", "client_body_temp_path /r/client_body;"):
+                      "listen [::]:9999", "server unix:/r/app.sock;", "client_body_temp_path /r/client_body;",
+                      "limit_conn nms_cds_per_client 256;"):
         assert directive in conf
     assert "/etc/nginx" not in conf and "/var/" not in conf.replace("/dev/stderr", "")
 
