@@ -209,10 +209,25 @@ def _attack(port: int, report: AttackReport, stop: threading.Event, interval: fl
     sel.close()
 
 
+LEGIT_ADDRESS = "127.0.0.2"  # the attacker connects from 127.0.0.1: two client addresses, as in real life
+
+
+class _FromAddress(requests.adapters.HTTPAdapter):
+    """Connect from a given loopback source address (per-address limits count the two clients apart)."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self._address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
 def run_attack(base: str, port: int, *, connections: int, seconds: float, budget: float,
                interval: float = 1.0) -> AttackReport:
-    """Legitimate calls (health, discovery, a prefetch hook call, in turn, one every 50 ms) during the attack;
-    a call counts as ok when it answers 200 within ``budget`` seconds."""
+    """Legitimate calls (health, discovery, a prefetch hook call, in turn, one every 50 ms, from 127.0.0.2)
+    during the attack (from 127.0.0.1); a call counts as ok when it answers 200 within ``budget`` seconds."""
     report = AttackReport(connections=connections)
     stop = threading.Event()
     attacker = threading.Thread(target=_attack, args=(port, report, stop, interval), daemon=True)
@@ -223,6 +238,7 @@ def run_attack(base: str, port: int, *, connections: int, seconds: float, budget
     end = time.monotonic() + seconds
     i = 0
     with requests.Session() as session:
+        session.mount("http://", _FromAddress(LEGIT_ADDRESS))
         while time.monotonic() < end:
             method, path, data = calls[i % len(calls)]
             i += 1
