@@ -11,7 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from cds_service import __version__, tools
+from cds_service import __version__, report, tools
 from cds_service.config import AuthMode, Settings
 from cds_service.fhir.client import is_loopback
 
@@ -43,6 +43,8 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         except TrustedClientsError as exc:
             print(f"nms-cds: {exc}", file=sys.stderr)
             return 2
+    if not _store_ready(settings):
+        return 1
     logs.configure(settings.log_level)
     front = front or settings.front
     nginx = serving.nginx_binary() if front == "nginx" else None
@@ -156,6 +158,20 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
     return code if isinstance(code, int) else (0 if code is None else 1)
 
 
+def _store_ready(settings: Settings) -> bool:
+    """Open the store once before any worker starts: migrations run here, and a store that cannot be used
+    is one clear line (the cause, never a path or URL) instead of a traceback per gunicorn worker."""
+    from cds_service.errors import StoreUnavailable
+    from cds_service.store import open_store
+
+    try:
+        open_store(settings).close()
+    except StoreUnavailable as exc:
+        print(f"nms-cds: store unavailable: {exc.cause}", file=sys.stderr)
+        return False
+    return True
+
+
 def _serve(args: argparse.Namespace) -> int:
     return run_server(Settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads,
                       timeout=args.timeout, max_requests=args.max_requests, front=args.front,
@@ -180,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-requests", type=int, default=0, help="recycle a worker after N requests (0: never)")
     serve.set_defaults(func=_serve)
     tools.register(sub)
+    report.register(sub)
     return parser
 
 

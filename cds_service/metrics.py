@@ -34,6 +34,7 @@ from cds_service.errors import (
     FhirNotAllowed,
     FhirNotFound,
     FhirTimeout,
+    StoreUnavailable,
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -144,8 +145,8 @@ def readiness(rt: Any) -> list[str]:
     """What keeps this worker from serving calls; empty when ready.
 
     Checks the configuration (built at start: the runtime exists), the trusted clients in JWT mode (loaded,
-    file still readable) and, when the runtime has a ``store`` with a ``ping()`` method, that it answers
-    (``ping()`` raising or returning ``False`` is not ready). No store: nothing to check.
+    file still readable) and the runtime's ``store`` and ``replay`` guard (when it is a separate backend, e.g.
+    Redis): ``ping()`` raising or returning ``False`` is not ready. No store: nothing to check.
     """
     problems: list[str] = []
     settings = rt.settings
@@ -156,13 +157,18 @@ def readiness(rt: Any) -> list[str]:
         if path is not None and not os.path.isfile(path):
             problems.append("trusted clients file is not readable")
     store = getattr(rt, "store", None)
-    ping = getattr(store, "ping", None)
-    if callable(ping):
+    replay = getattr(rt, "replay", None)
+    for name, backend in (("store", store), ("replay guard", replay if replay is not store else None)):
+        ping = getattr(backend, "ping", None)
+        if not callable(ping):
+            continue
         try:
             if ping() is False:
-                problems.append("store not usable")
-        except Exception as exc:  # any failure of the store means not ready; the type is enough to log
-            problems.append(f"store not usable ({type(exc).__name__})")
+                problems.append(f"{name} not usable")
+        except StoreUnavailable as exc:  # its cause is safe to return by contract (no path, URL or secret)
+            problems.append(f"{name} not usable: {exc.cause}")
+        except Exception as exc:  # any other failure: the type only
+            problems.append(f"{name} not usable ({type(exc).__name__})")
     return problems
 
 
