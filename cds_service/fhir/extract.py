@@ -71,7 +71,8 @@ def _texts(concept: Any) -> list[str]:
 def relevant_loinc() -> frozenset[str]:
     vs = load()
     wanted = set(VITAL_CONCEPTS) | set(LAB_CONCEPTS) | {"bp-panel"}
-    return frozenset(code for code, c in vs.observations_by_code.items() if c.concept in wanted)
+    return frozenset({code for code, c in vs.observations_by_code.items() if c.concept in wanted}
+                     | vs.culture_codes)
 
 
 def _has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
@@ -122,9 +123,11 @@ def parsed_observation(raw: Mapping[str, Any], wanted: frozenset[str], out: Extr
             low = _num(rr.low.value)
     if obs.valueQuantity is not None or not obs.component:
         q = obs.valueQuantity
+        value_codes = _codings(obs.valueCodeableConcept) + tuple(
+            c for concept in (obs.interpretation or []) for c in _codings(concept))
         out.observations.append(ObservationInput(
             ref, obs.status, codes, _num(q.value) if q else None, (q.code or q.unit) if q else None,
-            time, low, high, ref_unit))
+            time, low, high, ref_unit, value_codes))
     for comp in obs.component or []:
         comp_codes = tuple(c.code for c in (comp.code.coding or []) if c.code and c.system in (LOINC, None))
         q = comp.valueQuantity
@@ -668,6 +671,116 @@ def parsed_medication_request(raw: Mapping[str, Any], *, is_draft: bool, patient
     )
 
 
+def _medication_concept(model: Any, medications: Mapping[str, Any]) -> tuple[tuple[Coding, ...], list[str]]:
+    """Codings and names of ``medicationCodeableConcept`` or of the Medication ``medicationReference`` points to
+    (contained, or given in ``medications`` by "Medication/<id>")."""
+    if getattr(model, "medicationCodeableConcept", None) is not None:
+        return _codings(model.medicationCodeableConcept), _texts(model.medicationCodeableConcept)
+    codings: tuple[Coding, ...] = ()
+    names: list[str] = []
+    reference_element = getattr(model, "medicationReference", None)
+    if reference_element is not None:
+        reference = reference_element.reference or ""
+        target: Any = None
+        if reference.startswith("#"):
+            target = next((c for c in (model.contained or []) if getattr(c, "id", None) == reference[1:]), None)
+        elif reference:
+            found = medications.get(reference.split("/_history")[0])
+            target = parse(found).model if found else None
+        if target is not None and getattr(target, "code", None) is not None:
+            codings, names = _medication_names(target)
+        if reference_element.display:
+            names.append(reference_element.display)
+    return codings, names
+
+
+def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[str, Any],
+                              out: Extracted) -> MedicationInput | None:
+    """A dose given: ``effective[x]`` is when (start and end of an infusion); the status decides whether it
+    counts (the rules drop ``not-done`` and ``entered-in-error``)."""
+    result = parse(raw)
+    out.repairs += bool(result.repairs)
+    ma = result.model
+    if ma is None:
+        out.unreadable += 1
+        return None
+    codings, names = _medication_concept(ma, medications)
+    start = when(ma.effectiveDateTime)
+    end = None
+    if ma.effectivePeriod is not None:
+        start = start or when(ma.effectivePeriod.start)
+        end = when(ma.effectivePeriod.end)
+    dosage = ma.dosage
+    route = dosage.route if dosage is not None else None
+    dose = dosage.dose if dosage is not None else None
+    return MedicationInput(
+        ref=f"MedicationAdministration/{ma.id}" if ma.id else None,
+        is_draft=False,
+        status=ma.status,
+        codings=codings,
+        names=tuple(dict.fromkeys(n for n in names if n)),
+        route=_codings(route),
+        route_text=route.text if route is not None else None,
+        authored=start,
+        ended=end or start,
+        dose_value=_num(dose.value) if dose is not None else None,
+        dose_unit=(dose.code or dose.unit) if dose is not None else None,
+        kind="administration",
+    )
+
+
+def medication_statement(raw: Mapping[str, Any], *, medications: Mapping[str, Any],
+                         out: Extracted) -> MedicationInput | None:
+    """Home or reported medication: ``effective[x]`` (period or date), else ``dateAsserted``, is when."""
+    result = parse(raw)
+    out.repairs += bool(result.repairs)
+    ms = result.model
+    if ms is None:
+        out.unreadable += 1
+        return None
+    codings, names = _medication_concept(ms, medications)
+    start = when(ms.effectiveDateTime)
+    end = None
+    if ms.effectivePeriod is not None:
+        start = start or when(ms.effectivePeriod.start)
+        end = when(ms.effectivePeriod.end)
+    if start is None and end is None:
+        start = when(ms.dateAsserted)
+    dosage = (ms.dosage or [None])[0]
+    route = dosage.route if dosage is not None else None
+    dose_value = dose_unit = None
+    if dosage is not None and dosage.doseAndRate and dosage.doseAndRate[0].doseQuantity is not None:
+        dq = dosage.doseAndRate[0].doseQuantity
+        dose_value, dose_unit = _num(dq.value), dq.code or dq.unit
+    return MedicationInput(
+        ref=f"MedicationStatement/{ms.id}" if ms.id else None,
+        is_draft=False,
+        status=ms.status,
+        codings=codings,
+        names=tuple(dict.fromkeys(n for n in names if n)),
+        route=_codings(route),
+        route_text=route.text if route is not None else None,
+        authored=start,
+        ended=end,
+        dose_value=dose_value,
+        dose_unit=dose_unit,
+        kind="statement",
+    )
+
+
+def administrations_and_statements(given: Iterable[Mapping[str, Any]], stated: Iterable[Mapping[str, Any]],
+                                   medications: Mapping[str, Any], out: Extracted) -> None:
+    """MedicationAdministration and MedicationStatement records into ``out.medications`` (any hook's service)."""
+    for raw in given:
+        med = medication_administration(raw, medications=medications, out=out)
+        if med is not None:
+            out.medications.append(med)
+    for raw in stated:
+        med = medication_statement(raw, medications=medications, out=out)
+        if med is not None:
+            out.medications.append(med)
+
+
 def history(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
     for raw in resources:
         kind = raw.get("resourceType")
@@ -688,9 +801,14 @@ def history(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
         if model.verificationStatus is not None and model.verificationStatus.coding:
             verification = model.verificationStatus.coding[0].code
         recorded = when(getattr(model, "recordedDate", None)) or when(getattr(model, "onsetDateTime", None))
+        status = model.clinicalStatus.coding[0].code if (
+            model.clinicalStatus is not None and model.clinicalStatus.coding) else None
+        abated = when(getattr(model, "abatementDateTime", None))
+        if abated is None and getattr(model, "abatementPeriod", None) is not None:
+            abated = when(model.abatementPeriod.end)
         out.history.append(HistoryInput(
             "condition" if kind == "Condition" else "allergy", tuple(codings), "; ".join(texts) or None,
-            recorded, verification, f"{kind}/{model.id}" if model.id else None))
+            recorded, verification, f"{kind}/{model.id}" if model.id else None, status, abated))
 
 
 def patient_sex(resources: Iterable[Mapping[str, Any]]) -> str | None:

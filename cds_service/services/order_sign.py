@@ -16,6 +16,7 @@ from cds_service.errors import FhirError, FhirNotAllowed, PreconditionFailed
 from cds_service.fhir import extract
 from cds_service.fhir.client import Deadline, FhirClient, QueryPool
 from cds_service.fhir.prefetch import resolve
+from cds_service.fhir.scope import restrict
 from cds_service.hooks.request import HookRequest
 from cds_service.services.cards import build_cards
 from cds_service.services.templates import prefetch_templates
@@ -28,10 +29,12 @@ OBSERVATION_KEYS = ("temperature", "vitals", "labs")
 KEY_WORDS = {
     "patient": "patient demographics",
     "medications": "medication orders",
+    "administrations": "medication administrations",
+    "statements": "medication statements",
     "temperature": "temperatures",
     "vitals": "vital signs",
     "labs": "laboratory results",
-    "conditions": "conditions (NMS history)",
+    "conditions": "conditions (NMS history, infections)",
     "allergies": "allergies (NMS history)",
 }
 
@@ -100,12 +103,17 @@ class OrderSignService:
                 reason += "; fhirServer is not in the service's FHIR allowlist and was not contacted"
             raise PreconditionFailed(f"required FHIR data could not be obtained ({reason})")
 
+        drafts, scope = restrict(data, req.draft_resources(), req.patient_id)
         out = extract.Extracted()
-        medication_resources = {f"Medication/{r.get('id')}": r for r in data["medications"].resources
-                                if r.get("resourceType") == "Medication"}
-        drafts_raw = [r for r in req.draft_resources() if r.get("resourceType") == "MedicationRequest"]
+        medication_resources = {f"Medication/{r.get('id')}": r for k in ("medications", "administrations", "statements")
+                                for r in data[k].resources if r.get("resourceType") == "Medication"}
+        drafts_raw = [r for r in drafts if r.get("resourceType") == "MedicationRequest"]
         record_raw = [r for r in data["medications"].resources if r.get("resourceType") == "MedicationRequest"]
-        self._fetch_medications(drafts_raw + record_raw, medication_resources, client, deadline)
+        given_raw = [r for r in data["administrations"].resources
+                     if r.get("resourceType") == "MedicationAdministration"]
+        stated_raw = [r for r in data["statements"].resources if r.get("resourceType") == "MedicationStatement"]
+        self._fetch_medications(drafts_raw + record_raw + given_raw + stated_raw, medication_resources, client,
+                                deadline)
         ignored = 0
         for raw in drafts_raw:
             med = extract.medication_request(raw, is_draft=True, patient_id=req.patient_id,
@@ -119,6 +127,7 @@ class OrderSignService:
                                              medications=medication_resources, out=out)
             if med is not None:
                 out.medications.append(med)
+        extract.administrations_and_statements(given_raw, stated_raw, medication_resources, out)
         for key in OBSERVATION_KEYS:
             extract.observations(data[key].resources, out)
         extract.history(data["conditions"].resources + data["allergies"].resources, out)
@@ -133,6 +142,8 @@ class OrderSignService:
             history=tuple(out.history),
             missing=tuple(missing),
             ignored_orders=ignored,
+            other_patient=scope.other_patient,
+            capped=tuple(scope.capped),
         )
         assessment = assess(inp)
         report.indicator = assessment.indicator
