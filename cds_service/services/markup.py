@@ -11,7 +11,7 @@ card:
   which are then handled like any other;
 - ``md``: ``& < > "`` become HTML entities (no tag, ``<script>`` or ``<img onerror>``, can form) and every
   markdown punctuation character is backslash-escaped (no link, image, emphasis, code span, table cell or
-  heading); ``plain``: ``<`` and ``>`` are dropped;
+  heading; parentheses are harmless without brackets); ``plain``: ``<`` and ``>`` are dropped;
 - ``://`` and ``www.`` get a zero-width space so that no autolink (a tracking image or a link to another site)
   forms; ``javascript:`` cannot become a link without the link syntax escaped above;
 - the text is cut to ``limit`` characters (with "…").
@@ -24,7 +24,8 @@ import unicodedata
 
 _BREAKS = re.compile(r"[\s\u0000-\u001f\u007f-\u009f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]+")
 _AUTOLINK = re.compile(r"(?i)(://|www\.)")
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#!|~])")
+_LINE_START = re.compile(r"^([-+>=]|\d+[.)])")  # list, quote or setext marker if the text ever starts a line
 _ZWSP = "\u200b"
 
 
@@ -45,7 +46,8 @@ def md(text: object, limit: int = 160) -> str:
     """Foreign text for a markdown field: one line, no HTML, no markdown syntax, no autolink."""
     value = _reduce(text, limit)
     value = value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-    return _defuse_links(_MD_SPECIAL.sub(r"\\\1", value))
+    value = _LINE_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], _MD_SPECIAL.sub(r"\\\1", value))
+    return _defuse_links(value)
 
 
 def plain(text: object, limit: int = 120) -> str:

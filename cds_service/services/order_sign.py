@@ -34,7 +34,7 @@ KEY_WORDS = {
     "temperature": "temperatures",
     "vitals": "vital signs",
     "labs": "laboratory results",
-    "conditions": "conditions (NMS history, infections)",
+    "conditions": "conditions (NMS history)",
     "allergies": "allergies (NMS history)",
 }
 
