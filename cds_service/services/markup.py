@@ -11,7 +11,8 @@ card:
   which are then handled like any other;
 - ``md``: ``& < > "`` become HTML entities (no tag, ``<script>`` or ``<img onerror>``, can form) and every
   markdown punctuation character is backslash-escaped (no link, image, emphasis, code span, table cell or
-  heading; parentheses are harmless without brackets); ``plain``: ``<`` and ``>`` are dropped;
+  heading; parentheses are harmless without brackets); ``plain``: ``<`` and ``>`` are dropped and ``](`` /
+  ``![`` are split, so a renderer that treats the field as markdown finds no tag, link or image either;
 - ``://`` and ``www.`` get a zero-width space so that no autolink (a tracking image or a link to another site)
   forms; ``javascript:`` cannot become a link without the link syntax escaped above;
 - the text is cut to ``limit`` characters (with "…").
@@ -52,7 +53,7 @@ def md(text: object, limit: int = 160) -> str:
 
 def plain(text: object, limit: int = 120) -> str:
     """Foreign text for a plain-text field (summary, label, description): one line, no tags, no autolink."""
-    value = _reduce(text, limit).replace("<", " ").replace(">", " ")
+    value = _reduce(text, limit).replace("<", " ").replace(">", " ").replace("](", "] (").replace("![", "! [")
     return _defuse_links(re.sub(r" {2,}", " ", value).strip())
 
 
