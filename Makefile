@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := fhir_server/node_modules/.installed
 
-.PHONY: install node run test test-unit test-integration lint typecheck fixtures bench fuzz soak clean
+.PHONY: install node run test test-unit test-integration test-node lint typecheck fixtures bench fuzz soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,16 @@ run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/nms-cds dev --host 127.0.0.1 --port 8080
 
-## make test: lint, type-check and every test (integration tests use the local Node FHIR server)
-test: install
-	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
+## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server) and the
+## local FHIR server's own Node tests
+test: install node
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+	cd fhir_server && npm test --silent
+
+test-node: node
+	cd fhir_server && npm test --silent
 
 test-unit: install
 	$(BIN)/pytest -q -m "not integration"

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cds_service import tools
+from cds_service import __version__, tools
 from cds_service.config import AuthMode, Settings
 from cds_service.fhir.client import is_loopback
 
@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nms-cds", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nms-cds {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the CDS Hooks service with gunicorn")
     serve.add_argument("--host", default="127.0.0.1")

@@ -768,6 +768,38 @@ def medication_statement(raw: Mapping[str, Any], *, medications: Mapping[str, An
     )
 
 
+@dataclass
+class ExposureRecords:
+    """The raw exposure records of the gathered keys, by kind, and the Medications they may reference."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    administrations: list[dict[str, Any]] = field(default_factory=list)
+    statements: list[dict[str, Any]] = field(default_factory=list)
+    medications: dict[str, Any] = field(default_factory=dict)  # "Medication/<id>" -> resource
+
+    def all(self) -> list[dict[str, Any]]:
+        return self.requests + self.administrations + self.statements
+
+
+_EXPOSURE_TYPES = {"MedicationRequest": "requests", "MedicationAdministration": "administrations",
+                   "MedicationStatement": "statements"}
+
+
+def exposure_records(data: Mapping[str, Any]) -> ExposureRecords:
+    """Sort the resources of the medication keys (``medications``, ``administrations``, ``statements``, any
+    that the hook's templates have) by kind; ``data`` maps key -> an object with ``resources``."""
+    out = ExposureRecords()
+    for key in ("medications", "administrations", "statements"):
+        item = data.get(key)
+        for raw in item.resources if item is not None else []:
+            kind = raw.get("resourceType")
+            if kind == "Medication":
+                out.medications[f"Medication/{raw.get('id')}"] = raw
+            elif kind in _EXPOSURE_TYPES:
+                getattr(out, _EXPOSURE_TYPES[kind]).append(raw)
+    return out
+
+
 def administrations_and_statements(given: Iterable[Mapping[str, Any]], stated: Iterable[Mapping[str, Any]],
                                    medications: Mapping[str, Any], out: Extracted) -> None:
     """MedicationAdministration and MedicationStatement records into ``out.medications`` (any hook's service)."""
