@@ -195,9 +195,11 @@ def analyse(cards: list[JsonDict]) -> JsonDict:
     exposure = detail.split("**Drug exposure:**")[1].split("\n\n")[0] if "**Drug exposure:**" in detail else ""
     lines = [ln for ln in exposure.splitlines() if ln.startswith("- **")]
     draft_only = bool(lines) and all("draft order (being signed)" in ln for ln in lines)
-    text = json.dumps(cards)
+    text = json.dumps(cards, ensure_ascii=False)
+    # named (its id) or used (its values: 40.1 degC, CK 24,000 U/L appear nowhere else in the corpus)
+    used = FOREIGN in text or "40.1 °C" in text or "24,000 U/L" in text
     return {"indicator": card["indicator"], "reasons": reasons, "draft_only": draft_only or not lines,
-            "foreign": FOREIGN in text}
+            "foreign": used}
 
 
 def settings_for(now: datetime, allow: list[str]) -> Settings:
@@ -297,7 +299,7 @@ def summarise(rows: list[JsonDict], sensitivity: JsonDict, records: int, seconds
     errors = [r for r in rows if r["status"] != 200]
     targets = {
         "critical_or_warning_with_draft_only_exposure": len(draft_only_alerts),
-        "cards_naming_another_patient": len(foreign),
+        "cards_using_another_patients_data": len(foreign),
         "non_200_answers": len(errors),
         "scenario_verdicts_kept": f"{sensitivity['kept']}/{sensitivity['scenarios']}",
     }

@@ -44,6 +44,6 @@ def test_snapshot_drops_the_future_and_reopens_later_resolved_conditions() -> No
 def test_hard_mimics_with_a_draft_give_no_warning_or_critical() -> None:
     result = burden.run(limit=None, server=False, corpus=records())
     assert result["targets"]["critical_or_warning_with_draft_only_exposure"] == 0
-    assert result["targets"]["cards_naming_another_patient"] == 0
+    assert result["targets"]["cards_using_another_patients_data"] == 0
     assert result["targets"]["non_200_answers"] == 0
     assert result["moments"] >= 2 * len(KINDS)
