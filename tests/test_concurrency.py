@@ -74,8 +74,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             "NMS_CDS_FHIR_ALLOWLIST": f"{fast.origin},{latency.origin}",
             "NMS_CDS_FIXED_NOW": fixtures.ANCHOR.isoformat(),
             "NMS_CDS_HOOK_BUDGET_SECONDS": str(BUDGET),
-            # one FHIR query pool per worker is shared by its THREADS requests (7 queries each)
-            "NMS_CDS_FHIR_CONCURRENCY": str(7 * THREADS),
+            # one FHIR query pool per worker is shared by its THREADS requests (9 queries each)
+            "NMS_CDS_FHIR_CONCURRENCY": str(9 * THREADS),
             "NMS_CDS_LOG_LEVEL": "WARNING",
         }
         nms_cds = shutil.which("nms-cds", path=str(REPO / ".venv" / "bin")) or "nms-cds"

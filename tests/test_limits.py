@@ -124,3 +124,24 @@ def test_linear_swing_equals_the_quadratic_definition(points: list[tuple[int, in
     span = timedelta(hours=24)
     got = _max_swing(series, span)
     assert (got[0] if got else None) == _quadratic(series, span)
+
+
+def test_ten_thousand_unrelated_orders_and_doses_answer_in_time(client: FlaskClient) -> None:
+    request = copy.deepcopy(fixtures.load_scenario("classic-nms").request)
+    subject = {"reference": f"Patient/{request['context']['patientId']}"}
+    n = 10_000
+    request["prefetch"]["medications"]["entry"] += [{"resource": {
+        "resourceType": "MedicationRequest", "id": f"m{i}", "status": "active", "intent": "order", "subject": subject,
+        "medicationCodeableConcept": {"text": f"unrelated medication {i} 50 mg tablet"}, "authoredOn": "2026-11-20"}}
+        for i in range(n)]
+    given = {"effectiveDateTime": "2026-11-22T10:00:00Z"}
+    for key, kind, when in (("administrations", "MedicationAdministration", given),
+                            ("statements", "MedicationStatement", {"effectivePeriod": {"start": "2026-10-01"}})):
+        request["prefetch"][key] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
+            "resourceType": kind, "id": f"{key}{i}", "status": "completed", "subject": subject,
+            "medicationCodeableConcept": {"text": f"another unrelated drug {i}"}, **when}} for i in range(n)]}
+    started = time.perf_counter()
+    response = client.post(URL, json=request)
+    assert time.perf_counter() - started < TIME_BOUND
+    assert response.status_code == 200
+    assert response.get_json()["cards"][0]["indicator"] == "critical"

@@ -10,6 +10,7 @@ import ast
 import csv
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -99,6 +100,7 @@ class ValueSets:
     culture_codes: frozenset[str] = frozenset()
     culture_results: dict[tuple[str, str], str] = field(default_factory=dict)  # -> positive/negative/...
     unit_spellings: dict[str, str] = field(default_factory=dict)  # spelling -> UCUM code
+    name_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # "drug"/"other": normalised -> name
 
     def atc(self, system: str | None, code: str) -> DrugConcept | None:
         return self.drugs_by_atc.get(code) if system in self.atc_systems else None
@@ -110,9 +112,14 @@ class ValueSets:
         return self.other_drugs.get((key or "", code))
 
     def match_other_drug(self, text: str) -> list[OtherDrug]:
-        if self.other_drug_pattern is None:
-            return []
-        return [self.other_drug_names[m.group(1)] for m in self.other_drug_pattern.finditer(text.lower())]
+        """Every antimicrobial, serotonergic, MH-trigger or anticholinergic ingredient named in free text."""
+        return [self.other_drug_names[name] for name in _names_in(text, self._other_keys(), first=False)]
+
+    def _other_keys(self) -> dict[str, Any]:
+        return self.name_keys["other"]
+
+    def _drug_keys(self) -> dict[str, Any]:
+        return self.name_keys["drug"]
 
     def cause_of(self, system: str | None, code: str | None) -> str | None:
         """The differential group (sepsis, pneumonia, heat-illness, ...) of a condition code, if any."""
@@ -143,10 +150,10 @@ class ValueSets:
 
     def match_drug_name(self, text: str) -> tuple[str, str, str] | None:
         """First known ingredient, brand or national name in free text: (ingredient, role, class)."""
-        found = self.drug_name_pattern.search(text.lower())
+        found = _names_in(text, self._drug_keys(), first=True)
         if not found:
             return None
-        name = found.group(1)
+        name = found[0]
         alias = self.drug_aliases.get(name)
         if alias is not None:
             return alias
@@ -154,6 +161,75 @@ class ValueSets:
             if entry[0] == name:
                 return entry
         return None  # pragma: no cover - the pattern is built from drug_names and drug_aliases
+
+
+# Free-text matching: the text and every name are reduced to lower-case words ("st. john's wort" ->
+# "st john s wort"); the first word n-gram (longest first at each position) that is a known name wins. The same
+# answer as a word-bounded regular expression over all names, in O(words) dictionary look-ups, cached per text.
+_WORD = re.compile(r"[^\W_]+")
+_MAX_WORDS = 4
+
+
+def _normal(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+_STARTS = "\x00starts"  # not a word: the key under which _keys keeps the multi-word starts
+
+
+def _keys(names: Iterable[str]) -> dict[str, Any]:
+    """Normalised name -> name as listed (first listed wins), and the first words of multi-word names."""
+    out: dict[str, Any] = {}
+    starts: dict[str, int] = {}
+    for name in names:
+        key = _normal(name)
+        out.setdefault(key, name)
+        words = key.split(" ")
+        if len(words) > 1:
+            starts[words[0]] = max(len(words), starts.get(words[0], 1))
+    out[_STARTS] = starts
+    return out
+
+
+def _names_in(text: str, keys: dict[str, Any], *, first: bool) -> list[str]:
+    return list(_cached_names(text[:1000], id(keys), first, keys))
+
+
+_NAME_CACHE: dict[tuple[str, int, bool], tuple[str, ...]] = {}
+
+
+def _cached_names(text: str, key_id: int, first: bool, keys: dict[str, Any]) -> tuple[str, ...]:
+    token = (text, key_id, first)
+    hit = _NAME_CACHE.get(token)
+    if hit is not None:
+        return hit
+    words = _WORD.findall(text.lower())
+    starts: dict[str, int] = keys[_STARTS]  # first word of a multi-word name -> longest such name, in words
+    found: list[str] = []
+    i, count = 0, len(words)
+    while i < count:
+        word = words[i]
+        longest = starts.get(word)
+        step = 1
+        if longest is None:
+            name = keys.get(word)
+        else:
+            name = None
+            for n in range(min(longest, count - i), 0, -1):
+                name = keys.get(word if n == 1 else " ".join(words[i:i + n]))
+                if name is not None:
+                    step = n
+                    break
+        if name is not None:
+            found.append(name)
+            if first:
+                break
+        i += step
+    result = tuple(found)
+    if len(_NAME_CACHE) >= 8192:  # bounded: a hostile record cannot grow it without limit
+        _NAME_CACHE.clear()
+    _NAME_CACHE[token] = result
+    return result
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -317,6 +393,7 @@ def load() -> ValueSets:
         culture_codes=cultures,
         culture_results=culture_results,
         unit_spellings=spellings,
+        name_keys={"drug": _keys([*(n[0] for n in ordered), *aliases]), "other": _keys(other_names)},
     )
 
 

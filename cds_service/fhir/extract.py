@@ -23,7 +23,7 @@ from fhir_core.types import Instant as _FhirInstant
 
 from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, ObservationInput
 from cds_service.clinical.rules import LAB_CONCEPTS, VITAL_CONCEPTS
-from cds_service.clinical.valuesets import LOINC, load
+from cds_service.clinical.valuesets import LOINC, RXNORM, load
 from cds_service.fhir.models import parse
 
 
@@ -800,17 +800,44 @@ def exposure_records(data: Mapping[str, Any]) -> ExposureRecords:
     return out
 
 
+def _names_a_known_drug(raw: Mapping[str, Any]) -> bool:
+    """Whether a record's ``medicationCodeableConcept`` names a drug any rule reads (exposure, withdrawal,
+    lithium, other causes); a reference, or anything unusual, is parsed to find out. The rules ignore every other
+    drug, so a long record of unrelated doses costs a dictionary look-up per dose instead of a model parse."""
+    if "medicationCodeableConcept" not in raw:
+        return True
+    concept = raw["medicationCodeableConcept"]
+    if not isinstance(concept, dict):
+        return True
+    vs = load()
+    texts: list[str] = [concept["text"]] if isinstance(concept.get("text"), str) else []
+    for coding in concept.get("coding") or []:
+        if not isinstance(coding, dict):
+            return True
+        system, code = coding.get("system"), coding.get("code")
+        if isinstance(code, str) and (
+                (system in (RXNORM, None) and vs.drug(code.strip()) is not None)
+                or vs.atc(system, code.strip()) is not None or vs.other_drug(system, code.strip()) is not None):
+            return True
+        if isinstance(coding.get("display"), str):
+            texts.append(coding["display"])
+    return any(vs.match_drug_name(t) is not None or vs.match_other_drug(t) for t in texts)
+
+
 def administrations_and_statements(given: Iterable[Mapping[str, Any]], stated: Iterable[Mapping[str, Any]],
                                    medications: Mapping[str, Any], out: Extracted) -> None:
-    """MedicationAdministration and MedicationStatement records into ``out.medications`` (any hook's service)."""
+    """MedicationAdministration and MedicationStatement records into ``out.medications`` (any hook's service);
+    records of drugs no rule reads are skipped before parsing."""
     for raw in given:
-        med = medication_administration(raw, medications=medications, out=out)
-        if med is not None:
-            out.medications.append(med)
+        if _names_a_known_drug(raw):
+            med = medication_administration(raw, medications=medications, out=out)
+            if med is not None:
+                out.medications.append(med)
     for raw in stated:
-        med = medication_statement(raw, medications=medications, out=out)
-        if med is not None:
-            out.medications.append(med)
+        if _names_a_known_drug(raw):
+            med = medication_statement(raw, medications=medications, out=out)
+            if med is not None:
+                out.medications.append(med)
 
 
 def history(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
