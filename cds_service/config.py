@@ -6,13 +6,17 @@ environment. Tests build :class:`Settings` directly and pass it to ``create_app`
 
 from __future__ import annotations
 
+import ssl
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cds_service.fhir.urls import normalise_allowlist, split_allowlist
 
 
 class AuthMode(StrEnum):
@@ -43,7 +47,21 @@ class Settings(BaseSettings):
 
     # --- outbound FHIR --------------------------------------------------------------------------
     fhir_allowlist: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated FHIR base-URL prefixes the service may query"
+        default_factory=list,
+        description="FHIR base URLs the service may query (comma, semicolon or whitespace separated, or a JSON "
+                    "list); parsed into scheme, host, port and path prefix, kept in canonical form",
+    )
+    ca_bundle: Path | None = Field(
+        None, description="PEM file (or OpenSSL hashed directory) of CA certificates trusted for FHIR and JWKS "
+                          "https calls; default: REQUESTS_CA_BUNDLE, SSL_CERT_FILE, else the system trust store",
+    )
+    requests_ca_bundle: Path | None = Field(
+        None, validation_alias="REQUESTS_CA_BUNDLE", description="The standard variable, used when "
+                                                                 "NMS_CDS_CA_BUNDLE is unset",
+    )
+    ssl_cert_file: Path | None = Field(
+        None, validation_alias="SSL_CERT_FILE", description="The standard OpenSSL variable, used when neither "
+                                                            "NMS_CDS_CA_BUNDLE nor REQUESTS_CA_BUNDLE is set",
     )
     allow_insecure_fhir: bool = Field(False, description="Allow http:// fhirServer that is not loopback")
     fhir_connect_timeout: float = Field(1.0, gt=0, description="Seconds to open a TCP/TLS connection")
@@ -73,11 +91,30 @@ class Settings(BaseSettings):
         None, description="Pin the clinical clock (tests, demos and replay of recorded fixtures only)"
     )
 
-    @field_validator("fhir_allowlist", "cors_origins", mode="before")
+    @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("fhir_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: object) -> object:
+        return split_allowlist(value) if isinstance(value, str) else value
+
+    @field_validator("fhir_allowlist")
+    @classmethod
+    def _parse_allowlist(cls, value: list[str]) -> list[str]:
+        return normalise_allowlist(value)  # ValueError naming the first bad entry (e.g. one without a host)
+
+    @field_validator("ca_bundle", "requests_ca_bundle", "ssl_cert_file")
+    @classmethod
+    def _ca_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and not value.exists():
+            name = {"ca_bundle": "NMS_CDS_CA_BUNDLE", "requests_ca_bundle": "REQUESTS_CA_BUNDLE",
+                    "ssl_cert_file": "SSL_CERT_FILE"}[info.field_name or "ca_bundle"]
+            raise ValueError(f"{name}={value}: no such file or directory; name a PEM file of CA certificates")
         return value
 
     @field_validator("public_base_url")
@@ -95,6 +132,20 @@ class Settings(BaseSettings):
         if not self.is_development and "*" in self.cors_origins:
             raise ValueError("NMS_CDS_CORS_ORIGINS='*' is for development only; list the allowed origins")
         return self
+
+    @cached_property
+    def tls_trust(self) -> tuple[str | bool, str]:
+        """What https calls verify against, and where that came from (for the start-up log line):
+        ``NMS_CDS_CA_BUNDLE``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, the system store, else certifi."""
+        for source, value in (("NMS_CDS_CA_BUNDLE", self.ca_bundle), ("REQUESTS_CA_BUNDLE", self.requests_ca_bundle),
+                              ("SSL_CERT_FILE", self.ssl_cert_file)):
+            if value is not None:
+                return str(value), source
+        system = ssl.get_default_verify_paths()
+        for path in (system.openssl_cafile, system.openssl_capath):
+            if path and Path(path).exists() and (Path(path).is_file() or any(Path(path).iterdir())):
+                return path, "system trust store"
+        return True, "certifi"
 
     @property
     def is_development(self) -> bool:
