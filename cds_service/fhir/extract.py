@@ -123,8 +123,10 @@ def parsed_observation(raw: Mapping[str, Any], wanted: frozenset[str], out: Extr
             low = _num(rr.low.value)
     if obs.valueQuantity is not None or not obs.component:
         q = obs.valueQuantity
-        value_codes = _codings(obs.valueCodeableConcept) + tuple(
-            c for concept in (obs.interpretation or []) for c in _codings(concept))
+        value_codes: tuple[Coding, ...] = ()
+        if obs.valueCodeableConcept is not None or set(codes) & load().culture_codes:  # coded results (cultures)
+            value_codes = _codings(obs.valueCodeableConcept) + tuple(
+                c for concept in (obs.interpretation or []) for c in _codings(concept))
         out.observations.append(ObservationInput(
             ref, obs.status, codes, _num(q.value) if q else None, (q.code or q.unit) if q else None,
             time, low, high, ref_unit, value_codes))

@@ -164,8 +164,9 @@ def detail(a: Assessment) -> str:
     if a.exposures:
         lines += ["", "**Drug exposure:**"]
         lines += [_exposure_line(e) for e in a.exposures if e.role in ("antagonist", "withdrawal")]
-    lines += _timeline(a)
-    lines += _other_causes(a)
+    if a.indicator != "info":  # an incomplete check claims no finding, so it weighs no cause either
+        lines += _timeline(a)
+        lines += _other_causes(a)
     if a.risk_factors:
         lines += ["", "**Risk factors:** " + "; ".join(a.risk_factors) + "."]
     if a.history:
