@@ -562,14 +562,6 @@ _CAUSE_LABELS = {
     "anticholinergic": "Anticholinergic toxicity",
     "rhabdomyolysis": "Rhabdomyolysis from another cause (trauma, exertion)",
 }
-_CONDITION_CAUSE = {
-    "sepsis": "infection", "septic-shock": "infection", "bacteremia": "infection", "pneumonia": "infection",
-    "urinary-tract-infection": "infection", "meningitis": "infection", "encephalitis": "infection",
-    "cellulitis": "infection", "intra-abdominal-infection": "infection", "febrile-neutropenia": "infection",
-    "covid-19": "infection", "heat-illness": "heat-illness", "heat-stroke": "heat-illness",
-    "malignant-hyperthermia": "malignant-hyperthermia", "serotonin-syndrome": "serotonin-syndrome",
-    "rhabdomyolysis": "rhabdomyolysis",
-}
 _KIND_WORDS = {"request": "order", "administration": "given", "statement": "reported"}
 _ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
 
@@ -636,10 +628,11 @@ def other_causes(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -> list
             f"serotonergic drug started in the last {th['serotonergic_start_days']} days: "
             + ", ".join(started_recently))
     condition_window = timedelta(days=th["condition_days"])
+    condition_groups: dict[str, str] = th["condition_groups"]
     for item in inp.history:
         if item.kind != "condition" or (item.verification or "").lower() in {"entered-in-error", "refuted"}:
             continue
-        causes = (_CONDITION_CAUSE.get(vs.cause_of(coding.system, (coding.code or "").strip()) or "")
+        causes = (condition_groups.get(vs.cause_of(coding.system, (coding.code or "").strip()) or "")
                   for coding in item.codings)
         cause = next((c for c in causes if c), None)
         if cause is None or (item.recorded is not None and item.recorded > now + _FUTURE_SKEW):
