@@ -4,9 +4,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY cds_service ./cds_service
-RUN pip install --no-compile . && useradd --system --uid 10001 --home-dir /app nmscds
+RUN pip install --no-compile . && useradd --system --uid 10001 --home-dir /app nmscds \
+    && mkdir -p /var/lib/nms-cds && chown 10001 /var/lib/nms-cds
 USER 10001
-ENV NMS_CDS_ENVIRONMENT=production NMS_CDS_AUTH=jwt
+# The embedded SQLite store (card audit, feedback, replay cache) when NMS_CDS_DATABASE_URL is not set.
+ENV NMS_CDS_ENVIRONMENT=production NMS_CDS_AUTH=jwt NMS_CDS_DATA_DIR=/var/lib/nms-cds
+VOLUME ["/var/lib/nms-cds"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=3s --start-period=10s --retries=3 \
   CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2).status == 200 else 1)"

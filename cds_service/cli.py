@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from cds_service import __version__, tools
+from cds_service import __version__, report, tools
 from cds_service.config import AuthMode, Settings
 from cds_service.fhir.client import is_loopback
 
@@ -33,6 +33,8 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         except TrustedClientsError as exc:
             print(f"nms-cds: {exc}", file=sys.stderr)
             return 2
+    if not _store_ready(settings):
+        return 1
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -54,6 +56,20 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
     return 0
 
 
+def _store_ready(settings: Settings) -> bool:
+    """Open the store once before any worker starts: migrations run here, and a store that cannot be used
+    is one clear line (the cause, never a path or URL) instead of a traceback per gunicorn worker."""
+    from cds_service.errors import StoreUnavailable
+    from cds_service.store import open_store
+
+    try:
+        open_store(settings).close()
+    except StoreUnavailable as exc:
+        print(f"nms-cds: store unavailable: {exc.cause}", file=sys.stderr)
+        return False
+    return True
+
+
 def _serve(args: argparse.Namespace) -> int:
     return run_server(Settings(), host=args.host, port=args.port, workers=args.workers, threads=args.threads,
                       timeout=args.timeout, max_requests=args.max_requests)
@@ -72,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-requests", type=int, default=0, help="recycle a worker after N requests (0: never)")
     serve.set_defaults(func=_serve)
     tools.register(sub)
+    report.register(sub)
     return parser
 
 

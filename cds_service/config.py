@@ -13,7 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cds_service.fhir.urls import normalise_allowlist, split_allowlist
@@ -84,7 +84,36 @@ class Settings(BaseSettings):
 
     # --- behaviour --------------------------------------------------------------------------------
     service_id: str = Field("nms-order-sign", pattern=r"^[A-Za-z0-9\-_.]+$")
-    feedback_log: Path | None = Field(None, description="JSON-lines file to append card feedback to")
+    feedback_max_items: int = Field(50, ge=1, le=10_000, description="Feedback items accepted per request (413 beyond)")
+    feedback_max_item_bytes: int = Field(
+        8192, ge=256, le=1024 * 1024, description="Largest feedback item, as compact UTF-8 JSON (413 beyond)"
+    )
+
+    # --- persistence (cds_service/store/) -----------------------------------------------------------
+    data_dir: Path = Field(
+        Path("var"), description="Directory of the embedded SQLite store (created when missing)"
+    )
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:password@host:5432/db — PostgreSQL instead of the SQLite file"
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="redis://host:6379/0 — JWT replay cache in Redis (shared by several replicas)"
+    )
+    store_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Wait for a locked SQLite file, a PostgreSQL connection or statement, Redis"
+    )
+    audit_retention_days: int = Field(
+        400, ge=1, description="Card audit and feedback older than this are purged (hourly, and by `nms-cds purge`)"
+    )
+    audit_patient_ids: bool = Field(
+        False, description="Operator opt-in: store patientId in the card audit (default: a keyed hash only)"
+    )
+    audit_hash_key: SecretStr | None = Field(
+        None, description="Key of the patient-id hash; default: a random key kept in the store itself"
+    )
+    replay_max_per_issuer: int = Field(
+        100_000, ge=10, description="Unexpired jti kept per trusted client; beyond, only that client gets 401"
+    )
     log_level: str = Field("INFO")
     log_patient_ids: bool = Field(False, description="Operator opt-in: include patientId in logs")
     fixed_now: datetime | None = Field(

@@ -223,8 +223,10 @@ def demo(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
     from cds_service.config import Settings
 
+    # a throw-away store: demo cards never enter the configured audit (or a production database)
     app = create_app(Settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR,
-                              log_level="WARNING"))
+                              log_level="WARNING", data_dir=Path(tempfile.mkdtemp(prefix="nms-cds-demo-")),
+                              database_url=None, redis_url=None))
     client = app.test_client()
     failures = 0
     shown: dict[str, Any] | None = None
