@@ -39,7 +39,9 @@ require_local_fhir()
 
 CALLS = 50
 WORKERS, THREADS = 2, 8
-BUDGET = 4.0
+# The hook budget: generous, since a call makes 9 FHIR queries (7 before issue 11) and a key that misses the
+# budget on a loaded 2-core machine changes the answer (an incomplete check): this test is about cross-talk.
+BUDGET = 8.0
 SCENARIOS = fixtures.load_scenarios()
 KINDS = ("nms:critical", "nms:warning", "nms:info", "suggestion:remove-draft", "suggestion:order-labs")
 MODES = ("prefetch", "prefetch", "fhir", "fhir-latency", "fhir-slow-allergies")
