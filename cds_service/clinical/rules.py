@@ -8,7 +8,7 @@ import re
 import statistics
 from collections import deque
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from operator import attrgetter
 from typing import Any
@@ -184,7 +184,17 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets, at: datetime | None = None
             counted.append(exposure)
     # A dopaminergic drug that was stopped but is ordered again (active) is not a withdrawal.
     counted = [e for e in counted if not (e.role == "withdrawal" and e.ingredient in ongoing_dopaminergic)]
+    # Drafts first, then in time order: the same answer whatever order the server or prefetch listed them in.
+    counted.sort(key=_exposure_order)
+    recognised.sort(key=_exposure_order)
     return counted, recognised
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _exposure_order(e: Exposure) -> tuple[bool, datetime, str, str]:
+    return (not e.is_draft, e.authored or _EARLIEST, e.ref or "", e.label)
 
 
 def risk_factors(exposures: Sequence[Exposure], recognised: Sequence[Exposure], inp: ClinicalInput,
