@@ -2,6 +2,8 @@
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
+# nginx: the buffering front `nms-cds serve` starts in front of gunicorn (slow clients; docs/reliability.md)
+RUN apt-get update && apt-get install -y --no-install-recommends nginx && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY cds_service ./cds_service
 RUN pip install --no-compile . && useradd --system --uid 10001 --home-dir /app nmscds \

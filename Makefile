@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := fhir_server/node_modules/.installed
 
-.PHONY: install node servers run test test-unit test-integration test-node lint typecheck fixtures report-example bench fuzz soak clean
+.PHONY: front install node servers run test test-unit test-integration test-node lint typecheck fixtures report-example bench fuzz soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,14 +21,19 @@ $(NODE_STAMP): fhir_server/package.json fhir_server/package-lock.json
 
 node: $(NODE_STAMP)
 
+## make front: the nginx binary `nms-cds serve` starts as its buffering front (Debian package)
+front:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && \
+	  (apt-get install -y -qq nginx-light >/dev/null 2>&1 || apt-get install -y -qq nginx >/dev/null))
+
 ## make run: local FHIR server with the fixture patients + the service on 127.0.0.1:8080 (development mode)
 run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/nms-cds dev --host 127.0.0.1 --port 8080
 
-## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server) and the
-## local FHIR server's own Node tests
-test: install node servers
+## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server and the
+## nginx front) and the local FHIR server's own Node tests
+test: install node servers front
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -68,15 +73,20 @@ clean:
 	rm -rf $(VENV) fhir_server/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 ## make bench: benchmark the service against a bare Flask floor (wrk on loopback); writes bench/results/latest.json
-bench: install node
+bench: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/run_bench.py
+
+## make burden: alert burden on records without NMS (Synthea + generated hard mimics), prefetch and local FHIR
+## server; writes bench/results/burden.json and fails when a target is missed (README "Alert burden")
+burden: install node
+	$(BIN)/python bench/burden.py
 
 ## make fuzz: property-based fuzzing of the HTTP surface, at least 10,000 cases
 fuzz: install
 	NMS_CDS_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 ## make soak: sustained mixed load at about half the measured saturation rate (default 10 minutes)
-soak: install node
+soak: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/soak.py --minutes $${SOAK_MINUTES:-10}

@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from cds_service import __version__
+from cds_service import __version__, metrics
 from cds_service.config import AuthMode, Settings
 from cds_service.hooks import wire
 
@@ -169,6 +169,7 @@ def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
                     "responses": {"200": _json(_ref("OpenApiDocument"), "OpenAPI 3.1 document")},
                 },
             },
+            **metrics.openapi_paths(public),  # /metrics and /readyz (cds_service/metrics.py)
         },
         "components": {
             "schemas": _schemas(list(dict.fromkeys(services.values()))),
