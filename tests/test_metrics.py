@@ -18,8 +18,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from cds_service import metrics
 from cds_service.app import create_app
-from cds_service.devtools import fixtures, metrics
+from cds_service.devtools import fixtures
 from tests.conftest import FHIR_BASE, make_settings
 from tests.jwt_helpers import ec_key, jwks, write_trusted_clients
 

@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service.devtools import fixtures, serving
+from cds_service import serving
+from cds_service.devtools import fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 NMS_CDS = REPO / ".venv" / "bin" / "nms-cds"
