@@ -196,8 +196,9 @@ def test_fault(app: Flask, server: localfhir.LocalFhirServer, spy: Spy, mode: st
         assert status == 412, f"{mode}/{scope}: expected 412, got {status}: {outcome}"
         for key in ("temperature", "vitals", "labs"):
             assert f"{key}: " in body["issue"][0]["diagnostics"]
-    elif scope == "medications" and hook == "patient-view":
-        # no draft and no readable order: no exposure, so the chart check stays quiet (it claims nothing)
+    elif scope == "medications" and hook in ("patient-view", "order-select"):
+        # no readable record exposure before onset: the chart check stays quiet, and order-select leaves the
+        # "check incomplete" card to signing (it claims nothing either way)
         assert status == 200 and cards == [], f"{mode}/{scope}/{hook}: {outcome}"
     elif scope == "medications":
         # medication orders unreadable: the card stands on the draft and the observations, and says so
