@@ -53,7 +53,7 @@ from flask import g, has_request_context
 from jwt.types import Options
 
 from cds_service.config import AuthMode, Settings
-from cds_service.errors import NmsCdsError, Unauthorized
+from cds_service.errors import ConfigError, Unauthorized
 from cds_service.fhir.client import is_loopback
 
 log = logging.getLogger("cds_service.auth")
@@ -90,7 +90,7 @@ _SIGNATURE_ONLY: Options = {
 }
 
 
-class TrustedClientsError(NmsCdsError):
+class TrustedClientsError(ConfigError):
     """The trusted clients configuration is missing or invalid (raised at start-up, never per request)."""
 
 
