@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import logging
 import os
 import signal
 import socket
@@ -260,5 +261,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return result
 
 
+def entry() -> None:
+    """The ``nms-cds`` console script."""
+    argv = sys.argv[1:]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # gunicorn's master and workers leave through sys.exit
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    if argv[:1] in (["serve"], ["dev"]):
+        # The server has stopped and cleaned up after itself (gunicorn's workers, forked inside, end here too):
+        # skip the interpreter's teardown of the imported app (about a second of freeing modules under load),
+        # so that Ctrl-C gives the prompt back at once.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    entry()

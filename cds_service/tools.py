@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -324,15 +325,16 @@ def dev(args: argparse.Namespace) -> int:
         ensure_port_free("127.0.0.1", args.fhir_port, "the local FHIR server", "--fhir-port (make run FHIR_PORT=...)")
     server: localfhir.LocalFhirServer | None = None
     fhir_base = None
-    with tempfile.TemporaryDirectory(prefix="nms-cds-dev-") as tmp:
+    owner = os.getpid()
+    tmp = Path(tempfile.mkdtemp(prefix="nms-cds-dev-"))
+    try:
         if with_fhir:
-            out = Path(tmp)
             delta = fixtures.delta_to(datetime.now(UTC))
             for scenario in fixtures.load_scenarios():
-                (out / f"{scenario.id}.json").write_text(json.dumps(fixtures.rebase(scenario.bundle, delta)))
-            server = localfhir.LocalFhirServer(load=[out], port=args.fhir_port).start()
+                (tmp / f"{scenario.id}.json").write_text(json.dumps(fixtures.rebase(scenario.bundle, delta)))
+            server = localfhir.LocalFhirServer(load=[tmp], port=args.fhir_port).start()
             fhir_base = server.base_url
-            _err(f"local FHIR server with {len(list(out.iterdir()))} fixture patients (times moved to now): "
+            _err(f"local FHIR server with {len(list(tmp.iterdir()))} fixture patients (times moved to now): "
                  f"{fhir_base}")
         else:
             _err("node/npm packages not available: serving without the local FHIR server (prefetch only)")
@@ -346,11 +348,14 @@ def dev(args: argparse.Namespace) -> int:
         if fhir_base:
             _err(f"try:  nms-cds call --service http://{args.host}:{args.port} "
                  f"--fhir-server {fhir_base} --patient nms-classic-nms --draft 5093")
-        try:
-            return run_server(settings, host=args.host, port=args.port, workers=1, threads=4)
-        finally:
+        return run_server(settings, host=args.host, port=args.port, workers=1, threads=4)
+    finally:
+        # gunicorn forks its workers inside run_server, and a worker's exit unwinds through this frame too:
+        # only the process that started the FHIR server stops it (a worker waiting for it hung until SIGKILL).
+        if os.getpid() == owner:
             if server is not None:
                 server.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def register(sub: Any) -> None:
