@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -62,6 +63,16 @@ def ensure_port_free(host: str, port: int, what: str, option: str) -> None:
                 raise UsageError(f"port {port} on {host} ({what}) needs privileges; "
                                  f"choose one above 1023 with {option}") from None
             raise UsageError(f"cannot listen on {host}:{port} ({what}): {exc.strerror}") from None
+
+
+def ensure_temp_dir() -> None:
+    """gunicorn and Python need a writable temporary directory: :class:`UsageError` with the fix when none is."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError:
+        raise UsageError("no writable temporary directory (tried $TMPDIR, /tmp, /var/tmp, /usr/tmp and the working "
+                         "directory); on a read-only root file system mount one: docker run --read-only "
+                         "--tmpfs /tmp ...") from None
 
 
 def env_port() -> int:
@@ -120,6 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
         _say(f"warning: {note}")
     settings = load_settings()
     port = args.port if args.port is not None else env_port()
+    ensure_temp_dir()
     ensure_port_free(args.host, port, "the CDS service", "--port or NMS_CDS_PORT")
     return run_server(settings, host=args.host, port=port, workers=args.workers, threads=args.threads,
                       timeout=args.timeout, max_requests=args.max_requests)
