@@ -19,6 +19,7 @@ from datetime import datetime
 from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import annotated_types
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
     public_base_url: str = Field(
         "http://127.0.0.1:8080",
         description="Externally visible base URL of this service (no trailing slash); JWT `aud` is built from it",
+        json_schema_extra={"form": "an http:// or https:// URL with a host, e.g. https://cds.example.org"},
     )
     auth: AuthMode = Field(AuthMode.JWT, description="'jwt' (default) or 'off' (loopback development only)")
     auth_off_force: bool = Field(False, description="Allow auth=off on a non-loopback bind (never in production)")
@@ -77,7 +79,9 @@ class Settings(BaseSettings):
     jwt_max_lifetime_seconds: int = Field(3600, ge=60, le=3600)
     jwks_refresh_min_interval_seconds: float = Field(60.0, ge=1)
     cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated allowed origins in production; '*' in development"
+        default_factory=list, description="Comma-separated allowed origins in production; '*' in development",
+        json_schema_extra={"form": "a comma-separated list of origins, e.g. https://ehr.example.org ('*': "
+                                   "development only)"},
     )
 
     # --- outbound FHIR --------------------------------------------------------------------------
@@ -139,7 +143,10 @@ class Settings(BaseSettings):
     @field_validator("public_base_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
-        return value.rstrip("/")
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("not an http(s) URL with a host")
+        return value.strip().rstrip("/")
 
     @field_validator("cors_origins")
     @classmethod
@@ -317,8 +324,9 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     for name in sorted(environ):
         if not name.upper().startswith(ENV_PREFIX) or name.upper() in known or name.upper() in OTHER_VARIABLES:
             continue
-        close = difflib.get_close_matches(name.upper(), known + list(OTHER_VARIABLES), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]}?" if close else "; see the README's Configuration table"
+        suffixes = [k.removeprefix(ENV_PREFIX) for k in [*known, *OTHER_VARIABLES]]
+        close = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else "; see the README's Configuration table"
         notes.append(f"{name} is not a setting of nms-cds and is ignored{hint}")
     return notes
 
