@@ -9,7 +9,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY requirements-build.lock ./
 RUN pip install --require-hashes --no-deps -r requirements-build.lock
-COPY pyproject.toml setup.py MANIFEST.in README.md ./
+COPY pyproject.toml setup.py MANIFEST.in README.md LICENSE NOTICE ./
 COPY cds_service ./cds_service
 COPY fhir_fixtures ./fhir_fixtures
 RUN pip wheel --no-deps --no-build-isolation -w /dist .

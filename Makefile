@@ -10,7 +10,7 @@ FHIR_PORT ?= 8081
 UV_VERSION := 0.13.8
 LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
 
-.PHONY: install node run lock test test-unit test-integration lint typecheck fixtures bench fuzz soak clean
+.PHONY: install node run lock test test-unit test-integration test-node lint typecheck fixtures bench fuzz soak clean
 
 ## make install: .venv exactly as locked (requirements-dev.lock, hashes checked), then this package (no deps)
 $(STAMP): pyproject.toml $(LOCKS) scripts/lock.py
@@ -49,12 +49,16 @@ run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/nms-cds dev --host 127.0.0.1 --port $(PORT) --fhir-port $(FHIR_PORT)
 
-## make test: lint, type-check and every test (integration tests use the local Node FHIR server)
-test: install
-	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
+## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server) and the
+## local FHIR server's own Node tests
+test: install node
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+	cd fhir_server && npm test --silent
+
+test-node: node
+	cd fhir_server && npm test --silent
 
 test-unit: install
 	$(BIN)/pytest -q -m "not integration"

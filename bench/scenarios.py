@@ -49,7 +49,7 @@ VITALS_EVERY_HOURS = 4
 ORAL = ("26643006", "Oral route")
 IM = ("78421000", "Intramuscular route")
 
-# Common codes of the Synthea R4 sample records (shared/datasets/synthea-r4/synthea3-healthwallet):
+# Common codes of the Synthea R4 sample records (datasets/synthea-r4/synthea3-healthwallet):
 # (LOINC, display, UCUM unit, category, typical low, typical high). None of them is used by the rules;
 # :func:`filler_catalogue` checks that against the value sets.
 _FILLER: tuple[tuple[str, str, str, str, float, float], ...] = (

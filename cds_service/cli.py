@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cds_service import tools
+from cds_service import __version__, tools
 from cds_service.config import AuthMode, Settings, describe, load_settings, unknown_variables
 from cds_service.errors import ConfigError, UsageError
 from cds_service.fhir.client import is_loopback
@@ -236,6 +236,7 @@ def _serve_options(serve: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nms-cds", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"nms-cds {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = _serve_options(sub.add_parser("serve", help="serve the CDS Hooks service with gunicorn"))
     serve.add_argument("--workers", type=int, default=2)

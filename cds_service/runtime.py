@@ -10,13 +10,14 @@ from cds_service.auth import Authenticator
 from cds_service.config import Settings
 from cds_service.feedback import FeedbackStore
 from cds_service.fhir.client import QueryPool
-from cds_service.services.order_sign import OrderSignService
+from cds_service.services.engine import CdsService, Engine
+from cds_service.services.order_sign import OrderSignPolicy
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    services: dict[str, OrderSignService]
+    services: dict[str, CdsService]
     pool: QueryPool
     feedback: FeedbackStore
     authenticator: Authenticator
@@ -32,7 +33,8 @@ class Runtime:
             return fixed if fixed is not None else datetime.now(UTC)
 
         pool = QueryPool(settings.fhir_concurrency)
-        service = OrderSignService(settings, pool, clock)
+        engine = Engine(settings, pool, clock)
+        service = CdsService(OrderSignPolicy(settings), engine)
         return cls(
             settings=settings,
             services={service.id: service},

@@ -57,7 +57,7 @@ ROUTES = _routes()
 
 # Codes used below that are NOT in the project's TSV files (non-dopaminergic, non-antagonist drugs):
 # RxNorm 198440 "Acetaminophen 500 MG Oral Tablet" appears in the Synthea data of the real sandbox request
-# (shared/datasets/sandbox-requests/sandbox-order-sign-request.json, prefetch "meds").
+# (datasets/sandbox-requests/sandbox-order-sign-request.json, prefetch "meds").
 ACETAMINOPHEN_500 = ("198440", "Acetaminophen 500 MG Oral Tablet")
 
 
@@ -512,8 +512,8 @@ IM = "78421000"
 @scenario
 def classic_nms() -> Built:
     b = Builder("classic-nms", "Classic NMS course (haloperidol PO then IM)",
-                "The full structured IEC picture from nms-clinical.md 7.2, compressed into the windows: all five "
-                "data-derived criteria (63 points), low iron, acute-phase labs", "male", "1984-03-02")
+                "The full structured IEC picture from docs/clinical-reference.md 7.2, compressed into the windows: "
+                "all five data-derived criteria (63 points), low iron, acute-phase labs", "male", "1984-03-02")
     b.med("310672", status="stopped", days_ago=4, dose=Dose(5, frequency=2),
           validity=(at(days=-4), at(days=-2)))
     b.med("204416", status="active", days_ago=2, dose=Dose(5, frequency=4, route=IM))
@@ -625,7 +625,7 @@ def mimic_sepsis_no_antipsychotic() -> Built:
         "-> no card, whatever else is abnormal. From data alone: 39.0/39.2/39.1 -> hyperthermia 18; HR 118 vs 78 "
         "(+51 %) with RR 26 vs 16 (+62.5 %) at -26 h -> hypermetabolism 5 (total 23, never shown). BP falls "
         "(sepsis), no elevation or >= 25/20 mmHg swing. Iron 6.0 and WBC 18 are acute-phase findings, "
-        "non-specific (nms-clinical.md 0.3); CK 95 with ULN 200 is normal.",
+        "non-specific (docs/clinical-reference.md 0.3); CK 95 with ULN 200 is normal.",
         evidence={}))
 
 
@@ -682,7 +682,7 @@ def mimic_old_episode() -> Built:
 @scenario
 def mimic_entered_in_error() -> Built:
     b = Builder("mimic-entered-in-error", "Alarming values that were entered in error",
-                "Observations with status entered-in-error must be ignored (nms-clinical.md 0.6): no card",
+                "Observations with status entered-in-error must be ignored (docs/clinical-reference.md 0.6): no card",
                 "male", "1988-04-23")
     b.med("314154", status="active", days_ago=14, dose=Dose(10))
     b.baseline(t=36.8, hr=78, rr=16, bp=(122, 78))
@@ -913,7 +913,7 @@ def sandbox_quirks() -> Built:
         b.draft_raw(r)
     return Built(b, Expected(
         None, ["exposure"], [],
-        "draftOrders copied from the real sandbox request (shared/datasets/sandbox-requests/"
+        "draftOrders copied from the real sandbox request (datasets/sandbox-requests/"
         "sandbox-order-sign-request.json): no Bundle.type, id request-123, category as a single object (invalid "
         "R4), doseQuantity code {pill} without unit, RxNorm 197535 clozapine 100 MG Oral Tablet; plus a "
         "MedicationRequest with neither medication[x] nor intent (sandbox before a pick) and a NutritionOrder "
@@ -1029,8 +1029,8 @@ def boundary_exact_thresholds() -> Built:
         "conversion) and 38.0: none is > 38.0 (strict) -> hyperthermia NOT met. CK 800 with ULN 200 = exactly "
         "4.0 x ULN -> met (>=) -> 10. Baseline (afebrile: 24-168 h before the window start) HR 80, RR 16, BP "
         "120/80; at -16 h HR 100 = exactly +25 % and RR 24 = exactly +50 % -> hypermetabolism met (>=, "
-        "nms-clinical.md 1.3) -> 5. BP 140/90 = +16.7 %/+12.5 %, largest 24 h swing 12/8 mmHg -> no autonomic "
-        "item. Total 35; exposure + CK without hyperthermia -> warning, not critical.",
+        "docs/clinical-reference.md 1.3) -> 5. BP 140/90 = +16.7 %/+12.5 %, largest 24 h swing 12/8 mmHg -> "
+        "no autonomic item. Total 35; exposure + CK without hyperthermia -> warning, not critical.",
         evidence={"tmax_cel": 38.0, "ck_peak_u_l": 800, "ck_uln_u_l": 200},
         suggest_delete_draft=delete(d)))
 
@@ -1049,7 +1049,7 @@ README_HEAD = """\
 
 > **All data here are SYNTHETIC.** No real patient. Every resource in the bundles carries the meta tag
 > `http://terminology.hl7.org/CodeSystem/v3-ActReason|HTEST` ("test health data") and every Patient is named
-> `SYNTHETIC <scenario title>`. The shapes follow the published patterns in `shared/reference/nms-clinical.md`
+> `SYNTHETIC <scenario title>`. The shapes follow the published patterns in `docs/clinical-reference.md`
 > (section 7.2 and its negative/confounder fixtures); they are not case data.
 
 Each folder `scenarios/<id>/` holds:

@@ -1,4 +1,5 @@
-"""CDS Hooks 2.0.1 conformance: a walk through the CDS Hooks 2.0.1 checklist (discovery, call, prefetch, cards, feedback, JWT, CORS, errors)."""
+"""CDS Hooks 2.0.1 conformance: a walk through the spec checklist (discovery, call, prefetch, cards, feedback, JWT,
+CORS, errors)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from cds_service.app import create_app
 from cds_service.auth import Authenticator, ReplayCache, TrustedClientsError
 from cds_service.logs import JsonFormatter
 from cds_service.services.templates import prefetch_templates
-from tests.conftest import FHIR_BASE, make_settings, dataset_json
+from tests.conftest import FHIR_BASE, dataset_json, make_settings
 from tests.jwt_helpers import (
     SANDBOX_JKU,
     SPEC_PUBLIC_JWKS_FILE,

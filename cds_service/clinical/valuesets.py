@@ -1,7 +1,7 @@
 """Terminology and thresholds, loaded once from the data files in ``clinical/data/``.
 
-The TSV files are copies of ``shared/reference/valuesets/`` (each row names its public source); the
-thresholds file names a source for every number. Nothing here reads the clock or the network.
+Each TSV row names its public source and a verification mark; the thresholds file names a source for every
+number (keys [Sxx] resolve in docs/clinical-reference.md section 9). Nothing here reads the clock or the network.
 """
 
 from __future__ import annotations

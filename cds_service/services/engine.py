@@ -1,0 +1,226 @@
+"""The one engine every hook runs: gather → extract → assess → cards.
+
+Each step is one method, shared by all hooks; what differs between hooks is a small
+:class:`HookPolicy` (see :mod:`cds_service.services.order_sign`):
+
+- **gather** (:meth:`Engine.gather`): resolve the policy's prefetch templates (prefetch first, then the
+  FHIR server, see :mod:`cds_service.fhir.prefetch`) and apply the 412 rule;
+- **extract** (:meth:`Engine.extract`): flatten the FHIR data into the clinical core's plain records; the
+  policy decides which of the request's draft orders count as the new exposure;
+- **assess**: the pure clinical core (:func:`cds_service.clinical.assess`);
+- **cards** (:meth:`HookPolicy.cards`): the policy turns the assessment into the hook's cards.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from cds_service.clinical import Assessment, ClinicalInput, assess
+from cds_service.config import Settings
+from cds_service.errors import FhirError, FhirNotAllowed, PreconditionFailed
+from cds_service.fhir import extract
+from cds_service.fhir.client import Deadline, FhirClient, QueryPool
+from cds_service.fhir.prefetch import KeyData, resolve
+from cds_service.hooks.request import HookRequest
+
+log = logging.getLogger("cds_service.engine")
+
+# Keys whose data the rules need; if *all* observation keys fail the answer is 412, otherwise the
+# service answers with what it could see and says what it could not.
+OBSERVATION_KEYS = ("temperature", "vitals", "labs")
+KEY_WORDS = {
+    "patient": "patient demographics",
+    "medications": "medication orders",
+    "temperature": "temperatures",
+    "vitals": "vital signs",
+    "labs": "laboratory results",
+    "conditions": "conditions (NMS history)",
+    "allergies": "allergies (NMS history)",
+}
+
+
+@dataclass
+class CallReport:
+    """What one call did, for the log line: no patient data, no tokens."""
+
+    keys: dict[str, str] = field(default_factory=dict)
+    fhir_requests: int = 0
+    indicator: str | None = None
+    score: int | None = None
+    fhir_server: str = "none"  # "none", "allowed", "not-allowed"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Gathered:
+    """The outcome of the gather step: per-key data, and the FHIR client for follow-up reads."""
+
+    data: dict[str, KeyData]
+    client: FhirClient | None
+    deadline: Deadline
+
+
+class HookPolicy(ABC):
+    """What one hook adds to the engine: its discovery entry, its prefetch, its drafts and its cards."""
+
+    hook: str
+    id: str
+    title: str
+    description: str
+    usage_requirements: str
+
+    @property
+    @abstractmethod
+    def templates(self) -> Mapping[str, str]:
+        """Prefetch templates (CDS Hooks 2.0 tokens only); they also drive the fallback queries."""
+
+    @abstractmethod
+    def exposure_drafts(self, req: HookRequest) -> list[dict[str, Any]]:
+        """The raw draft orders that count as the *new* exposure for this hook (may be empty)."""
+
+    @abstractmethod
+    def cards(self, assessment: Assessment, req: HookRequest) -> list[dict[str, Any]]:
+        """The hook's cards for this assessment (an empty list: no card)."""
+
+    def definition(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": dict(self.templates),
+            "usageRequirements": self.usage_requirements,
+        }
+
+
+class Engine:
+    """Runs a :class:`HookPolicy` over one request. One per process, shared by every hook."""
+
+    def __init__(self, settings: Settings, pool: QueryPool, clock: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.clock = clock
+
+    def run(self, policy: HookPolicy, req: HookRequest) -> tuple[dict[str, Any], CallReport]:
+        started = time.perf_counter()
+        report = CallReport()
+        gathered = self.gather(policy, req, report)
+        report.timings_ms["data"] = (time.perf_counter() - started) * 1000
+        inp = self.extract(gathered, policy.exposure_drafts(req), req)
+        assessment = assess(inp)
+        report.indicator = assessment.indicator
+        report.score = assessment.score if assessment.indicator else None
+        report.fhir_requests = gathered.client.requests_made if gathered.client else 0
+        cards = policy.cards(assessment, req)
+        report.timings_ms["total"] = (time.perf_counter() - started) * 1000
+        return {"cards": cards}, report
+
+    # --- gather ------------------------------------------------------------------------------------
+
+    def gather(self, policy: HookPolicy, req: HookRequest, report: CallReport) -> Gathered:
+        """Every template key from prefetch or the FHIR server; 412 when no observation key could be had."""
+        deadline = Deadline(self.settings.hook_budget_seconds)
+        client: FhirClient | None = None
+        if req.fhir_server:
+            try:
+                client = FhirClient(req.fhir_server, self.settings, deadline, token=req.access_token)
+                report.fhir_server = "allowed"
+            except FhirNotAllowed:
+                report.fhir_server = "not-allowed"
+        data = resolve(policy.templates, req.prefetch, req.context, client, self.pool,
+                       budget_remaining=deadline.remaining)
+        report.keys = {k: (v.source if v.ok else "failed") + ("" if v.complete else "-partial")
+                       for k, v in data.items()}
+        observation_keys = [k for k in OBSERVATION_KEYS if k in data]
+        failed_obs = [k for k in observation_keys if not data[k].ok]
+        if observation_keys and len(failed_obs) == len(observation_keys):
+            reason = "; ".join(f"{k}: {data[k].note}" for k in observation_keys)
+            if report.fhir_server == "not-allowed":
+                reason += "; fhirServer is not in the service's FHIR allowlist and was not contacted"
+            raise PreconditionFailed(f"required FHIR data could not be obtained ({reason})")
+        return Gathered(data, client, deadline)
+
+    # --- extract -----------------------------------------------------------------------------------
+
+    def extract(self, gathered: Gathered, drafts: list[dict[str, Any]], req: HookRequest) -> ClinicalInput:
+        """Flatten the gathered FHIR data and the hook's exposure drafts into the core's input."""
+        data = gathered.data
+        out = extract.Extracted()
+        medication_resources = {f"Medication/{r.get('id')}": r for r in data["medications"].resources
+                                if r.get("resourceType") == "Medication"}
+        drafts_raw = [r for r in drafts if r.get("resourceType") == "MedicationRequest"]
+        record_raw = [r for r in data["medications"].resources if r.get("resourceType") == "MedicationRequest"]
+        self._fetch_medications(drafts_raw + record_raw, medication_resources, gathered.client, gathered.deadline)
+        ignored = 0
+        for raw in drafts_raw:
+            med = extract.medication_request(raw, is_draft=True, patient_id=req.patient_id,
+                                             medications=medication_resources, out=out)
+            if med is None or (not med.codings and not med.names):
+                ignored += 1
+            else:
+                out.medications.append(med)
+        for raw in record_raw:
+            med = extract.medication_request(raw, is_draft=False, patient_id=None,
+                                             medications=medication_resources, out=out)
+            if med is not None:
+                out.medications.append(med)
+        for key in OBSERVATION_KEYS:
+            extract.observations(data[key].resources, out)
+        extract.history(data["conditions"].resources + data["allergies"].resources, out)
+        missing = [KEY_WORDS[k] for k, v in data.items() if not v.ok and k != "patient"]
+        missing += [KEY_WORDS[k] + " (only partly: " + (v.note or "incomplete") + ")"
+                    for k, v in data.items() if v.ok and not v.complete]
+        return ClinicalInput(
+            now=self.clock(),
+            sex=extract.patient_sex(data["patient"].resources),
+            medications=tuple(out.medications),
+            observations=tuple(out.observations),
+            history=tuple(out.history),
+            missing=tuple(missing),
+            ignored_orders=ignored,
+        )
+
+    def _fetch_medications(self, requests_raw: list[dict[str, Any]], known: dict[str, Any],
+                           client: FhirClient | None, deadline: Deadline) -> None:
+        """Fetch server-side Medications referenced by orders, concurrently, within the budget."""
+        wanted: set[str] = set()
+        for raw in requests_raw:
+            ref = (raw.get("medicationReference") or {}).get("reference") if isinstance(
+                raw.get("medicationReference"), dict) else None
+            if isinstance(ref, str) and ref.startswith("Medication/") and ref not in known:
+                wanted.add(ref.split("/_history")[0])
+        if not wanted or client is None:
+            return
+        futures = {ref: self.pool.executor.submit(client.read, ref) for ref in sorted(wanted)[:20]}
+        for ref, future in futures.items():
+            try:
+                known[ref] = future.result(timeout=max(deadline.remaining(), 0.0) + 0.05)
+            except (FhirError, FutureTimeout):
+                log.info("medication reference could not be resolved", extra={"event": "medication-miss"})
+
+
+class CdsService:
+    """One entry of the discovery document: a policy run by the shared engine."""
+
+    def __init__(self, policy: HookPolicy, engine: Engine) -> None:
+        self.policy = policy
+        self.engine = engine
+        self.hook = policy.hook
+        self.id = policy.id
+
+    @property
+    def templates(self) -> Mapping[str, str]:
+        return self.policy.templates
+
+    def definition(self) -> dict[str, Any]:
+        return self.policy.definition()
+
+    def call(self, req: HookRequest) -> tuple[dict[str, Any], CallReport]:
+        return self.engine.run(self.policy, req)
