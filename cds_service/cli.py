@@ -137,29 +137,32 @@ def _serve(args: argparse.Namespace) -> int:
                       timeout=args.timeout, max_requests=args.max_requests)
 
 
-def config_report(environ: dict[str, str] | None = None) -> tuple[list[str], list[str], list[str]]:
-    """(effective configuration lines, problems, warnings) of the environment, secrets redacted."""
+def config_report() -> dict[str, Any]:
+    """The environment's effective configuration (secrets redacted), its problems and warnings.
+
+    ``settings``: one row per setting (``variable``, ``value``, ``source`` environment or default, ``valid``);
+    an invalid value is shown as the default that would replace it, marked invalid.
+    """
     problems: list[str] = []
-    warnings = unknown_variables(environ)
+    warnings = unknown_variables()
     settings: Settings | None = None
     try:
         settings = load_settings()
     except ConfigError as exc:
         problems.extend(exc.problems)
-    if settings is None:  # show the rest: the failing settings at their defaults, marked
-        failing = {line.split("=", 1)[0] for line in problems if line.startswith("NMS_CDS_") and "=" in line}
+    failing = {line.split("=", 1)[0] for line in problems if line.startswith("NMS_CDS_")}  # "NMS_CDS_X='v': ..."
+    if settings is None:  # show the rest: the failing settings at their defaults
         defaults = {name: info.get_default(call_default_factory=True) for name, info in Settings.model_fields.items()
                     if f"NMS_CDS_{name.upper()}" in failing}
         try:
             settings = Settings(**defaults)
         except Exception:  # a check across settings still fails: only the problems can be shown
             settings = None
-    lines: list[str] = []
+    rows: list[dict[str, Any]] = []
+    trusted: int | None = None
     if settings is not None:
-        failing = {line.split("=", 1)[0] for line in problems}
-        for name, value, source in describe(settings, environ):
-            shown = "INVALID (default would be " + (value or "unset") + ")" if name in failing else value or "(unset)"
-            lines.append(f"{name:45} {shown}  [{source}]")
+        rows = [{"variable": name, "value": value, "source": source, "valid": name not in failing}
+                for name, value, source in describe(settings)]
         if not problems:
             warnings.extend(settings.warnings())
             if settings.auth == AuthMode.OFF:
@@ -168,28 +171,29 @@ def config_report(environ: dict[str, str] | None = None) -> tuple[list[str], lis
                 from cds_service.auth import load_trusted_clients
 
                 try:
-                    clients = load_trusted_clients(settings.trusted_clients)
-                    lines.append(f"{'(trusted clients)':45} {len(clients)} from {settings.trusted_clients}")
+                    trusted = len(load_trusted_clients(settings.trusted_clients))
                 except ConfigError as exc:
                     problems.extend(exc.problems)
-    return lines, problems, warnings
+    return {"settings": rows, "trusted_clients": trusted, "problems": problems, "warnings": warnings}
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    lines, problems, warnings = config_report()
+    report = config_report()
     if args.json:
-        print(json.dumps({"settings": lines, "problems": problems, "warnings": warnings}, indent=2))
+        print(json.dumps(report, indent=2))
     else:
         print("effective configuration (secrets redacted):")
-        for line in lines:
-            print(f"  {line}")
-        print(f"problems: {len(problems)}")
-        for line in problems:
-            print(f"  {line}")
-        print(f"warnings: {len(warnings)}")
-        for line in warnings:
-            print(f"  {line}")
-    return 2 if problems else 0
+        for row in report["settings"]:
+            value = row["value"] or "(unset)"
+            shown = value if row["valid"] else f"INVALID, the default would be: {value}"
+            print(f"  {row['variable']:45} {shown}  [{row['source']}]")
+        if report["trusted_clients"] is not None:
+            print(f"  {'(trusted clients loaded)':45} {report['trusted_clients']}")
+        for title in ("problems", "warnings"):
+            print(f"{title}: {len(report[title])}")
+            for line in report[title]:
+                print(f"  {line}")
+    return 2 if report["problems"] else 0
 
 
 def _proc_serve_port(pid: int) -> tuple[str, int] | None:

@@ -191,8 +191,22 @@ def test_check_config_reports_problems_and_exits_2(monkeypatch: pytest.MonkeyPat
     assert cli.main(["check-config", "--json"]) == 2
     report = json.loads(capsys.readouterr().out)
     assert report["problems"] == ["NMS_CDS_HOOK_BUDGET_SECONDS='abc': not a number; accepted: a number of seconds > 0"]
-    assert any(line.startswith("NMS_CDS_HOOK_BUDGET_SECONDS") and "INVALID" in line for line in report["settings"])
-    assert any(line.startswith("NMS_CDS_AUTH ") and " off " in line for line in report["settings"])
+    rows = {row["variable"]: row for row in report["settings"]}
+    assert rows["NMS_CDS_HOOK_BUDGET_SECONDS"] == {"variable": "NMS_CDS_HOOK_BUDGET_SECONDS", "value": "3.0",
+                                                   "source": "environment", "valid": False}
+    assert rows["NMS_CDS_AUTH"] == {"variable": "NMS_CDS_AUTH", "value": "off", "source": "environment",
+                                    "valid": True}
+    assert rows["NMS_CDS_LOG_LEVEL"]["source"] == "default"
+
+
+def test_check_config_marks_a_cross_setting_problem(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("NMS_CDS_AUTH", "off")
+    monkeypatch.setenv("NMS_CDS_CORS_ORIGINS", "*")
+    assert cli.main(["check-config"]) == 2
+    out = capsys.readouterr().out
+    assert "NMS_CDS_CORS_ORIGINS                          INVALID, the default would be: (unset)" in out
+    assert "problems: 1\n  NMS_CDS_CORS_ORIGINS='*' is for development only" in out
 
 
 def test_check_config_checks_the_trusted_clients_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
