@@ -6,17 +6,20 @@
     [
       {"iss": "https://ehr.example.org", "jwks_url": "https://ehr.example.org/.well-known/jwks.json",
        "tenant": "optional-tenant-id"},
-      {"iss": "https://sandbox.cds-hooks.org", "jwks": {"keys": [ ...public JWKs... ]}}
+      {"iss": "https://sandbox.cds-hooks.org", "jwks": {"keys": [ ...public JWKs... ]},
+       "jku": ["https://sandbox.cds-hooks.org/.well-known/jwks.json"]}
     ]
 
 A token is accepted only when, in this order:
 
 1. the header is a JWS header with an asymmetric ``alg`` from :data:`ALLOWED_ALGORITHMS` (never ``none``,
    never HS*), ``typ`` ``JWT`` when present, and a ``kid``;
-2. ``iss`` is a trusted client; a ``jku`` header, when the client has a ``jwks_url``, must equal it
-   (the service never fetches a URL named by a token: only the allowlisted ``jwks_url``);
+2. ``iss`` is a trusted client; a ``jku`` header must be one of the client's listed values (its ``jwks_url``
+   and its ``jku`` list; none listed: any ``jku`` is refused). The service never fetches a URL named by a
+   token: only the allowlisted ``jwks_url``;
 3. ``kid`` names a key of that client (static ``jwks``, then the cached ``jwks_url`` set, refreshed on an
-   unknown ``kid`` at most once per ``NMS_CDS_JWKS_REFRESH_MIN_INTERVAL_SECONDS``), the key suits ``alg``
+   unknown ``kid`` at most once per ``NMS_CDS_JWKS_REFRESH_MIN_INTERVAL_SECONDS``; a refresh without a
+   usable key keeps the cached keys, and no lock is held while fetching), the key suits ``alg``
    and the signature verifies (:func:`jwt.decode` with the key's own algorithm as the only one allowed);
 4. ``aud`` (string or list) contains the exact endpoint URL built from ``NMS_CDS_PUBLIC_BASE_URL``;
    ``exp`` is not past, ``iat`` not in the future, ``nbf`` (if present) reached, all with
@@ -54,7 +57,7 @@ from jwt.types import Options
 
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import ConfigError, Unauthorized
-from cds_service.fhir.client import is_loopback
+from cds_service.fhir.client import is_loopback, new_session, tls_failure, trust_hint
 
 log = logging.getLogger("cds_service.auth")
 
@@ -134,12 +137,12 @@ def parse_jwk(jwk: Any) -> VerificationKey:
     elif kty == "oct":
         raise ValueError("is a symmetric ('oct') key; only EC and RSA public keys are accepted")
     else:
-        raise ValueError(f"has unsupported key type {str(kty)[:16]!r}; use EC (P-384/P-256) or RSA")
+        raise ValueError(f"has unsupported key type {_loggable(kty)}; use EC (P-384/P-256) or RSA")
     declared = jwk.get("alg")
     if declared is not None:
         if not isinstance(declared, str) or declared not in algs:
             allowed = ", ".join(algs)
-            raise ValueError(f"declares alg {str(declared)[:16]!r}, not allowed for this key (allowed: {allowed})")
+            raise ValueError(f"declares alg {_loggable(declared)}, not allowed for this key (allowed: {allowed})")
         algs = (declared,)
     by_alg: dict[str, jwt.PyJWK] = {}
     for alg in algs:
@@ -166,7 +169,7 @@ def parse_jwks(jwks: Any) -> tuple[dict[str, VerificationKey], list[str]]:
             problems.append(f"key #{i + 1} {exc}")
             continue
         if key.kid in keys:
-            problems.append(f"key #{i + 1} repeats kid {key.kid[:64]!r} (kids must be unique)")
+            problems.append(f"key #{i + 1} repeats kid {_loggable(key.kid)} (kids must be unique)")
             continue
         keys[key.kid] = key
     return keys, problems
@@ -179,19 +182,33 @@ class TrustedClient:
     keys: Mapping[str, VerificationKey]
     jwks_url: str | None = None
     tenant: str | None = None
+    #: ``jku`` header values a token of this client may carry: the ``jku`` list and the ``jwks_url``.
+    #: Only ``jwks_url`` is ever fetched; the others are accepted as labels and never contacted.
+    jku: frozenset[str] = frozenset()
 
 
-def _check_jwks_url(url: Any) -> str:
+def _check_jwks_url(url: Any, member: str = "jwks_url") -> str:
     if not isinstance(url, str) or not url.strip():
-        raise ValueError("'jwks_url' must be a non-empty string")
-    parts = urlsplit(url)
-    if parts.scheme not in {"https", "http"} or not parts.hostname:
-        raise ValueError("'jwks_url' must be an absolute https URL")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ValueError("'jwks_url' must use https (http only for loopback)")
-    if parts.username or parts.password or parts.fragment:
-        raise ValueError("'jwks_url' must not carry credentials or a fragment")
+        raise ValueError(f"'{member}' must be a non-empty string")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError(f"'{member}' is not a valid URL") from None
+    if parts.scheme not in {"https", "http"} or not host:
+        raise ValueError(f"'{member}' must be an absolute https URL")
+    if parts.scheme == "http" and not is_loopback(host):
+        raise ValueError(f"'{member}' must use https (http only for loopback)")
+    if "@" in parts.netloc or parts.fragment or "#" in url:
+        raise ValueError(f"'{member}' must not carry credentials or a fragment")
     return url
+
+
+def _check_jku_list(value: Any) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items:
+        raise ValueError("'jku' must be a URL or a non-empty array of URLs")
+    return [_check_jwks_url(item, "jku") for item in items]
 
 
 def load_trusted_clients(path: Path | None) -> dict[str, TrustedClient]:
@@ -228,7 +245,7 @@ def load_trusted_clients(path: Path | None) -> dict[str, TrustedClient]:
         label = f"{label} (iss {iss[:200]!r})"
         if iss in clients:
             raise TrustedClientsError(f"{label} repeats an issuer listed before")
-        unknown = sorted(set(entry) - {"iss", "jwks", "jwks_url", "tenant", "comment"})
+        unknown = sorted(set(entry) - {"iss", "jwks", "jwks_url", "jku", "tenant", "comment"})
         if unknown:
             raise TrustedClientsError(f"{label} has unknown member(s) {', '.join(unknown)}")
         if "jwks" not in entry and "jwks_url" not in entry:
@@ -249,10 +266,16 @@ def load_trusted_clients(path: Path | None) -> dict[str, TrustedClient]:
                 jwks_url = _check_jwks_url(entry["jwks_url"])
             except ValueError as exc:
                 raise TrustedClientsError(f"{label}: {exc}") from None
+        jku: set[str] = {jwks_url} if jwks_url else set()
+        if "jku" in entry:
+            try:
+                jku.update(_check_jku_list(entry["jku"]))
+            except ValueError as exc:
+                raise TrustedClientsError(f"{label}: {exc}") from None
         tenant = entry.get("tenant")
         if tenant is not None and (not isinstance(tenant, str) or not tenant):
             raise TrustedClientsError(f"{label}: 'tenant' must be a non-empty string when given")
-        clients[iss] = TrustedClient(iss=iss, keys=keys, jwks_url=jwks_url, tenant=tenant)
+        clients[iss] = TrustedClient(iss=iss, keys=keys, jwks_url=jwks_url, tenant=tenant, jku=frozenset(jku))
     return clients
 
 
@@ -294,11 +317,21 @@ class ReplayCache:
 
 
 # -- remote JWK Sets -------------------------------------------------------------------------------------
+#: How long a request whose key is not cached waits for a refresh another thread already runs, when the
+#: client's set was never fetched (a cold start): the caller would otherwise get 401 for a key that exists.
+JWKS_COLD_WAIT_SECONDS = JWKS_TOTAL_SECONDS + sum(JWKS_TIMEOUT)
+
+
 @dataclass
 class _RemoteKeys:
+    """The cached JWK Set of one ``jwks_url``. ``lock`` guards these fields only and is never held during a
+    fetch; ``refreshing`` is set while the one refresh of this client is in flight."""
+
     keys: dict[str, VerificationKey] = field(default_factory=dict)
     fetched_at: float | None = None
     attempted_at: float | None = None
+    refreshing: threading.Event | None = None
+    thread: threading.Thread | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -306,8 +339,12 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _short(value: Any) -> str:
-    return str(value)[:32]
+_LOGGABLE = re.compile(r"^[A-Za-z0-9._:+/=@-]{1,64}$")
+
+
+def _loggable(value: Any) -> str:
+    """A header or JWK value for a log reason: shown only when it is a short token of plain characters."""
+    return repr(value) if isinstance(value, str) and _LOGGABLE.fullmatch(value) else "(not shown)"
 
 
 class Authenticator:
@@ -355,7 +392,7 @@ class Authenticator:
 
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
-            raise Unauthorized(f"algorithm not allowed: {_short(alg)}")
+            raise Unauthorized(f"algorithm not allowed: {_loggable(alg).strip(chr(39))}")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
             raise Unauthorized("typ header is not JWT")
@@ -369,16 +406,17 @@ class Authenticator:
         if client is None:
             raise Unauthorized("issuer not trusted")
         jku = header.get("jku")
-        if jku is not None and client.jwks_url is not None and jku != client.jwks_url:
-            raise Unauthorized("jku header is not the trusted client's jwks_url")
+        if jku is not None and (not isinstance(jku, str) or jku not in client.jku):  # never fetched
+            raise Unauthorized("jku header not listed for this client" if client.jku
+                               else "jku header sent, but this client lists no jku")
 
         now = self.clock()
         key = self._find_key(client, kid, now)
         if key is None:
-            raise Unauthorized(f"unknown kid {kid[:64]!r}")
+            raise Unauthorized(f"unknown kid {_loggable(kid)}")
         verifier = key.by_alg.get(alg)
         if verifier is None:
-            raise Unauthorized(f"alg {alg} does not suit key {kid[:64]!r}")
+            raise Unauthorized(f"alg {alg} does not suit key {_loggable(kid)}")
         try:
             claims: dict[str, Any] = jwt.decode(token, key=verifier, algorithms=[verifier.algorithm_name],
                                                 options=_SIGNATURE_ONLY)
@@ -412,7 +450,7 @@ class Authenticator:
             raise Unauthorized("empty bearer token")
         if len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("bearer token too long")
-        if not _COMPACT_JWS.match(token):
+        if not _COMPACT_JWS.fullmatch(token):
             raise Unauthorized("malformed token")
         return token
 
@@ -452,6 +490,13 @@ class Authenticator:
             raise Unauthorized("tenant does not match the trusted client's")
 
     def _find_key(self, client: TrustedClient, kid: str, now: float) -> VerificationKey | None:
+        """The client's key ``kid``: static keys first, then the cached set from ``jwks_url``.
+
+        A cached key is returned at once, even while a refresh runs or when the set is older than
+        :data:`JWKS_MAX_AGE_SECONDS` (then one background refresh is started). An unknown ``kid`` starts one
+        refresh in this thread, rate limited per client; a concurrent unknown ``kid`` does not wait for it
+        (except on a cold start) and so cannot hold a worker thread.
+        """
         key = client.keys.get(kid)
         if key is not None or client.jwks_url is None:
             return key
@@ -461,13 +506,50 @@ class Authenticator:
             stale = remote.fetched_at is None or not 0 <= now - remote.fetched_at <= JWKS_MAX_AGE_SECONDS
             if key is not None and not stale:
                 return key
-            if self._may_fetch(remote, now):
+            start = remote.refreshing is None and self._may_fetch(remote, now)
+            if start:
                 remote.attempted_at = now
-                fetched = self._fetch_jwks(client.jwks_url, client.iss)
-                if fetched is not None:
+                remote.refreshing = threading.Event()
+            in_flight, cold = remote.refreshing, remote.fetched_at is None
+        if key is not None:  # cached but old: answer with it, refresh off the request path
+            if start:
+                remote.thread = threading.Thread(target=self._refresh, args=(client, remote, now),
+                                                 name="jwks-refresh", daemon=True)
+                remote.thread.start()
+            return key
+        if start:
+            self._refresh(client, remote, now)
+        elif in_flight is not None and cold:
+            in_flight.wait(JWKS_COLD_WAIT_SECONDS)
+        with remote.lock:
+            return remote.keys.get(kid)
+
+    def _refresh(self, client: TrustedClient, remote: _RemoteKeys, now: float) -> None:
+        """Fetch the set once; replace the cache only with a set that has at least one usable key."""
+        assert client.jwks_url is not None
+        try:
+            fetched = self._fetch_jwks(client.jwks_url, client.iss)
+            with remote.lock:
+                if fetched:
                     remote.keys = fetched
                     remote.fetched_at = now
-            return remote.keys.get(kid)
+                    return
+                kept = len(remote.keys)
+            if fetched is not None:
+                log.warning(f"JWK Set has no usable key; keeping the {kept} key(s) fetched before",
+                            extra={"event": "jwks-fetch", "iss": client.iss})
+        finally:
+            with remote.lock:
+                done, remote.refreshing = remote.refreshing, None
+            if done is not None:
+                done.set()
+
+    def join_refreshes(self, timeout: float = 10.0) -> None:
+        """Wait for background JWKS refreshes (tests, orderly shutdown)."""
+        for remote in self._remote.values():
+            thread = remote.thread
+            if thread is not None:
+                thread.join(timeout)
 
     def _may_fetch(self, remote: _RemoteKeys, now: float) -> bool:
         if remote.attempted_at is None:
@@ -479,7 +561,7 @@ class Authenticator:
     def _fetch_jwks(self, url: str, iss: str) -> dict[str, VerificationKey] | None:
         """GET the allowlisted JWK Set: timeouts, no redirects, size cap; None (and a log line) on failure."""
         extra = {"event": "jwks-fetch", "iss": iss}
-        session = self._session or _new_session()
+        session = self._session or _new_session(self.settings.tls_trust[0])
         try:
             with session.get(url, timeout=JWKS_TIMEOUT, allow_redirects=False, stream=True,
                              headers={"Accept": "application/jwk-set+json, application/json"}) as resp:
@@ -496,6 +578,10 @@ class Authenticator:
                     if time.monotonic() - started > JWKS_TOTAL_SECONDS:
                         log.warning(f"JWK Set not read within {JWKS_TOTAL_SECONDS} s; ignored", extra=extra)
                         return None
+        except requests.exceptions.SSLError as exc:
+            log.warning(f"JWK Set fetch failed: TLS {tls_failure(exc)} ({trust_hint(self.settings)})",
+                        extra=extra | {"reason": tls_failure(exc)})
+            return None
         except requests.RequestException as exc:
             log.warning(f"JWK Set fetch failed ({type(exc).__name__})", extra=extra)
             return None
@@ -504,7 +590,7 @@ class Authenticator:
                 session.close()
         try:
             keys, problems = parse_jwks(json.loads(body))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurd nesting
             log.warning("JWK Set response is not a JWK Set", extra=extra)
             return None
         for problem in problems:
@@ -513,9 +599,8 @@ class Authenticator:
         return keys
 
 
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # no proxies or netrc credentials picked up from the environment
+def _new_session(verify: str | bool) -> requests.Session:
+    session = new_session(verify)  # no proxies or netrc from the environment; CA trust set explicitly
     session.max_redirects = 0
     return session
 

@@ -14,19 +14,22 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum, StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import annotated_types
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cds_service.errors import ConfigError
+from cds_service.fhir.urls import normalise_allowlist, split_allowlist
 
 ENV_PREFIX = "NMS_CDS_"
 
@@ -86,7 +89,21 @@ class Settings(BaseSettings):
 
     # --- outbound FHIR --------------------------------------------------------------------------
     fhir_allowlist: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated FHIR base-URL prefixes the service may query"
+        default_factory=list,
+        description="FHIR base URLs the service may query (comma, semicolon or whitespace separated, or a JSON "
+                    "list); parsed into scheme, host, port and path prefix, kept in canonical form",
+    )
+    ca_bundle: Path | None = Field(
+        None, description="PEM file (or OpenSSL hashed directory) of CA certificates trusted for FHIR and JWKS "
+                          "https calls; default: REQUESTS_CA_BUNDLE, SSL_CERT_FILE, else the system trust store",
+    )
+    requests_ca_bundle: Path | None = Field(
+        None, validation_alias="REQUESTS_CA_BUNDLE", description="The standard variable, used when "
+                                                                 "NMS_CDS_CA_BUNDLE is unset",
+    )
+    ssl_cert_file: Path | None = Field(
+        None, validation_alias="SSL_CERT_FILE", description="The standard OpenSSL variable, used when neither "
+                                                            "NMS_CDS_CA_BUNDLE nor REQUESTS_CA_BUNDLE is set",
     )
     allow_insecure_fhir: bool = Field(False, description="Allow http:// fhirServer that is not loopback")
     fhir_connect_timeout: float = Field(1.0, gt=0, description="Seconds to open a TCP/TLS connection")
@@ -133,11 +150,30 @@ class Settings(BaseSettings):
     def _level_name(cls, value: object) -> object:
         return value.strip().upper() if isinstance(value, str) else value
 
-    @field_validator("fhir_allowlist", "cors_origins", mode="before")
+    @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("fhir_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: object) -> object:
+        return split_allowlist(value) if isinstance(value, str) else value
+
+    @field_validator("fhir_allowlist")
+    @classmethod
+    def _parse_allowlist(cls, value: list[str]) -> list[str]:
+        return normalise_allowlist(value)  # ValueError naming the first bad entry (e.g. one without a host)
+
+    @field_validator("ca_bundle", "requests_ca_bundle", "ssl_cert_file")
+    @classmethod
+    def _ca_exists(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and not value.exists():
+            name = {"ca_bundle": "NMS_CDS_CA_BUNDLE", "requests_ca_bundle": "REQUESTS_CA_BUNDLE",
+                    "ssl_cert_file": "SSL_CERT_FILE"}[info.field_name or "ca_bundle"]
+            raise ValueError(f"{name}={value}: no such file or directory; name a PEM file of CA certificates")
         return value
 
     @field_validator("public_base_url")
@@ -159,6 +195,20 @@ class Settings(BaseSettings):
             raise ValueError("NMS_CDS_CORS_ORIGINS='*' is for development only (NMS_CDS_ENVIRONMENT=development); "
                              "accepted in production: a comma-separated list of origins, e.g. https://ehr.example.org")
         return self
+
+    @cached_property
+    def tls_trust(self) -> tuple[str | bool, str]:
+        """What https calls verify against, and where that came from (for the start-up log line):
+        ``NMS_CDS_CA_BUNDLE``, ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, the system store, else certifi."""
+        for source, value in (("NMS_CDS_CA_BUNDLE", self.ca_bundle), ("REQUESTS_CA_BUNDLE", self.requests_ca_bundle),
+                              ("SSL_CERT_FILE", self.ssl_cert_file)):
+            if value is not None:
+                return str(value), source
+        system = ssl.get_default_verify_paths()
+        for path in (system.openssl_cafile, system.openssl_capath):
+            if path and Path(path).exists() and (Path(path).is_file() or any(Path(path).iterdir())):
+                return path, "system trust store"
+        return True, "certifi"
 
     @property
     def is_development(self) -> bool:
@@ -190,7 +240,18 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
 
 
 def env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
+    """The variable a setting is read from: ``NMS_CDS_<FIELD>``, or its alias (``REQUESTS_CA_BUNDLE``)."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
+
+
+def _field_of(location: object) -> str | None:
+    """The setting an error location names (pydantic reports an aliased field by its alias)."""
+    for field, info in Settings.model_fields.items():
+        if location in (field, info.validation_alias):
+            return field
+    return None
 
 
 def redact(field: str, value: object) -> str:
@@ -293,12 +354,15 @@ def _problem(error: Mapping[str, Any]) -> str:
 
 def _line(error: Mapping[str, Any], given: Mapping[str, object]) -> str:
     loc = error.get("loc") or ()
-    field = str(loc[0]) if loc else ""
-    if field not in Settings.model_fields:  # a check across settings: its message names the variables
+    field = _field_of(loc[0]) if loc else None
+    if field is None:  # a check across settings: its message names the variables
         return _problem(error)
+    problem = _problem(error)
+    if problem.startswith(env_name(field)):  # the validator's message already names variable, value and form
+        return problem
     raw = redact(field, given.get(field, error.get("input")))  # the value as written, before normalising
     shown = raw if len(raw) <= 80 else raw[:77] + "..."
-    return f"{env_name(field)}={shown!r}: {_problem(error)}; accepted: {accepted_form(field)}"
+    return f"{env_name(field)}={shown!r}: {problem}; accepted: {accepted_form(field)}"
 
 
 def config_error(exc: ValidationError, overrides: Mapping[str, object] | None = None) -> ConfigError:

@@ -20,6 +20,7 @@
         ├── FhirNotAllowed      the URL is outside NMS_CDS_FHIR_ALLOWLIST, not https, or a redirect off-site
         ├── FhirTimeout         connect/read timeout, or the hook's total budget ran out
         ├── FhirConnectionError connection refused or reset
+        │   └── FhirTlsError    TLS handshake failed, e.g. certificate verify failed (CA not trusted)
         ├── FhirHttpError       a non-2xx answer (``status`` attribute)
         │   ├── FhirAuthError   401 or 403
         │   └── FhirNotFound    404
@@ -106,6 +107,10 @@ class FhirTimeout(FhirError):
 
 class FhirConnectionError(FhirError):
     pass
+
+
+class FhirTlsError(FhirConnectionError):
+    """The TLS handshake failed; the message names why (``certificate verify failed (...)``)."""
 
 
 class FhirHttpError(FhirError):

@@ -134,5 +134,6 @@ def write_trusted_clients(path: Path, entries: list[dict[str, Any]]) -> Path:
 
 
 def sandbox_entry() -> dict[str, Any]:
-    """The trusted-clients entry for the reference sandbox, with its published public key."""
-    return {"iss": SANDBOX_ISS, "jwks": dataset_json(SANDBOX_JWKS_FILE)}
+    """The trusted-clients entry for the reference sandbox (docs/security.md 3.1): its public key from the
+    repository, and the ``jku`` its tokens carry, accepted as a label and never fetched."""
+    return {"iss": SANDBOX_ISS, "jwks": dataset_json(SANDBOX_JWKS_FILE), "jku": [SANDBOX_JKU]}

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import requests
 import responses
 from flask.testing import FlaskClient
+from pydantic import ValidationError
 
+from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.errors import FhirAuthError, FhirBadResponse, FhirNotAllowed, FhirTimeout
-from cds_service.fhir.client import Deadline, FhirClient, check_allowed
+from cds_service.fhir.client import Deadline, FhirClient, check_allowed, resource_name
+from cds_service.logs import JsonFormatter
 from tests.conftest import FHIR_BASE, make_settings
 from tests.test_protocol import URL, empty_prefetch, febrile_prefetch, hook_request
 
@@ -112,6 +117,228 @@ def test_allowlist_and_scheme_rules() -> None:
                 "http://fhir.example.org/r4", "ftp://fhir.example.org/r4", "https://user:pw@fhir.example.org/r4"):
         with pytest.raises(FhirNotAllowed):
             check_allowed(bad, settings)
+
+
+# --- the allowlist: parsed, normalised, matched by components ------------------------------------------
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("https://fhir.example.org/r4", ["https://fhir.example.org/r4"]),
+    ("https://FHIR.Example.org:443/r4/", ["https://fhir.example.org/r4"]),  # host case, default port, slash
+    ("http://127.0.0.1:80/fhir", ["http://127.0.0.1/fhir"]),
+    ("https://a.example/r4,https://b.example:8443/fhir", ["https://a.example/r4", "https://b.example:8443/fhir"]),
+    ("https://a.example/r4; https://b.example/fhir", ["https://a.example/r4", "https://b.example/fhir"]),
+    ("https://a.example/r4  https://b.example/fhir\n", ["https://a.example/r4", "https://b.example/fhir"]),
+    ('["https://a.example/r4", "https://b.example/fhir/"]', ["https://a.example/r4", "https://b.example/fhir"]),
+    ("https://a.example/r4, https://A.example:443/r4/", ["https://a.example/r4"]),  # duplicates collapse
+    ("https://[::1]:8443/fhir", ["https://[::1]:8443/fhir"]),
+    ("https://fhir.example.org", ["https://fhir.example.org"]),
+    ("http://fhir_server:8080/fhir", ["http://fhir_server:8080/fhir"]),  # a container name
+], ids=["plain", "normalised", "http-default-port", "comma", "semicolon", "whitespace", "json-list", "duplicate",
+        "ipv6", "origin-only", "underscore-host"])
+def test_allowlist_forms_are_parsed_and_normalised(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                   expected: list[str]) -> None:
+    monkeypatch.setenv("NMS_CDS_FHIR_ALLOWLIST", value)
+    assert Settings().fhir_allowlist == expected
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("https://", "has no host"),
+    ("https:///r4", "has no host"),
+    ("https://fhir.example.org/r4, https://", "has no host"),
+    ("fhir.example.org/r4", "not an absolute http(s) URL"),
+    ("ftp://fhir.example.org/r4", "not an absolute http(s) URL"),
+    ("https://user:secret@fhir.example.org/r4", "credentials"),
+    ("https://fhir.example.org/r4?x=1", "query"),
+    ("https://fhir.example.org/r4#frag", "fragment"),
+    ("https://fhir.example.org/r4/../admin", "path segment"),
+    ("https://fhir.example.org:99999/r4", "bad host or port"),
+    ('["https://a.example", 7]', "JSON list of strings"),
+    ("[not json", "JSON list of strings"),
+], ids=["scheme-only", "empty-host", "one-bad-of-two", "no-scheme", "ftp", "credentials", "query", "fragment",
+        "dot-dot", "bad-port", "json-not-strings", "json-broken"])
+def test_bad_allowlist_entries_are_one_clear_configuration_error(monkeypatch: pytest.MonkeyPatch, value: str,
+                                                                 fragment: str) -> None:
+    monkeypatch.setenv("NMS_CDS_FHIR_ALLOWLIST", value)
+    with pytest.raises(ValidationError) as excinfo:
+        Settings()
+    (error,) = excinfo.value.errors()
+    message = str(error["msg"])
+    assert "NMS_CDS_FHIR_ALLOWLIST" in message and fragment in message
+    assert "\n" not in message and "secret" not in message
+
+
+@pytest.mark.parametrize(("url", "admitted"), [
+    ("https://fhir.example.org/r4", True),
+    ("https://FHIR.EXAMPLE.ORG/r4/Patient/1", True),
+    ("https://fhir.example.org:443/r4/Observation?patient=1", True),
+    ("https://fhir.example.org./r4/Patient/1", True),
+    ("https://fhir.example.org/r4/", True),
+    ("https://fhir.example.org/r4-evil/Patient", False),
+    ("https://fhir.example.org/R4/Patient", False),  # paths are case-sensitive
+    ("https://fhir.example.org:8443/r4/Patient", False),
+    ("https://fhir.example.org.evil.com/r4", False),
+    ("https://evil.com/fhir.example.org/r4", False),
+    ("https://fhir.example.org@evil.com/r4", False),
+    ("http://fhir.example.org/r4", False),
+    ("https://fhir.example.org/r", False),
+    ("https://fhir.example.org", False),
+], ids=["base", "host-case", "default-port", "trailing-dot-host", "trailing-slash", "sibling", "path-case",
+        "other-port", "suffix-host", "host-in-path", "userinfo-host", "http", "shorter-path", "origin"])
+def test_allowlist_matching_is_by_components(url: str, admitted: bool) -> None:
+    settings = make_settings(fhir_allowlist="https://fhir.example.org:443/r4/")
+    if admitted:
+        check_allowed(url, settings)
+    else:
+        with pytest.raises(FhirNotAllowed):
+            check_allowed(url, settings)
+
+
+#: ``fhirServer`` values the red-team run saw accepted and queried with the token on the allowed host, and
+#: their relatives: each must be refused before any connection, with a message that does not repeat it.
+HOSTILE_BASES = {
+    "dot-dot": FHIR_BASE + "/../admin",
+    "dot-dot-semicolon": FHIR_BASE + "/..;/admin",
+    "semicolon-param": FHIR_BASE + "/Patient;jsessionid=1",
+    "encoded-semicolon": FHIR_BASE + "/..%3b/admin",
+    "encoded-dot-dot": FHIR_BASE + "/%2e%2e/admin",
+    "mixed-dot-dot": FHIR_BASE + "/.%2E/admin",
+    "double-encoded": FHIR_BASE + "/%252e%252e/admin",
+    "triple-encoded": FHIR_BASE + "/%25252e%25252e/admin",
+    "fullwidth-dots": FHIR_BASE + "/\uff0e\uff0e/admin",
+    "fullwidth-encoded": FHIR_BASE + "/%EF%BC%8E%EF%BC%8E/admin",
+    "one-dot-leader": FHIR_BASE + "/\u2025/admin",
+    "ideographic-stop": FHIR_BASE + "/\u3002\u3002/admin",
+    "small-full-stop": FHIR_BASE + "/\ufe52\ufe52/admin",
+    "single-dot": FHIR_BASE + "/./admin",
+    "triple-dot": FHIR_BASE + "/.../admin",
+    "backslash": FHIR_BASE + "\\..\\admin",
+    "encoded-backslash": FHIR_BASE + "/..%5cadmin",
+    "encoded-slash": FHIR_BASE + "/..%2fadmin",
+    "query-userinfo": FHIR_BASE + "?@collector.evil.example/",
+    "empty-query": FHIR_BASE + "?",
+    "fragment": FHIR_BASE + "#@collector.evil.example",
+    "userinfo": "https://user:pass@fhir.example.org/r4",
+    "empty-userinfo": "https://@fhir.example.org/r4",
+    "empty-segment": FHIR_BASE + "//admin",
+    "nul": FHIR_BASE + "/%00/admin",
+    "newline": FHIR_BASE + "/\n/admin",
+    "tab-in-host": "https://fhir.exa\tmple.org/r4",
+    "non-ascii-path": FHIR_BASE + "/Pati\u0435nt",
+    "idn-host": "https://fh\u0456r.example.org/r4",
+    "bad-utf8": FHIR_BASE + "/%ff%fe/admin",
+    # SSRF spellings of hosts and ports (never admitted, whatever the allowlist holds)
+    "port-userinfo": "https://fhir.example.org:443@collector.evil.example/r4",
+    "fragment-userinfo": "https://collector.evil.example#@fhir.example.org/r4",
+    "decimal-ip": "http://2130706433:8081/fhir",
+    "short-ip": "http://127.1:8081/fhir",
+    "hex-ip": "http://0x7f000001:8081/fhir",
+    "octal-ip": "http://0177.0.0.1:8081/fhir",
+    "bad-port": "https://fhir.example.org:0x1bb/r4",
+    "encoded-host": "https://fhir.example.org%2f@collector.evil.example/r4",
+}
+
+
+@pytest.mark.parametrize("server", list(HOSTILE_BASES.values()), ids=list(HOSTILE_BASES))
+@responses.activate
+def test_hostile_fhir_server_paths_are_refused_before_any_connection(server: str) -> None:
+    responses.add(responses.GET, re.compile(r".*"), json=bundle([]))
+    with pytest.raises(FhirNotAllowed) as excinfo:
+        FhirClient(server, make_settings(), Deadline(3.0), token="tok")
+    assert len(responses.calls) == 0
+    message = excinfo.value.message
+    assert "admin" not in message and "evil" not in message and "pass" not in message
+
+
+def test_the_effective_allowlist_is_logged_once_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    app = create_app(make_settings(fhir_allowlist="https://FHIR.example.org:443/r4/; http://127.0.0.1:8081",
+                                   ca_bundle=None, REQUESTS_CA_BUNDLE=None, SSL_CERT_FILE=None))
+    app.extensions["nms_cds"].pool.shutdown()
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "outbound-config"]
+    assert line.getMessage().startswith("FHIR allowlist: https://fhir.example.org/r4, http://127.0.0.1:8081; "
+                                        "TLS trust for FHIR and JWKS calls: ")
+    assert "\n" not in JsonFormatter().format(line)
+
+
+def test_the_fhir_server_base_is_normalised() -> None:
+    client = FhirClient("https://FHIR.example.org:443/r4/", make_settings(), Deadline(3.0))
+    assert client.base_url == FHIR_BASE
+    assert client.url_for("Patient/p1") == FHIR_BASE + "/Patient/p1"
+
+
+@pytest.mark.parametrize("location", [
+    "/r4/../admin", "/r4/..;/admin", "/r4/%2e%2e/admin", "/r4/%EF%BC%8E%EF%BC%8E/admin",
+    "/r4/\u00ef\u00bc\u008e\u00ef\u00bc\u008e/admin",  # U+FF0E U+FF0E as a latin-1 header carries it
+    "//collector.evil.example/r4",
+    "https://fhir.example.org@collector.evil.example/r4/Observation",
+    "http://fhir.example.org/r4/Observation",  # a downgrade to http on the same host
+    "https://fhir.example.org:8443/r4/Observation",
+    "../admin", "./..;/admin",
+])
+@responses.activate
+def test_redirects_with_hostile_paths_are_not_followed(location: str) -> None:
+    responses.add(responses.GET, OBS, status=302, headers={"Location": location})
+    responses.add(responses.GET, re.compile(r".*"), json=bundle([]))
+    with pytest.raises(FhirNotAllowed):
+        client_for(token="tok").search("Observation?patient=p1")
+    assert len(responses.calls) == 1
+
+
+@pytest.mark.parametrize("next_url", [
+    FHIR_BASE + "/..;/admin?page=2", FHIR_BASE + "/%252e%252e/admin", "https://FHIR.example.org:8443/r4/Observation",
+])
+@responses.activate
+def test_next_links_with_hostile_paths_are_not_followed(next_url: str) -> None:
+    responses.add(responses.GET, OBS, json=bundle([temp(1)], next_url))
+    result = client_for(token="tok").search("Observation?x=1")
+    assert not result.complete and len(responses.calls) == 1
+
+
+@responses.activate
+def test_next_links_in_another_spelling_of_the_base_are_followed() -> None:
+    responses.add(responses.GET, OBS, json=bundle([temp(1)], "https://FHIR.example.org:443/r4/Observation?page=2"),
+                  match=[responses.matchers.query_param_matcher({"x": "1"})])
+    responses.add(responses.GET, OBS, json=bundle([temp(2)]),
+                  match=[responses.matchers.query_param_matcher({"page": "2"})])
+    result = client_for(token="tok").search("Observation?x=1")
+    assert [r["id"] for r in result.resources] == ["t1", "t2"] and result.complete
+
+
+# --- server free text never reaches messages ---------------------------------------------------------
+
+LEAK = "Theodora Vandermolen MRN-99812 neuroleptic malignant syndrome eyJhbGciOiJIUzI1NiJ9.leak.token"
+
+
+@pytest.mark.parametrize("answer", [
+    {"resourceType": LEAK},
+    {"resourceType": "Patient<script>"},
+    {"resourceType": "A" * 65},
+    {"resourceType": ["Bundle"]},
+    {"resourceType": "Bundle\nTheodora"},
+    {"resourceType": "OperationOutcome", "issue": [{"code": LEAK, "diagnostics": LEAK,
+                                                    "details": {"text": LEAK}}]},
+    {"resourceType": "OperationOutcome", "issue": [{"code": "theodora"}, {"code": "exception"}]},
+], ids=["free-text", "markup", "too-long", "not-a-string", "newline", "outcome-free-text",
+        "outcome-code-not-an-issue-type"])
+@responses.activate
+def test_server_supplied_resource_types_never_reach_messages(answer: dict[str, Any]) -> None:
+    responses.add(responses.GET, re.compile(re.escape(FHIR_BASE) + r"/.*"), json=answer)
+    calls: list[Callable[[FhirClient], object]] = [lambda c: c.read("Patient/p1"),
+                                                   lambda c: c.search("Observation?patient=p1")]
+    for call in calls:
+        with pytest.raises(FhirBadResponse) as excinfo:
+            call(client_for())
+        text = excinfo.value.message + " " + str(excinfo.value.url)
+        for word in ("Theodora", "theodora", "MRN-99812", "malignant", "eyJ", "<script>", "AAAA", "p1"):
+            assert word not in text, text
+
+
+def test_resource_name_keeps_only_resource_names() -> None:
+    assert resource_name("Observation") == "Observation"
+    assert resource_name(LEAK) == "an invalid resourceType"
+    assert resource_name(None) == "no resourceType"
+    assert resource_name(7) == "an invalid resourceType"
+    assert resource_name("Patient\n") == "an invalid resourceType"  # "$" would match before a final newline
 
 
 def test_budget_exhausted_before_sending_is_a_timeout() -> None:

@@ -198,3 +198,36 @@ def test_rejected_tokens_are_not_logged(app: Flask, caplog: pytest.LogCaptureFix
     assert ACCESS_TOKEN not in text and FAMILY not in text
     failure = [json.loads(line) for line in json_lines.getvalue().splitlines() if '"auth-failed"' in line]
     assert failure and failure[-1]["iss"] == ISS and failure[-1]["jti"] and failure[-1]["reason"]
+
+
+DIAGNOSIS = "neuroleptic malignant syndrome suspected"
+
+
+@pytest.mark.parametrize("answer", [
+    {"resourceType": f"{GIVEN} {FAMILY} MRN-99812 {DIAGNOSIS} {ACCESS_TOKEN}" * 20},
+    {"resourceType": "Bundle", "entry": [{"resource": {"resourceType": "Observation", "id": "x"}}],
+     "link": [{"relation": "next", "url": f"{FHIR_BASE}/{GIVEN}-{FAMILY}/..;/MRN-99812"}]},
+    {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": f"{FAMILY} MRN-99812",
+                                                    "diagnostics": DIAGNOSIS, "details": {"text": GIVEN}}]},
+], ids=["resource-type-echoes-the-patient", "next-link-echoes-the-patient", "outcome-code-echoes-the-patient"])
+def test_server_free_text_reaches_neither_the_412_nor_the_logs(app: Flask, caplog: pytest.LogCaptureFixture,
+                                                               json_lines: io.StringIO,
+                                                               answer: dict[str, Any]) -> None:
+    """The red-team run: a FHIR answer whose ``resourceType`` held a name, an MRN, a diagnosis and a token was
+    copied into the 412 ``diagnostics`` and the log line (6.7 kB, three times). Only fixed texts and codes now."""
+    caplog.set_level(logging.DEBUG)
+    jwt_token = make_token(ec_key("privacy-es384"), iss=ISS, aud=BASE + SERVICE, now=NOW)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        rsps.get(re.compile(re.escape(FHIR_BASE) + r"/.*"), json=answer)
+        resp = app.test_client().post(SERVICE, json=hook_request(temperature=False),
+                                      headers={"Authorization": f"Bearer {jwt_token}", "X-Request-Id": REQUEST_ID})
+    body = resp.get_data(as_text=True)
+    text = everything_logged(caplog, json_lines)
+    for secret in (*secrets(jwt_token).values(), DIAGNOSIS, "malignant", PATIENT_ID):
+        assert secret not in body, f"{secret!r} in the answer"
+        assert secret not in text, f"{secret!r} in the logs"
+    if resp.status_code == 412:
+        diagnostics = resp.get_json()["issue"][0]["diagnostics"]
+        assert len(diagnostics) < 1000, diagnostics
+    lines = json_lines.getvalue().splitlines()
+    assert all(len(line) < 2000 for line in lines), max(lines, key=len)

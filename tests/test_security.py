@@ -8,10 +8,12 @@ case cannot pass by failing for an unrelated reason.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +51,7 @@ from tests.jwt_helpers import (
 BASE = "https://cds.example.org"
 ISS = "https://ehr.example.org"
 SPEC_ISS = "https://fhir-ehr.example.com/"
+SPEC_JKU = "https://fhir-ehr.example.com/jwk_uri"  # the jku of the specification's example JWT header
 JWKS_URL = "https://keys.ehr.example.org/.well-known/jwks.json"
 ROTATING_ISS = "https://rotating.example.org"
 NOW = 1_790_000_000.0
@@ -76,7 +79,7 @@ def default_clients() -> list[dict[str, Any]]:
     keys["keys"].append(no_alg)
     return [
         {"iss": ISS, "jwks": keys},
-        {"iss": SPEC_ISS, "jwks": dataset_json(SPEC_PUBLIC_JWKS_FILE)},
+        {"iss": SPEC_ISS, "jwks": dataset_json(SPEC_PUBLIC_JWKS_FILE), "jku": [SPEC_JKU]},
         {"iss": ROTATING_ISS, "jwks_url": JWKS_URL},
     ]
 
@@ -336,16 +339,100 @@ def test_jku_not_the_allowlisted_jwks_url(client: FlaskClient, caplog: pytest.Lo
     outbound.get("https://attacker.example.net/jwks.json", json=jwks(attacker))
     jwt_token = token(attacker, iss=ROTATING_ISS, headers={"jku": "https://attacker.example.net/jwks.json"})
     resp = send(client, "POST", SERVICE, jwt_token=jwt_token)
-    assert_rejected(resp, caplog, outbound, "jku header is not the trusted client's jwks_url", jwt_token)
+    assert_rejected(resp, caplog, outbound, "jku header not listed for this client", jwt_token)
 
 
+@pytest.mark.parametrize("signer", [lambda: ec_key("attacker"), trusted_ec], ids=["attacker-key", "trusted-key"])
 def test_jku_is_never_fetched_for_a_client_with_static_keys(client: FlaskClient, caplog: pytest.LogCaptureFixture,
-                                                            outbound: responses.RequestsMock) -> None:
+                                                            outbound: responses.RequestsMock,
+                                                            signer: Callable[[], SigningKey]) -> None:
+    """A client with a static key set and no ``jku`` list: any ``jku`` is refused, even on a token that
+    its own key signed (the red-team run found such tokens accepted with any ``jku``)."""
     attacker = ec_key("attacker")
     outbound.get("https://attacker.example.net/jwks.json", json=jwks(attacker))
-    jwt_token = token(attacker, headers={"jku": "https://attacker.example.net/jwks.json"})
+    jwt_token = token(signer(), headers={"jku": "https://attacker.example.net/jwks.json"})
     resp = send(client, "POST", SERVICE, jwt_token=jwt_token)
-    assert_rejected(resp, caplog, outbound, "unknown kid", jwt_token)
+    assert_rejected(resp, caplog, outbound, "jku header sent, but this client lists no jku", jwt_token)
+
+
+JKU_LISTED = "https://ehr.example.org/.well-known/jwks.json"
+
+
+@pytest.mark.parametrize(("jku", "status"), [
+    (JKU_LISTED, 200),
+    (None, 200),  # no jku header at all: the static keys decide
+    (JKU_LISTED + "?", 401),  # compared exactly
+    ("https://EHR.example.org/.well-known/jwks.json", 401),
+    ("https://attacker.example.net/jwks.json", 401),
+    (["https://ehr.example.org/.well-known/jwks.json"], 401),  # not a string
+], ids=["listed", "absent", "listed-plus-query", "other-case", "other-host", "array"])
+def test_jku_list_of_a_static_key_client(build: Callable[..., Flask], caplog: pytest.LogCaptureFixture,
+                                         outbound: responses.RequestsMock, jku: Any, status: int) -> None:
+    clients = default_clients()
+    clients[0]["jku"] = [JKU_LISTED]
+    client = build(clients).test_client()
+    jwt_token = token(headers={} if jku is None else {"jku": jku})
+    resp = send(client, "POST", SERVICE, jwt_token=jwt_token, body=prefetched_body())
+    assert resp.status_code == status
+    if status == 401:
+        assert_rejected(resp, caplog, outbound, "jku header not listed for this client", jwt_token)
+    assert len(outbound.calls) == 0  # a listed jku is a label: never fetched
+
+
+def test_the_jwks_url_is_an_accepted_jku_and_the_jku_list_adds_others(build: Callable[..., Flask],
+                                                                     outbound: responses.RequestsMock) -> None:
+    key = ec_key("rot-1")
+    outbound.get(JWKS_URL, json=jwks(key))
+    other = "https://keys-b.ehr.example.org/jwks.json"
+    clients = default_clients()
+    clients[2]["jku"] = other
+    client = build(clients).test_client()
+    for jku in (JWKS_URL, other):
+        jwt_token = token(key, iss=ROTATING_ISS, path=DISCOVERY, headers={"jku": jku})
+        assert send(client, "GET", DISCOVERY, jwt_token=jwt_token).status_code == 200
+    assert [c.request.url for c in outbound.calls] == [JWKS_URL]  # the other jku is never fetched
+
+
+@pytest.mark.parametrize("header", [
+    {"jwk": "ATTACKER_JWK"},  # an embedded key (CVE-2018-0114 style)
+    {"x5u": "https://attacker.example.net/cert.pem"},
+    {"x5c": ["MIIB"]},
+    {"jku": "https://attacker.example.net/jwks.json", "kid": "ehr-es384"},
+], ids=["embedded-jwk", "x5u", "x5c", "jku-with-a-trusted-kid"])
+def test_keys_named_in_the_header_are_never_used_or_fetched(client: FlaskClient, caplog: pytest.LogCaptureFixture,
+                                                            outbound: responses.RequestsMock,
+                                                            header: dict[str, Any]) -> None:
+    attacker = SigningKey(trusted_ec().kid, "ES384", ec_key("attacker").private)
+    outbound.get(re.compile(r"https://attacker\.example\.net/.*"), json=jwks(attacker))
+    headers = {k: (attacker.public_jwk() if v == "ATTACKER_JWK" else v) for k, v in header.items()}
+    jwt_token = token(attacker, headers=headers)
+    resp = send(client, "POST", SERVICE, jwt_token=jwt_token)
+    assert_rejected(resp, caplog, outbound, "jku" if "jku" in header else "bad signature", jwt_token)
+
+
+@pytest.mark.parametrize("header", [{"crit": ["b64"], "b64": False}, {"crit": ["x-unknown"], "x-unknown": 1},
+                                    {"crit": []}], ids=["b64", "unknown-extension", "empty"])
+def test_critical_header_extensions_are_refused(client: FlaskClient, caplog: pytest.LogCaptureFixture,
+                                                outbound: responses.RequestsMock, header: dict[str, Any]) -> None:
+    jwt_token = token(headers=header)  # signed by the trusted key; RFC 7515 4.1.11: unknown crit must fail
+    assert_rejected(send(client, "POST", SERVICE, jwt_token=jwt_token), caplog, outbound, "malformed token", jwt_token)
+
+
+@pytest.mark.parametrize(("alg", "reason"), [
+    ("es384", "algorithm not allowed: es384"), ("ES512", "algorithm not allowed: ES512"),
+    ("PS384", "algorithm not allowed: PS384"), ("ES384\n", "algorithm not allowed: (not shown)"),
+    ("<script>", "algorithm not allowed: (not shown)"),
+], ids=["lower-case", "es512", "ps384", "newline", "markup"])
+def test_algorithm_spellings_are_refused_and_logged_only_as_tokens(client: FlaskClient,
+                                                                   caplog: pytest.LogCaptureFixture,
+                                                                   outbound: responses.RequestsMock, alg: str,
+                                                                   reason: str) -> None:
+    forged = unsigned_token(claims_for(iss=ISS, aud=BASE + SERVICE, now=NOW), kid=trusted_ec().kid)
+    head = json.loads(base64.urlsafe_b64decode(forged.split(".")[0] + "=="))
+    head["alg"] = alg
+    forged = base64.urlsafe_b64encode(json.dumps(head).encode()).rstrip(b"=").decode() + forged[forged.index("."):]
+    resp = send(client, "POST", SERVICE, jwt_token=forged + "c2ln")
+    assert_rejected(resp, caplog, outbound, reason, forged)
 
 
 def test_oversized_body_is_413(client: FlaskClient, build: Callable[..., Flask], caplog: pytest.LogCaptureFixture,
@@ -402,12 +489,21 @@ def test_fhir_server_outside_the_allowlist_is_412_without_a_connection(
     FHIR_BASE + "/../admin",  # passes a naive prefix test, then normalised off the allowlisted base
     FHIR_BASE + "/%2e%2e/admin",
     FHIR_BASE + "/.%2E/admin",
-], ids=["sibling-path", "suffix-host", "credentials", "dot-dot", "encoded-dot-dot", "mixed-dot-dot"])
+    # the red-team run's payloads, accepted and queried with the token before
+    FHIR_BASE + "/..;/admin",
+    FHIR_BASE + "/\uff0e\uff0e/admin",
+    FHIR_BASE + "/%252e%252e/admin",
+    FHIR_BASE + "?@collector.evil.example/",
+], ids=["sibling-path", "suffix-host", "credentials", "dot-dot", "encoded-dot-dot", "mixed-dot-dot",
+        "dot-dot-semicolon", "fullwidth-dots", "double-encoded", "query-userinfo"])
 def test_look_alike_fhir_servers_are_not_contacted(client: FlaskClient, outbound: responses.RequestsMock,
-                                                   server: str) -> None:
+                                                   caplog: pytest.LogCaptureFixture, server: str) -> None:
+    outbound.get(re.compile(r".*"), json=EMPTY_BUNDLE)
     resp = send(client, "POST", SERVICE, jwt_token=token(), body=hook_body(fhirServer=server))
     assert resp.status_code == 412
     assert len(outbound.calls) == 0
+    assert "not contacted" in resp.get_json()["issue"][0]["diagnostics"]
+    assert ACCESS_TOKEN not in logged_text(caplog)
 
 
 def test_patient_id_cannot_walk_off_the_fhir_base(client: FlaskClient, outbound: responses.RequestsMock) -> None:
@@ -484,7 +580,7 @@ def test_alg_must_suit_the_key(client: FlaskClient, caplog: pytest.LogCaptureFix
 
 
 def test_spec_example_key_verifies(client: FlaskClient) -> None:
-    jwt_token = token(spec_key(), iss=SPEC_ISS, headers={"jku": "https://fhir-ehr.example.com/jwk_uri"})
+    jwt_token = token(spec_key(), iss=SPEC_ISS, headers={"jku": SPEC_JKU})
     resp = send(client, "POST", SERVICE, jwt_token=jwt_token, body=prefetched_body())
     assert resp.status_code == 200
 
@@ -589,6 +685,181 @@ def test_unusable_jwks_answers_give_401(build: Callable[..., Flask], outbound: r
     assert "c2VjcmV0" not in logged_text(caplog)
 
 
+@pytest.mark.parametrize("answer", [
+    {"json": {"keys": []}},
+    {"json": {"keys": [{"kty": "oct", "kid": "rot-1", "k": "c2VjcmV0"}]}},
+    {"json": {"keys": [{"kty": "EC", "crv": "P-521", "kid": "x", "x": "AA", "y": "AA"}]}},
+    {"body": "<html>maintenance</html>", "content_type": "text/html"},
+    {"json": {"keys": "none"}},
+    {"status": 503, "json": {}},
+    {"body": "[" * 60000, "content_type": "application/json"},
+], ids=["empty-set", "only-oct", "only-unsupported", "garbage", "keys-not-array", "http-503", "nested-60000-deep"])
+def test_a_refresh_without_a_usable_key_keeps_the_previous_keys(build: Callable[..., Flask],
+                                                                outbound: responses.RequestsMock,
+                                                                caplog: pytest.LogCaptureFixture,
+                                                                answer: dict[str, Any]) -> None:
+    """The red-team run: after one token with a random kid made the client's JWKS answer ``{"keys":[]}``,
+    that client's valid tokens got 401 for 62 s. A set without a usable key now never replaces the cache."""
+    clock = Clock()
+    client = build(clock=clock).test_client()
+    key = ec_key("rot-1")
+    outbound.get(JWKS_URL, json=jwks(key))
+
+    def valid() -> int:
+        return int(send(client, "GET", DISCOVERY,
+                        jwt_token=token(key, iss=ROTATING_ISS, path=DISCOVERY, now=clock.now)).status_code)
+
+    assert valid() == 200
+    outbound.replace(responses.GET, JWKS_URL, **answer)
+    clock.now += 61  # past the refresh interval: an unauthenticated random kid may trigger a refresh
+    forged = token(ec_key("random-kid"), iss=ROTATING_ISS, path=DISCOVERY, now=clock.now)
+    assert send(client, "GET", DISCOVERY, jwt_token=forged).status_code == 401
+    assert len(outbound.calls) == 2
+    assert [valid() for _ in range(3)] == [200, 200, 200]  # at once, and without another fetch
+    assert len(outbound.calls) == 2
+    # an hour later the set is old: the request is answered from the cache and one refresh runs behind it
+    clock.now += 3600
+    assert valid() == 200
+    client.application.extensions["nms_cds"].authenticator.join_refreshes()
+    assert len(outbound.calls) == 3
+    assert valid() == 200
+    assert "c2VjcmV0" not in logged_text(caplog)
+    if isinstance(answer.get("json", {}).get("keys"), list):
+        assert any("keeping the 1 key(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_usable_refreshed_set_replaces_the_old_one(build: Callable[..., Flask],
+                                                     outbound: responses.RequestsMock) -> None:
+    """Removal still works: a set that has usable keys replaces the cache, so a removed key stops working."""
+    clock = Clock()
+    client = build(clock=clock).test_client()
+    old, new = ec_key("rot-1"), ec_key("rot-2")
+    outbound.get(JWKS_URL, json=jwks(old))
+    assert send(client, "GET", DISCOVERY, jwt_token=token(old, iss=ROTATING_ISS, path=DISCOVERY)).status_code == 200
+    outbound.replace(responses.GET, JWKS_URL, json=jwks(new))
+    clock.now += 61
+    assert send(client, "GET", DISCOVERY, jwt_token=token(new, iss=ROTATING_ISS, path=DISCOVERY,
+                                                          now=clock.now)).status_code == 200
+    assert send(client, "GET", DISCOVERY, jwt_token=token(old, iss=ROTATING_ISS, path=DISCOVERY,
+                                                          now=clock.now)).status_code == 401
+
+
+class _SlowJwks:
+    """A loopback JWK Set endpoint whose answers can be delayed; counts requests; signals each arrival."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        import http.server
+
+        self.body = json.dumps(body).encode()
+        self.delay = 0.0
+        self.requests = 0
+        self.arrived = threading.Event()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                outer.arrived.set()
+                time.sleep(outer.delay)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def slow_jwks() -> Iterator[_SlowJwks]:
+    server = _SlowJwks(jwks(ec_key("rot-1")))
+    yield server
+    server.close()
+
+
+def _timed_verify(authenticator: Authenticator, authorization: str) -> tuple[str, float]:
+    started = time.perf_counter()
+    try:
+        authenticator.verify(authorization, BASE + DISCOVERY)
+        outcome = "ok"
+    except Exception as exc:  # Unauthorized
+        outcome = getattr(exc, "reason", type(exc).__name__)
+    return outcome, time.perf_counter() - started
+
+
+def test_a_slow_jwks_refresh_never_blocks_requests_whose_key_is_cached(tmp_path: Path,
+                                                                       slow_jwks: _SlowJwks) -> None:
+    """The red-team run (``--threads 8``): 4 valid requests waited 2.7 s behind one slow refresh under the
+    refresh lock. Now the lock is never held during a fetch: cached keys answer at once, one refresh per client
+    is in flight, and a second unknown kid during it fails fast instead of holding a thread."""
+    path = write_trusted_clients(tmp_path / "t.json", [{"iss": ROTATING_ISS, "jwks_url": slow_jwks.url}])
+    clock = Clock()
+    authenticator = Authenticator(make_settings(auth="jwt", trusted_clients=path, public_base_url=BASE), clock=clock)
+    key = ec_key("rot-1")
+
+    def valid() -> str:
+        return "Bearer " + token(key, iss=ROTATING_ISS, path=DISCOVERY, now=clock.now)
+
+    assert _timed_verify(authenticator, valid())[0] == "ok"  # first use: fetched (fast)
+    assert slow_jwks.requests == 1
+    slow_jwks.delay, clock.now = 2.0, clock.now + 61
+    slow_jwks.arrived.clear()
+    results: dict[str, tuple[str, float]] = {}
+
+    def run(name: str, authorization: str) -> None:
+        results[name] = _timed_verify(authenticator, authorization)
+
+    refresher = threading.Thread(target=run, args=("refresh", "Bearer " + token(
+        ec_key("random-kid"), iss=ROTATING_ISS, path=DISCOVERY, now=clock.now)))
+    refresher.start()
+    assert slow_jwks.arrived.wait(5)  # the refresh is now in flight
+    threads = [threading.Thread(target=run, args=(f"valid-{i}", valid())) for i in range(4)]
+    threads.append(threading.Thread(target=run, args=("second-unknown", "Bearer " + token(
+        ec_key("random-2"), iss=ROTATING_ISS, path=DISCOVERY, now=clock.now))))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    refresher.join(10)
+    for i in range(4):
+        outcome, seconds = results[f"valid-{i}"]
+        assert outcome == "ok" and seconds < 0.5, results  # was 2.7 s behind the lock
+    assert results["second-unknown"][0].startswith("unknown kid") and results["second-unknown"][1] < 0.5
+    assert results["refresh"][0].startswith("unknown kid") and results["refresh"][1] >= 1.9
+    assert slow_jwks.requests == 2  # one refresh in flight per client
+
+
+def test_on_a_cold_start_concurrent_requests_share_one_fetch(tmp_path: Path, slow_jwks: _SlowJwks) -> None:
+    path = write_trusted_clients(tmp_path / "t.json", [{"iss": ROTATING_ISS, "jwks_url": slow_jwks.url}])
+    authenticator = Authenticator(make_settings(auth="jwt", trusted_clients=path, public_base_url=BASE),
+                                  clock=Clock())
+    slow_jwks.delay = 0.5
+    results: dict[int, tuple[str, float]] = {}
+    tokens = ["Bearer " + token(ec_key("rot-1"), iss=ROTATING_ISS, path=DISCOVERY) for _ in range(4)]
+
+    def run(i: int) -> None:
+        results[i] = _timed_verify(authenticator, tokens[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert [results[i][0] for i in range(4)] == ["ok"] * 4, results
+    assert slow_jwks.requests == 1
+
+
 # --- the reference sandbox's captured tokens ----------------------------------------------------------
 
 SANDBOX_FILES = ["sandbox-discovery-get-http.json", "sandbox-order-sign-http.json",
@@ -615,6 +886,29 @@ def test_sandbox_tokens_verify_with_its_published_key(tmp_path: Path, name: str,
     with pytest.raises(Exception, match="unauthorized") as excinfo:
         later.verify(recorded["headers"]["Authorization"], payload["aud"])
     assert excinfo.value.reason == "token expired"  # type: ignore[attr-defined]
+
+
+def test_sandbox_tokens_carry_its_jku_which_must_be_listed(tmp_path: Path) -> None:
+    """The recorded sandbox headers: ES384, its kid, jku https://sandbox.cds-hooks.org/.well-known/jwks.json,
+    iss https://sandbox.cds-hooks.org. Without the ``jku`` member the entry refuses them; with it they verify
+    and the jku URL is never fetched."""
+    for name in SANDBOX_FILES:
+        recorded = dataset_json(f"sandbox-requests/{name}")
+        assert recorded["jwt_header"] == {"alg": "ES384", "typ": "JWT", "kid": "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f",
+                                          "jku": SANDBOX_JKU}
+        assert recorded["jwt_payload"]["iss"] == "https://sandbox.cds-hooks.org"
+    recorded = dataset_json("sandbox-requests/sandbox-order-sign-http.json")
+    payload = recorded["jwt_payload"]
+    without = sandbox_entry()
+    del without["jku"]
+    path = write_trusted_clients(tmp_path / "trusted.json", [without])
+    settings = make_settings(auth="jwt", trusted_clients=path, public_base_url="http://127.0.0.1:8082")
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+        with pytest.raises(Exception, match="unauthorized") as excinfo:
+            Authenticator(settings, clock=lambda: float(payload["iat"])).verify(
+                recorded["headers"]["Authorization"], payload["aud"])
+        assert len(rsps.calls) == 0
+    assert excinfo.value.reason == "jku header sent, but this client lists no jku"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(("name", "body_file", "expected"), [
@@ -715,8 +1009,14 @@ PRIVATE_D = "SeFXUXda8UomZ8GFUl7HH_Oi15rIbfMcsWj9ecIsDR8kLbqsEz2CGNgwy_IcILxy"
     ("DUPLICATE", "repeats an issuer"),
     ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "tenant": 7}]', "'tenant'"),
     ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "keys": {}}]', "unknown member"),
+    ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "jku": "http://k.example/j"}]',
+     "'jku' must use"),
+    ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "jku": []}]', "'jku' must be a URL or"),
+    ('[{"iss": "https://a.example", "jwks_url": "https://k.example/j", "jku": ["https://u:p@k.example/"]}]',
+     "credentials"),
 ], ids=["missing", "bad-json", "not-array", "empty", "no-iss", "no-keys", "http-jwks-url", "oct-key",
-        "private-key", "no-kid", "bad-point", "p521", "duplicate-iss", "tenant-not-string", "unknown-member"])
+        "private-key", "no-kid", "bad-point", "p521", "duplicate-iss", "tenant-not-string", "unknown-member",
+        "jku-http", "jku-empty", "jku-credentials"])
 def test_create_app_fails_fast_on_a_bad_trusted_clients_file(tmp_path: Path, content: str | None,
                                                              fragment: str) -> None:
     path = tmp_path / "trusted.json"

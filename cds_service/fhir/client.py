@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.utils import DEFAULT_CA_BUNDLE_PATH
+from urllib3.util.ssl_ import create_urllib3_context
 
 from cds_service.config import Settings
 from cds_service.errors import (
@@ -40,12 +45,26 @@ from cds_service.errors import (
     FhirNotAllowed,
     FhirNotFound,
     FhirTimeout,
+    FhirTlsError,
 )
+from cds_service.fhir.urls import ParsedUrl, UrlRefused, parse_allowlist_entry, parse_url
+
+if TYPE_CHECKING:
+    from requests.adapters import _HostParams, _PoolKwargs
+
+log = logging.getLogger("cds_service.fhir")
 
 ACCEPT = "application/fhir+json, application/json;q=0.9"
 _MAX_REDIRECTS = 3
 _CHUNK = 64 * 1024
-_ISSUE_CODE = re.compile(r"^[a-z][a-z-]{0,39}$")  # FHIR IssueType codes
+#: FHIR R4 IssueType codes (http://hl7.org/fhir/R4/valueset-issue-type.html): the only OperationOutcome
+#: text ever repeated; anything else a server writes there (even a lower-case word) is dropped.
+ISSUE_CODES = frozenset({
+    "invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
+    "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches", "not-found",
+    "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule", "conflict", "transient",
+    "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled", "informational",
+})
 
 
 class Deadline:
@@ -68,7 +87,7 @@ class Deadline:
 def is_loopback(host: str | None) -> bool:
     if not host:
         return False
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -76,34 +95,69 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def _normalise_base(url: str) -> str:
-    return url.rstrip("/")
+def allowed_bases(settings: Settings) -> list[ParsedUrl]:
+    """The parsed ``NMS_CDS_FHIR_ALLOWLIST`` (entries were validated when the settings were read)."""
+    return [parse_allowlist_entry(entry) for entry in settings.fhir_allowlist]
 
 
-def check_allowed(url: str, settings: Settings) -> None:
-    """Raise FhirNotAllowed unless ``url`` may be contacted under the allowlist and scheme rules."""
-    parts = urlsplit(url)
-    if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise FhirNotAllowed("fhirServer must be an absolute http(s) URL")
-    if parts.username or parts.password:
-        raise FhirNotAllowed("fhirServer must not carry credentials in the URL")
-    if parts.scheme == "http" and not (is_loopback(parts.hostname) or settings.allow_insecure_fhir):
+def _check(url: str, settings: Settings, *, base: bool) -> ParsedUrl:
+    try:
+        parsed = parse_url(url, allow_query=not base)
+    except UrlRefused as exc:
+        raise FhirNotAllowed(f"{'fhirServer' if base else 'FHIR URL'} {exc}") from None
+    if parsed.scheme == "http" and not (is_loopback(parsed.host) or settings.allow_insecure_fhir):
         raise FhirNotAllowed("fhirServer must use https (http is allowed for loopback only)")
-    if "\\" in parts.path or any(seg in {".", ".."} for seg in unquote(parts.path).split("/")):
-        # "/r4/../admin" would pass the prefix test below, then be normalised off the allowlisted base
-        raise FhirNotAllowed("fhirServer must not contain '.' or '..' path segments")
-    target = _normalise_base(url)
-    for prefix in settings.fhir_allowlist:
-        base = _normalise_base(prefix)
-        if target == base or target.startswith(base + "/") or target.startswith(base + "?"):
-            return
-    raise FhirNotAllowed("fhirServer is not in NMS_CDS_FHIR_ALLOWLIST")
+    if not any(parsed.is_under(entry) for entry in allowed_bases(settings)):
+        raise FhirNotAllowed("fhirServer is not in NMS_CDS_FHIR_ALLOWLIST")
+    return parsed
 
 
-def _safe_path(url: str) -> str:
-    """Path of a URL without host or query values, for logs and error messages."""
-    parts = urlsplit(url)
-    return parts.path or "/"
+def log_outbound_config(settings: Settings) -> None:
+    """One start-up line: the effective (parsed, canonical) FHIR allowlist and where TLS trust comes from."""
+    verify, source = settings.tls_trust
+    trust_context(verify)  # load the CAs now, not on the first hook call
+    bases = ", ".join(settings.fhir_allowlist) or "empty: fhirServer is never contacted (prefetch only)"
+    trust = source if isinstance(verify, bool) else f"{source} {verify}"
+    log.info(f"FHIR allowlist: {bases}; TLS trust for FHIR and JWKS calls: {trust}",
+             extra={"event": "outbound-config"})
+
+
+def check_base(url: str, settings: Settings) -> ParsedUrl:
+    """Check a request's ``fhirServer`` (no query, fragment or credentials); return it parsed and normalised."""
+    return _check(url, settings, base=True)
+
+
+def check_allowed(url: str, settings: Settings) -> ParsedUrl:
+    """Raise FhirNotAllowed unless ``url`` may be contacted under the allowlist, scheme and path rules."""
+    return _check(url, settings, base=False)
+
+
+_RESOURCE_NAME = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+_PATH_WORD = re.compile(r"^(?:[A-Z][A-Za-z]{1,63}|_history|_search|\$[a-z][a-z-]{0,39}|metadata)$")
+
+
+def resource_name(value: Any) -> str:
+    """A server-supplied ``resourceType`` as safe text: the value only when it has the form of a FHIR
+    resource name (letters, at most 64), otherwise a fixed phrase. Free text never reaches messages."""
+    if isinstance(value, str) and _RESOURCE_NAME.fullmatch(value):
+        return value
+    return "no resourceType" if value is None else "an invalid resourceType"
+
+
+def _safe_path(url: str, base_path: str = "") -> str:
+    """The path of a URL for logs and messages: the (allowlisted) base path, then resource names and FHIR
+    keywords; every other segment (ids: patient ids or text the server chose) is shown as ``{id}``. No
+    host, no query values."""
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        return "/{id}"
+    if base_path and (path == base_path or path.startswith(base_path + "/")):
+        prefix, path = base_path, path[len(base_path):]
+    else:
+        prefix = ""
+    words = [s if _PATH_WORD.fullmatch(s) else "{id}" for s in path.split("/") if s]
+    return prefix + "/" + "/".join(words) if words or not prefix else prefix
 
 
 @dataclass(slots=True)
@@ -126,8 +180,8 @@ class FhirClient:
         token: str | None = None,
         session_factory: Callable[[], requests.Session] | None = None,
     ) -> None:
-        check_allowed(base_url, settings)
-        self.base_url = _normalise_base(base_url)
+        self._base = check_base(base_url, settings)
+        self.base_url = str(self._base)
         self.settings = settings
         self.deadline = deadline
         self._token = token
@@ -135,21 +189,25 @@ class FhirClient:
         self.requests_made = 0
 
     # -- URL handling ------------------------------------------------------------------------------
+    def _path(self, url: str) -> str:
+        return _safe_path(url, self._base.path)
+
     def url_for(self, relative: str) -> str:
         return f"{self.base_url}/{relative.lstrip('/')}"
 
     def _within_base(self, url: str) -> bool:
-        return url == self.base_url or url.startswith(self.base_url + "/") or url.startswith(
-            self.base_url + "?"
-        )
+        try:
+            return parse_url(url, allow_query=True).is_under(self._base)
+        except UrlRefused:
+            return False
 
     # -- HTTP --------------------------------------------------------------------------------------
     def get_json(self, url: str) -> dict[str, Any]:
         """GET one URL under the base and return its JSON object, following same-base redirects."""
         for _ in range(_MAX_REDIRECTS + 1):
+            url = str(check_allowed(url, self.settings))  # canonical: host case, default port
             if not self._within_base(url):
-                raise FhirNotAllowed("refusing to follow a URL outside the fhirServer base", url=_safe_path(url))
-            check_allowed(url, self.settings)
+                raise FhirNotAllowed("refusing to follow a URL outside the fhirServer base", url=self._path(url))
             response = self._send(url)
             if response.is_redirect:
                 location = response.headers.get("Location", "")
@@ -157,10 +215,10 @@ class FhirClient:
                 url = urljoin(url, location)
                 continue
             return self._read_json(response, url)
-        raise FhirBadResponse("too many redirects", url=_safe_path(url))
+        raise FhirBadResponse("too many redirects", url=self._path(url))
 
     def _send(self, url: str) -> requests.Response:
-        left = self.deadline.check(f"GET {_safe_path(url)}")
+        left = self.deadline.check(f"GET {self._path(url)}")
         timeout = (min(self.settings.fhir_connect_timeout, left), min(self.settings.fhir_read_timeout, left))
         headers = {"Accept": ACCEPT}
         if self._token:
@@ -171,14 +229,21 @@ class FhirClient:
                 url, headers=headers, timeout=timeout, allow_redirects=False, stream=True
             )
         except requests.Timeout as exc:
-            raise FhirTimeout(f"timeout on GET {_safe_path(url)}", url=_safe_path(url)) from exc
+            raise FhirTimeout(f"timeout on GET {self._path(url)}", url=self._path(url)) from exc
+        except requests.exceptions.SSLError as exc:
+            what = tls_failure(exc)
+            trust = self.settings.tls_trust[1]
+            log.warning(f"TLS failure talking to the FHIR server: {what}",
+                        extra={"event": "fhir-tls-failed", "reason": f"{what}; trusted CAs from {trust}"})
+            raise FhirTlsError(f"TLS {what} on GET {self._path(url)} ({trust_hint(self.settings)})",
+                               url=self._path(url)) from exc
         except requests.ConnectionError as exc:
-            raise FhirConnectionError(f"connection failed on GET {_safe_path(url)}", url=_safe_path(url)) from exc
+            raise FhirConnectionError(f"connection failed on GET {self._path(url)}", url=self._path(url)) from exc
         except requests.RequestException as exc:
-            raise FhirConnectionError(f"request failed on GET {_safe_path(url)}", url=_safe_path(url)) from exc
+            raise FhirConnectionError(f"request failed on GET {self._path(url)}", url=self._path(url)) from exc
 
     def _read_json(self, response: requests.Response, url: str) -> dict[str, Any]:
-        path = _safe_path(url)
+        path = self._path(url)
         try:
             body = self._read_body(response, path)
         finally:
@@ -235,9 +300,11 @@ class FhirClient:
         data = self.get_json(self.url_for(relative))
         expected = relative.split("?", 1)[0].strip("/").split("/")[0]
         if data.get("resourceType") == "OperationOutcome":
-            raise FhirBadResponse(f"OperationOutcome instead of {expected}: {_outcome_text_obj(data)}")
+            raise FhirBadResponse(f"OperationOutcome instead of {resource_name(expected)}: "
+                                  f"{_outcome_text_obj(data)}", url=self._path(self.url_for(relative)))
         if data.get("resourceType") != expected:
-            raise FhirBadResponse(f"expected {expected}, got {data.get('resourceType')!r}", url=_safe_path(relative))
+            raise FhirBadResponse(f"expected {resource_name(expected)}, got {resource_name(data.get('resourceType'))}",
+                                  url=self._path(self.url_for(relative)))
         return data
 
     def search(self, relative: str) -> SearchResult:
@@ -253,7 +320,7 @@ class FhirClient:
             if page.get("resourceType") == "OperationOutcome":
                 raise FhirBadResponse(f"OperationOutcome instead of a Bundle: {_outcome_text_obj(page)}")
             if page.get("resourceType") != "Bundle":
-                raise FhirBadResponse(f"expected a Bundle, got {page.get('resourceType')!r}")
+                raise FhirBadResponse(f"expected a Bundle, got {resource_name(page.get('resourceType'))}")
             result.pages += 1
             for resource in _entries(page):
                 if len(result.resources) >= self.settings.fhir_max_resources:
@@ -315,7 +382,7 @@ def _outcome_text_obj(outcome: dict[str, Any]) -> str:
     codes = []
     for issue in issues[:3]:
         code = issue.get("code") if isinstance(issue, dict) else None
-        if isinstance(code, str) and _ISSUE_CODE.match(code):
+        if isinstance(code, str) and code in ISSUE_CODES:
             codes.append(code)
     return ("issue code " + ", ".join(codes)) if codes else ""
 
@@ -335,20 +402,120 @@ _local = threading.local()
 
 
 def thread_session(settings: Settings) -> Callable[[], requests.Session]:
-    """One ``requests.Session`` per thread (requests does not promise thread safety), pooled and reused."""
+    """One ``requests.Session`` per thread (requests does not promise thread safety), pooled and reused.
+
+    ``trust_env=False`` keeps proxies and ``.netrc`` credentials from the environment out; the CA trust is
+    therefore applied explicitly (see :func:`new_session` and :attr:`Settings.tls_trust`)."""
+    verify, _ = settings.tls_trust
+    key = (verify, settings.fhir_pool_size)
 
     def factory() -> requests.Session:
-        session: requests.Session | None = getattr(_local, "session", None)
+        sessions: dict[tuple[str | bool, int], requests.Session] | None = getattr(_local, "sessions", None)
+        if sessions is None:
+            sessions = _local.sessions = {}
+        session = sessions.get(key)
         if session is None:
-            session = requests.Session()
-            session.trust_env = False  # no proxies or netrc credentials picked up from the environment
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=settings.fhir_pool_size, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            _local.session = session
+            session = new_session(verify, pool_size=settings.fhir_pool_size)
+            sessions[key] = session
         return session
 
     return factory
+
+
+_contexts: dict[str | bool, ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def trust_context(verify: str | bool) -> ssl.SSLContext:
+    """The TLS client context for a CA file or directory (``True``: certifi), built once per process.
+
+    ``requests`` given a CA *path* loads it again for every new connection (about 200-370 ms for the system
+    store here, measured); one shared, preloaded context makes that a one-off at start."""
+    with _contexts_lock:
+        context = _contexts.get(verify)
+        if context is None:
+            context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
+            location = DEFAULT_CA_BUNDLE_PATH if verify is True else str(verify)
+            if Path(location).is_dir():
+                context.load_verify_locations(capath=location)
+            else:
+                context.load_verify_locations(cafile=location)
+            _contexts[verify] = context
+        return context
+
+
+class _TrustAdapter(HTTPAdapter):
+    """An adapter whose https connections verify against one preloaded :func:`trust_context`."""
+
+    def __init__(self, context: ssl.SSLContext, pool_size: int) -> None:
+        self._context = context
+        super().__init__(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        super().cert_verify(conn, url, verify, cert)  # type: ignore[no-untyped-call]  # untyped in the stubs
+        if url.lower().startswith("https"):  # the CAs are in the context already: never load them again
+            conn.cert_reqs = "CERT_REQUIRED"
+            conn.ca_certs = None
+            conn.ca_cert_dir = None
+
+    def build_connection_pool_key_attributes(self, request: requests.PreparedRequest, verify: bool | str,
+                                             cert: str | tuple[str, str] | None = None,
+                                             ) -> tuple[_HostParams, _PoolKwargs]:
+        host, pool = super().build_connection_pool_key_attributes(request, verify, cert)
+        pool.pop("ca_certs", None)
+        pool.pop("ca_cert_dir", None)
+        pool["cert_reqs"] = "CERT_REQUIRED"
+        pool["ssl_context"] = self._context
+        return host, pool
+
+
+def new_session(verify: str | bool, *, pool_size: int = 4) -> requests.Session:
+    """A session that ignores the environment (no proxies, no netrc) and verifies TLS against ``verify``."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = verify
+    adapter = _TrustAdapter(trust_context(verify), pool_size)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def trust_hint(settings: Settings) -> str:
+    """Where the trusted CAs came from, and what to set, for TLS failure messages."""
+    source = settings.tls_trust[1]
+    if source == "NMS_CDS_CA_BUNDLE":
+        return "trusted CAs from NMS_CDS_CA_BUNDLE"
+    return f"trusted CAs from {source}; set NMS_CDS_CA_BUNDLE for a private CA"
+
+
+_VERIFY_REASON = re.compile(r"certificate verify failed: ([A-Za-z][A-Za-z ,()-]{0,80})")
+
+
+def tls_failure(exc: BaseException) -> str:
+    """Name a TLS failure from its exception chain without quoting anything but OpenSSL's fixed reason text:
+    ``certificate verify failed (unable to get local issuer certificate)`` or ``handshake failed``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    texts: list[str] = []
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(str(current))
+        texts.extend(str(arg) for arg in getattr(current, "args", ()))
+        current = current.__cause__ or current.__context__ or getattr(current, "reason", None)
+        if not isinstance(current, BaseException):
+            current = None
+    joined = " ".join(texts)
+    match = _VERIFY_REASON.search(joined)
+    if match:
+        reason = match.group(1).split(", certificate is not valid")[0].strip().rstrip(" (")
+        return f"certificate verify failed ({reason})"
+    if "CERTIFICATE_VERIFY_FAILED" in joined or "certificate verify failed" in joined:
+        return "certificate verify failed"
+    return "handshake failed"
 
 
 class QueryPool:
@@ -368,6 +535,13 @@ __all__ = [
     "QueryPool",
     "SearchResult",
     "check_allowed",
+    "check_base",
     "is_loopback",
+    "log_outbound_config",
+    "new_session",
+    "resource_name",
     "thread_session",
+    "tls_failure",
+    "trust_context",
+    "trust_hint",
 ]
