@@ -21,11 +21,15 @@ COPY requirements.lock ./
 RUN pip install --no-compile --require-hashes --no-deps -r requirements.lock
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-compile --no-deps /tmp/dist/*.whl && rm -rf /tmp/dist && pip check \
-    && useradd --system --uid 10001 --home-dir /app --no-create-home nmscds
+    && useradd --system --uid 10001 --home-dir /app --no-create-home nmscds \
+    && mkdir -p /var/lib/nms-cds && chown 10001 /var/lib/nms-cds
 USER 10001
 # NMS_CDS_PORT is the serving port and the HEALTHCHECK's; `docker run IMAGE --port 9090` works too (the
 # healthcheck reads the port from the command line of process 1).
-ENV NMS_CDS_ENVIRONMENT=production NMS_CDS_AUTH=jwt NMS_CDS_PORT=8080 HOME=/tmp
+# The embedded SQLite store (card audit, feedback, replay cache) when NMS_CDS_DATABASE_URL is not set: a volume,
+# so it stays writable with --read-only.
+ENV NMS_CDS_ENVIRONMENT=production NMS_CDS_AUTH=jwt NMS_CDS_PORT=8080 HOME=/tmp NMS_CDS_DATA_DIR=/var/lib/nms-cds
+VOLUME ["/var/lib/nms-cds"]
 EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["nms-cds", "healthcheck"]
 ENTRYPOINT ["nms-cds", "serve", "--host", "0.0.0.0"]

@@ -10,7 +10,8 @@ FHIR_PORT ?= 8081
 UV_VERSION := 0.13.8
 LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
 
-.PHONY: install node run lock test test-unit test-integration test-node lint typecheck fixtures bench fuzz soak clean
+.PHONY: install node servers run lock test test-unit test-integration test-node lint typecheck fixtures report-example \
+	bench fuzz soak clean
 
 ## make install: .venv exactly as locked (requirements-dev.lock, hashes checked), then this package (no deps)
 $(STAMP): pyproject.toml $(LOCKS) scripts/lock.py
@@ -51,11 +52,19 @@ run: install
 
 ## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server) and the
 ## local FHIR server's own Node tests
-test: install node
+test: install node servers
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 	cd fhir_server && npm test --silent
+
+## make servers: the PostgreSQL and Redis servers the store tests start themselves (Debian packages, when missing)
+servers:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then \
+		echo "installing Debian packages postgresql and redis-server for the store tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			postgresql redis-server >/dev/null; \
+	fi
 
 test-node: node
 	cd fhir_server && npm test --silent
@@ -71,6 +80,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+## make report-example: the README's example `nms-cds report` (fixture demo, simulated feedback) and its chart
+report-example: install
+	$(BIN)/python fhir_fixtures/report_demo.py >/dev/null
 
 fixtures: install
 	$(BIN)/python fhir_fixtures/build_fixtures.py

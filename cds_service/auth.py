@@ -36,7 +36,6 @@ non-loopback bind unless ``NMS_CDS_AUTH_OFF_FORCE=true``.
 
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import math
@@ -58,6 +57,8 @@ from jwt.types import Options
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import ConfigError, Unauthorized
 from cds_service.fhir.client import is_loopback, new_session, tls_failure, trust_hint
+from cds_service.store.base import ReplayGuard
+from cds_service.store.memory import REPLAY_CACHE_CAPACITY, ReplayCache
 
 log = logging.getLogger("cds_service.auth")
 
@@ -75,7 +76,6 @@ JWKS_TIMEOUT = (2.0, 3.0)  # connect, read (seconds)
 JWKS_TOTAL_SECONDS = 5.0  # a JWK Set trickled slower than this is abandoned
 #: A fetched JWK Set older than this is re-fetched on next use (rate limit still applies), so removed keys stop working.
 JWKS_MAX_AGE_SECONDS = 3600.0
-REPLAY_CACHE_CAPACITY = 100_000
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
 # Signature only: every claim is checked below against the injectable clock.
@@ -280,40 +280,8 @@ def load_trusted_clients(path: Path | None) -> dict[str, TrustedClient]:
 
 
 # -- replay cache ----------------------------------------------------------------------------------------
-class ReplayCache:
-    """Seen ``(iss, jti)`` pairs, each kept until its token's ``exp`` + leeway. Thread-safe and bounded.
-
-    Per worker process: with several gunicorn workers a replay is detected only by the worker that saw the
-    original (see docs/security.md). When full of unexpired entries it refuses new tokens (fails closed).
-    """
-
-    def __init__(self, capacity: int = REPLAY_CACHE_CAPACITY) -> None:
-        self.capacity = capacity
-        self._lock = threading.Lock()
-        self._until: dict[tuple[str, str], float] = {}
-        self._heap: list[tuple[float, tuple[str, str]]] = []
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._until)
-
-    def _purge(self, now: float) -> None:
-        while self._heap and self._heap[0][0] < now:
-            until, key = heapq.heappop(self._heap)
-            if self._until.get(key) == until:
-                del self._until[key]
-
-    def add(self, key: tuple[str, str], until: float, now: float) -> str | None:
-        """Record ``key``; return None when it is new, else the reason to refuse ("replay" or "full")."""
-        with self._lock:
-            self._purge(now)
-            if key in self._until:
-                return "replay"
-            if len(self._until) >= self.capacity:
-                return "full"
-            self._until[key] = until
-            heapq.heappush(self._heap, (until, key))
-            return None
+# ``(iss, jti)`` pairs are claimed in a ReplayGuard (cds_service.store): the shared store or Redis when the
+# app runs (every worker and replica sees every claim), the in-process ReplayCache otherwise.
 
 
 # -- remote JWK Sets -------------------------------------------------------------------------------------
@@ -357,10 +325,12 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         session: requests.Session | None = None,
         replay_capacity: int = REPLAY_CACHE_CAPACITY,
+        replay: ReplayGuard | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.replay = ReplayCache(replay_capacity)
+        self.replay: ReplayGuard = replay if replay is not None else ReplayCache(
+            replay_capacity, max_per_issuer=min(replay_capacity, settings.replay_max_per_issuer))
         self.clients: dict[str, TrustedClient] = {}
         self._remote: dict[str, _RemoteKeys] = {}
         self._session = session  # None: a fresh session per (rare) JWKS fetch, so no session is shared by threads
@@ -428,11 +398,12 @@ class Authenticator:
             raise Unauthorized("malformed token") from None
         self._check_claims(claims, client, audience, now)
         jti: str = claims["jti"]
-        refused = self.replay.add((iss, jti), float(claims["exp"]) + self.settings.jwt_leeway_seconds, now)
+        # StoreUnavailable (503) when the shared cache cannot be reached: fail closed, never skip the check.
+        refused = self.replay.claim(iss, jti, float(claims["exp"]) + self.settings.jwt_leeway_seconds, now)
         if refused == "replay":
             raise Unauthorized("jti replayed")
         if refused == "full":
-            raise Unauthorized("replay cache full; refusing new tokens until entries expire")
+            raise Unauthorized("replay cache full for this issuer; its new tokens are refused until entries expire")
         log.debug("client authenticated", extra={"event": "auth-ok", "iss": iss, "jti": jti,
                                                  "tenant": claims.get("tenant")})
         return claims

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cds_service import __version__, tools
+from cds_service import __version__, report, tools
 from cds_service.config import AuthMode, Settings, describe, load_settings, unknown_variables
 from cds_service.errors import ConfigError, UsageError
 from cds_service.fhir.client import is_loopback
@@ -104,6 +104,8 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         except TrustedClientsError as exc:
             print(f"nms-cds: {exc}", file=sys.stderr)
             return 2
+    if not _store_ready(settings):
+        return 1
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -124,6 +126,20 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
 
     Server().run()
     return 0
+
+
+def _store_ready(settings: Settings) -> bool:
+    """Open the store once before any worker starts: migrations run here, and a store that cannot be used
+    is one clear line (the cause, never a path or URL) instead of a traceback per gunicorn worker."""
+    from cds_service.errors import StoreUnavailable
+    from cds_service.store import open_store
+
+    try:
+        open_store(settings).close()
+    except StoreUnavailable as exc:
+        print(f"nms-cds: store unavailable: {exc.cause}", file=sys.stderr)
+        return False
+    return True
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -258,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--pid", type=int, default=1, help="process whose command line gives the port (default 1)")
     health.set_defaults(func=_healthcheck)
     tools.register(sub)
+    report.register(sub)
     return parser
 
 

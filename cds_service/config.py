@@ -24,7 +24,15 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import annotated_types
-from pydantic import BeforeValidator, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -129,7 +137,36 @@ class Settings(BaseSettings):
 
     # --- behaviour --------------------------------------------------------------------------------
     service_id: str = Field("nms-order-sign", pattern=r"^[A-Za-z0-9\-_.]+$")
-    feedback_log: Path | None = Field(None, description="JSON-lines file to append card feedback to")
+    feedback_max_items: int = Field(50, ge=1, le=10_000, description="Feedback items accepted per request (413 beyond)")
+    feedback_max_item_bytes: int = Field(
+        8192, ge=256, le=1024 * 1024, description="Largest feedback item, as compact UTF-8 JSON (413 beyond)"
+    )
+
+    # --- persistence (cds_service/store/) -----------------------------------------------------------
+    data_dir: Path = Field(
+        Path("var"), description="Directory of the embedded SQLite store (created when missing)"
+    )
+    database_url: SecretStr | None = Field(
+        None, description="postgresql://user:password@host:5432/db — PostgreSQL instead of the SQLite file"
+    )
+    redis_url: SecretStr | None = Field(
+        None, description="redis://host:6379/0 — JWT replay cache in Redis (shared by several replicas)"
+    )
+    store_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Wait for a locked SQLite file, a PostgreSQL connection or statement, Redis"
+    )
+    audit_retention_days: int = Field(
+        400, ge=1, description="Card audit and feedback older than this are purged (hourly, and by `nms-cds purge`)"
+    )
+    audit_patient_ids: bool = Field(
+        False, description="Operator opt-in: store patientId in the card audit (default: a keyed hash only)"
+    )
+    audit_hash_key: SecretStr | None = Field(
+        None, description="Key of the patient-id hash; default: a random key kept in the store itself"
+    )
+    replay_max_per_issuer: int = Field(
+        100_000, ge=10, description="Unexpired jti kept per trusted client; beyond, only that client gets 401"
+    )
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)")
     log_patient_ids: bool = Field(False, description="Operator opt-in: include patientId in logs")
     fixed_now: datetime | None = Field(
@@ -235,8 +272,8 @@ OTHER_VARIABLES: dict[str, str] = {
     "NMS_CDS_BENCH_FLOOR_BODY": "make bench: body size of the bare Flask floor",
 }
 
-_SECRET_NAME = re.compile(r"password|secret|token|private", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]+):[^@/\s]+@")
+_SECRET_NAME = re.compile(r"password|secret|token|private|key", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]+@")
 
 
 def env_name(field: str) -> str:
@@ -258,6 +295,9 @@ def redact(field: str, value: object) -> str:
     """Printable form of a setting's value: secrets replaced by ``***``, URL passwords removed."""
     if value is None:
         return ""
+    if isinstance(value, SecretStr):  # a URL keeps all but its password; any other secret is hidden whole
+        secret = value.get_secret_value()
+        return _URL_PASSWORD.sub(r"\1:***@", secret) if "://" in secret and not _SECRET_NAME.search(field) else "***"
     if isinstance(value, list | tuple):
         text = ",".join(str(v) for v in value)
     elif isinstance(value, Enum):
@@ -324,6 +364,8 @@ def accepted_form(field: str) -> str:
         return f"a number{unit}" + (f" {bounds}" if bounds else "")
     if kind is Path:
         return "a file path"
+    if kind is SecretStr:
+        return "a URL (its password is never shown)" if field.endswith("_url") else "text (never shown)"
     if get_origin(kind) is list:
         return "a comma-separated list"
     if kind is str:

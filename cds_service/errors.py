@@ -15,6 +15,8 @@
     │   ├── NotFound            404  unknown service id or route
     │   ├── PayloadTooLarge     413  body above NMS_CDS_MAX_BODY_BYTES
     │   └── PreconditionFailed  412  required FHIR data could be had neither from prefetch nor the server
+    ├── StoreUnavailable        the database (or Redis) could not be used; mapped to 503 with the cause in
+    │                           words (never a path, URL or secret), so the client sends the same data again
     └── FhirError               a problem talking to the EHR's FHIR server; never reaches the client as is:
         │                       the service layer degrades the answer or raises PreconditionFailed
         ├── FhirNotAllowed      the URL is outside NMS_CDS_FHIR_ALLOWLIST, not https, or a redirect off-site
@@ -86,6 +88,18 @@ class PayloadTooLarge(RequestError):
 class PreconditionFailed(RequestError):
     status = 412
     code = "processing"
+
+
+class StoreUnavailable(NmsCdsError):
+    """The store could not do its work; nothing of the operation was kept. ``cause`` is safe to return."""
+
+    status = 503
+    code = "store-unavailable"
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+        self.message = cause
 
 
 class FhirError(NmsCdsError):

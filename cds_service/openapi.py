@@ -312,7 +312,11 @@ def _errors(settings: Settings, *statuses: int) -> dict[str, Any]:
         404: ("No CDS service with this id", "Error"),
         412: ("Required FHIR data (temperatures, vital signs and laboratory results all failed) could be had "
               "neither from prefetch nor from fhirServer", "OperationOutcome"),
-        413: (f"Request body larger than {limit} bytes (NMS_CDS_MAX_BODY_BYTES)", "Error"),
+        413: (f"Request body larger than {limit} bytes (NMS_CDS_MAX_BODY_BYTES); for feedback also more than "
+              f"{settings.feedback_max_items} items or an item over {settings.feedback_max_item_bytes} bytes",
+              "Error"),
+        503: ("The store (database or Redis) could not be used; `message` names the cause. Nothing was stored: "
+              "send the same request again (Retry-After)", "Error"),
     }
     return {str(s): _json(_ref(texts[s][1]), texts[s][0]) for s in statuses}
 
@@ -343,7 +347,7 @@ def _build(settings: Settings, hook: str) -> dict[str, Any]:
                     "operationId": "discovery",
                     "summary": "CDS Hooks discovery: the services offered, with their prefetch templates",
                     "responses": {"200": _json(_ref("Discovery"), "Service definitions"),
-                                  **_errors(settings, 401)},
+                                  **_errors(settings, 401, 503)},
                 },
             },
             "/cds-services/{service_id}": {
@@ -355,7 +359,7 @@ def _build(settings: Settings, hook: str) -> dict[str, Any]:
                     "responses": {
                         "200": _json(_ref("HookResponse"),
                                      "Cards (possibly none); degraded answers say what could not be retrieved"),
-                        **_errors(settings, 400, 401, 404, 412, 413),
+                        **_errors(settings, 400, 401, 404, 412, 413, 503),
                     },
                 },
             },
@@ -367,7 +371,7 @@ def _build(settings: Settings, hook: str) -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("FeedbackRequest")}}},
                     "responses": {
                         "200": _json(_ref("FeedbackResponse"), "How many items were received and how many new"),
-                        **_errors(settings, 400, 401, 404, 413),
+                        **_errors(settings, 400, 401, 404, 413, 503),
                     },
                 },
             },

@@ -1,17 +1,26 @@
-"""Per-process objects shared by requests: settings, services, the FHIR query pool, feedback, auth."""
+"""Per-process objects shared by requests: settings, services, the FHIR query pool, the store, auth."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
+from cds_service import audit
 from cds_service.auth import Authenticator
-from cds_service.config import Settings
-from cds_service.feedback import FeedbackStore
+from cds_service.config import AuthMode, Settings
+from cds_service.errors import StoreUnavailable
 from cds_service.fhir.client import QueryPool
-from cds_service.services.engine import CdsService, Engine
+from cds_service.services.engine import CallReport, CdsService, Engine
 from cds_service.services.order_sign import OrderSignPolicy
+from cds_service.store import ReplayGuard, Store, open_replay_guard, open_store
+
+log = logging.getLogger("cds_service.store")
+PURGE_INTERVAL_SECONDS = 3600.0
 
 
 @dataclass
@@ -19,9 +28,13 @@ class Runtime:
     settings: Settings
     services: dict[str, CdsService]
     pool: QueryPool
-    feedback: FeedbackStore
+    store: Store
+    replay: ReplayGuard
     authenticator: Authenticator
-    clock: Callable[[], datetime]
+    clock: Callable[[], datetime]  # the clinical clock (pinned by NMS_CDS_FIXED_NOW)
+    wall_clock: Callable[[], float] = time.time  # audit and feedback times, replay expiry
+    _next_purge: float = 0.0
+    _purge_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -32,14 +45,52 @@ class Runtime:
         def clock() -> datetime:
             return fixed if fixed is not None else datetime.now(UTC)
 
+        store = open_store(settings)
+        replay = open_replay_guard(settings, store)
         pool = QueryPool(settings.fhir_concurrency)
         engine = Engine(settings, pool, clock)
         service = CdsService(OrderSignPolicy(settings), engine)
-        return cls(
-            settings=settings,
-            services={service.id: service},
-            pool=pool,
-            feedback=FeedbackStore(settings.feedback_log),
-            authenticator=Authenticator(settings),
-            clock=clock,
-        )
+        authenticator = Authenticator(settings, replay=replay) if settings.auth == AuthMode.JWT else \
+            Authenticator(settings)
+        return cls(settings=settings, services={service.id: service}, pool=pool, store=store, replay=replay,
+                   authenticator=authenticator, clock=clock)
+
+    def audit_cards(self, cards: Sequence[dict[str, Any]], *, hook: str, service_id: str, hook_instance: str,
+                    patient_id: str | None, report: CallReport, iss: str | None) -> int:
+        """Record every card served; a store failure is logged, the cards are still answered."""
+        if not cards:
+            return 0
+        try:
+            key = (self.settings.audit_hash_key.get_secret_value().encode("utf-8")
+                   if self.settings.audit_hash_key is not None else self.store.hash_key())
+            records = audit.card_records(
+                cards, served_at=self.wall_clock(), hook=hook, service_id=service_id, hook_instance=hook_instance,
+                score=report.score, rules=report.rules, reasons=report.reasons, evidence=report.evidence, iss=iss,
+                patient=audit.patient_token(patient_id, key, opt_in=self.settings.audit_patient_ids))
+            self.store.record_cards(records)
+        except StoreUnavailable as exc:
+            log.error("card audit not written", extra={"event": "audit-failed", "error": exc.cause})
+            return 0
+        self.maybe_purge()
+        return len(records)
+
+    def maybe_purge(self) -> None:
+        """At most once an hour per process: drop audit and feedback past retention, and expired jti."""
+        now = self.wall_clock()
+        if now < self._next_purge or not self._purge_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_purge = now + PURGE_INTERVAL_SECONDS
+            counts = self.store.purge(before=now - self.settings.audit_retention_days * 86400.0, now=now)
+            if any(counts.values()):
+                summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+                log.info(f"store purged: {summary}", extra={"event": "store-purge"})
+        except StoreUnavailable as exc:
+            log.warning("store purge failed", extra={"event": "store-purge-failed", "error": exc.cause})
+        finally:
+            self._purge_lock.release()
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.replay.close()
+        self.store.close()

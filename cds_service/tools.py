@@ -285,8 +285,10 @@ def demo(args: argparse.Namespace) -> int:
     from cds_service.config import load_settings
 
     root = fixtures_root(args.fixtures)
+    # a throw-away store: demo cards never enter the configured audit (or a production database)
     app = create_app(load_settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR,
-                                   log_level="WARNING"))
+                                   log_level="WARNING", data_dir=Path(tempfile.mkdtemp(prefix="nms-cds-demo-")),
+                                   database_url=None, redis_url=None))
     client = app.test_client()
     failures = 0
     shown: dict[str, Any] | None = None

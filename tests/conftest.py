@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO / "datasets"  # third-party test data, each file listed in datasets/MANIFEST.tsv
 FHIR_BASE = "https://fhir.example.org/r4"
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+# Apps built from the environment (Settings()) in tests keep their SQLite store in a throw-away directory.
+os.environ.setdefault("NMS_CDS_DATA_DIR", tempfile.mkdtemp(prefix="nms-cds-tests-"))
 
 
 def dataset_json(relative: str) -> Any:
@@ -36,6 +40,7 @@ def make_settings(**overrides: Any) -> Settings:
         "fhir_allowlist": [FHIR_BASE, "http://127.0.0.1:8081"],
         "fixed_now": NOW,
         "public_base_url": "http://127.0.0.1:8080",
+        "data_dir": Path(tempfile.mkdtemp(prefix="nms-cds-store-")),  # a fresh store per app
     }
     base.update(overrides)
     return Settings(**base)

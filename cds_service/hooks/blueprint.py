@@ -10,7 +10,15 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from cds_service.errors import NotFound, PayloadTooLarge, PreconditionFailed, RequestError, Unauthorized
+from cds_service import feedback as feedback_items
+from cds_service.errors import (
+    NotFound,
+    PayloadTooLarge,
+    PreconditionFailed,
+    RequestError,
+    StoreUnavailable,
+    Unauthorized,
+)
 from cds_service.hooks.request import load_json, parse_feedback, parse_hook_request, reject_lone_surrogates
 from cds_service.openapi import openapi_document
 from cds_service.runtime import Runtime
@@ -65,6 +73,9 @@ def call_service(service_id: str) -> Response:
     hook_request = parse_hook_request(_body(), expected_hook=service.hook)
     g.hook_instance = hook_request.hook_instance
     response, report = service.call(hook_request)
+    rt.audit_cards(response.get("cards", []), hook=service.hook, service_id=service_id,
+                   hook_instance=hook_request.hook_instance, patient_id=hook_request.patient_id, report=report,
+                   iss=g.get("iss"))
     extra: dict[str, Any] = {
         "event": "hook-call",
         "service": service_id,
@@ -87,8 +98,12 @@ def feedback(service_id: str) -> Response:
     _authenticate(f"/cds-services/{service_id}/feedback")
     if service_id not in rt.services:
         raise NotFound(f"no CDS service with id '{service_id[:64]}'")
-    items = parse_feedback(_body())
-    new = rt.feedback.add(service_id, items)
+    body = _body()
+    feedback_items.check_limits(body, rt.settings)
+    items = parse_feedback(body)
+    # Stored (and "new" decided) in one transaction before the answer; StoreUnavailable → 503, nothing kept.
+    new = rt.store.add_feedback(feedback_items.records(service_id, items, iss=g.get("iss"), now=rt.wall_clock()))
+    rt.maybe_purge()
     log.info("feedback stored", extra={"event": "feedback", "service": service_id,
                                        "feedback_items": len(items), "feedback_new": new})
     return jsonify({"received": len(items), "new": new})
@@ -126,6 +141,14 @@ def _error_response(exc: RequestError) -> tuple[Response, int]:
         body["field"] = exc.field
     log.info("request rejected", extra={"event": "bad-request", "status": exc.status, "error": exc.message})
     return jsonify(body), exc.status
+
+
+def _store_error(exc: StoreUnavailable) -> tuple[Response, int]:
+    log.error("store unavailable", extra={"event": "store-unavailable", "error": exc.cause})
+    response = jsonify({"error": exc.code, "message": f"storage unavailable: {exc.cause}; nothing was stored, "
+                        "send the same request again later"})
+    response.headers["Retry-After"] = "5"
+    return response, 503
 
 
 def _http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -168,5 +191,6 @@ def register(app: Flask) -> None:
     app.before_request(_start)
     app.after_request(_cors)
     app.register_error_handler(RequestError, _error_response)
+    app.register_error_handler(StoreUnavailable, _store_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

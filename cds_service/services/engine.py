@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cds_service.audit import audit_fields
 from cds_service.clinical import Assessment, ClinicalInput, assess
 from cds_service.config import Settings
 from cds_service.errors import FhirError, FhirNotAllowed, PreconditionFailed
@@ -56,6 +57,10 @@ class CallReport:
     score: int | None = None
     fhir_server: str = "none"  # "none", "allowed", "not-allowed"
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # For the card audit (cds_service/audit.py): rule names, the card's reasons, evidence resource ids.
+    rules: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -117,6 +122,7 @@ class Engine:
         assessment = assess(inp)
         report.indicator = assessment.indicator
         report.score = assessment.score if assessment.indicator else None
+        report.rules, report.reasons, report.evidence = audit_fields(assessment)
         report.fhir_requests = gathered.client.requests_made if gathered.client else 0
         cards = policy.cards(assessment, req)
         report.timings_ms["total"] = (time.perf_counter() - started) * 1000

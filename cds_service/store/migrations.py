@@ -1,0 +1,77 @@
+"""Schema migrations: numbered, plain SQL, one list for both dialects, applied once under a lock.
+
+Each migration is a list of statements with two dialect placeholders, ``{real}`` (a float column) and
+``{serial}`` (an auto-increment primary key). ``schema_migrations`` records what was applied. The
+runner takes the database's write lock first (SQLite ``BEGIN IMMEDIATE``; PostgreSQL
+``pg_advisory_xact_lock``), so several workers or replicas starting together apply each step exactly
+once, and a step either applies whole or not at all (DDL is transactional in both).
+
+Never edit a released migration: append a new one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DIALECT = {
+    "sqlite": {"real": "REAL", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "postgres": {"real": "DOUBLE PRECISION", "serial": "BIGSERIAL PRIMARY KEY"},
+}
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+    def sql(self, dialect: str) -> list[str]:
+        return [s.format(**DIALECT[dialect]) for s in self.statements]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "card audit, feedback, replay cache", (
+        """CREATE TABLE card_audit (
+            card_uuid TEXT PRIMARY KEY,
+            served_at {real} NOT NULL,
+            hook TEXT NOT NULL,
+            service_id TEXT NOT NULL,
+            hook_instance TEXT NOT NULL,
+            indicator TEXT NOT NULL,
+            score INTEGER,
+            rules TEXT NOT NULL,
+            reasons TEXT NOT NULL,
+            evidence TEXT NOT NULL,
+            client_iss TEXT,
+            patient TEXT)""",
+        "CREATE INDEX card_audit_served_at ON card_audit (served_at)",
+        """CREATE TABLE feedback (
+            id {serial},
+            service_id TEXT NOT NULL,
+            card_uuid TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            outcome_timestamp TEXT NOT NULL,
+            received_at {real} NOT NULL,
+            accepted_suggestions TEXT NOT NULL,
+            override_code TEXT,
+            override_system TEXT,
+            client_iss TEXT,
+            UNIQUE (service_id, card_uuid, outcome, outcome_timestamp))""",
+        "CREATE INDEX feedback_received_at ON feedback (received_at)",
+        "CREATE INDEX feedback_card ON feedback (card_uuid)",
+        """CREATE TABLE replay_jti (
+            iss TEXT NOT NULL,
+            jti TEXT NOT NULL,
+            expires_at {real} NOT NULL,
+            PRIMARY KEY (iss, jti))""",
+        "CREATE INDEX replay_jti_expiry ON replay_jti (iss, expires_at)",
+        "CREATE TABLE replay_issuer (iss TEXT PRIMARY KEY, entries INTEGER NOT NULL)",
+        "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    )),
+)
+
+CREATE_TRACKING = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+    "applied_at {real} NOT NULL)"
+)
+LATEST = MIGRATIONS[-1].version
