@@ -29,6 +29,7 @@ from cds_service import fixtures
 REPO = Path(__file__).resolve().parents[1]
 LOCKS = ("requirements.lock", "requirements-dev.lock", "requirements-build.lock")
 CONTEXT_LIMIT_BYTES = 8 * 1024 * 1024
+ABSENT = "nms-cds-test-not-a-dependency"  # a requirement no lock can hold
 
 
 def lock_module() -> ModuleType:
@@ -70,14 +71,14 @@ def test_a_mismatch_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(lock, "ROOT", tmp_path)
     pyproject = tmp_path / "pyproject.toml"
     original = pyproject.read_text(encoding="utf-8")
-    pyproject.write_text(original.replace('dependencies = [\n', 'dependencies = [\n    "sqlalchemy>=2",\n'
+    pyproject.write_text(original.replace('dependencies = [\n', f'dependencies = [\n    "{ABSENT}>=2",\n'
                                           '    "flask>=9",\n', 1), encoding="utf-8")
     flask = lock.pins((REPO / LOCKS[0]).read_text())["flask"]
     assert lock.problems() == [
-        "requirements.lock does not match pyproject.toml: sqlalchemy>=2 is not in it; run `make lock`",
+        f"requirements.lock does not match pyproject.toml: {ABSENT}>=2 is not in it; run `make lock`",
         f"requirements.lock does not match pyproject.toml: it pins flask=={flask}, pyproject.toml asks for "
         "flask>=9; run `make lock`",
-        "requirements-dev.lock does not match pyproject.toml: sqlalchemy>=2 is not in it; run `make lock`",
+        f"requirements-dev.lock does not match pyproject.toml: {ABSENT}>=2 is not in it; run `make lock`",
         f"requirements-dev.lock does not match pyproject.toml: it pins flask=={flask}, pyproject.toml asks for "
         "flask>=9; run `make lock`",
     ]
@@ -97,11 +98,12 @@ def test_make_install_refuses_a_stale_lock(tmp_path: Path) -> None:
     (tmp_path / "scripts").mkdir()
     shutil.copy(REPO / "scripts" / "lock.py", tmp_path / "scripts" / "lock.py")
     pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('dependencies = [\n', 'dependencies = [\n    "redis>=5",\n', 1))
+    text = pyproject.read_text().replace("dependencies = [\n", f'dependencies = [\n    "{ABSENT}>=5",\n', 1)
+    pyproject.write_text(text)
     result = subprocess.run(["make", "--no-print-directory", "install", f"PYTHON={sys.executable}"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "make install: requirements.lock does not match pyproject.toml: redis>=5 is not in it; run `make lock`" \
+    assert f"make install: requirements.lock does not match pyproject.toml: {ABSENT}>=5 is not in it; run `make lock`" \
         in result.stderr
     assert not (tmp_path / ".venv").exists()  # nothing was installed
 

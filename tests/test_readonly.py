@@ -38,7 +38,8 @@ pytestmark = pytest.mark.skipif(not namespaces_work(), reason="needs root and un
 def read_only(command: list[str], *, tmpfs: bool) -> subprocess.Popen[str]:
     mounts = "mount -o remount,bind,ro / && " + ("mount -t tmpfs tmpfs /tmp && " if tmpfs else "")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NMS_CDS_", "TMPDIR", "TEMP", "TMP"))}
-    env.update({"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "NMS_CDS_AUTH": "off"})
+    # as the image: HOME on the tmpfs, the store's directory writable (the image's volume; here on the tmpfs)
+    env.update({"HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1", "NMS_CDS_AUTH": "off", "NMS_CDS_DATA_DIR": "/tmp/data"})
     script = mounts + "cd / && exec " + " ".join(command)
     return subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", script], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -57,10 +58,16 @@ def test_with_a_tmpfs_on_tmp_serve_is_healthy() -> None:
     port = free_port()
     proc = read_only([NMS_CDS, "serve", "--port", str(port), "--workers", "2"], tmpfs=True)
     try:
-        wait_healthy(proc, port)
+        try:
+            wait_healthy(proc, port)
+        except BaseException:
+            proc.wait(timeout=60)
+            print(proc.stderr.read() if proc.stderr else "")
+            raise
         check = run(["healthcheck", "--pid", str(proc.pid)])
         assert check.returncode == 0, check.stderr
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert "Traceback" not in err and "Read-only file system" not in err and "Permission denied" not in err, err
