@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from cds_service import cli
 from cds_service.app import create_app
@@ -152,6 +153,19 @@ def test_redaction() -> None:
     assert redact("client_secret", "abc") == "***"
     assert redact("fhir_allowlist", ["https://a.example", "https://b.example"]) == "https://a.example,https://b.example"
     assert redact("fixed_now", None) == ""
+    assert redact("database_url", SecretStr("postgresql://cds:pw@db:5432/cds")) == "postgresql://cds:***@db:5432/cds"
+    assert redact("redis_url", SecretStr("redis://:pw@cache:6379/0")) == "redis://:***@cache:6379/0"
+    assert redact("audit_hash_key", SecretStr("k3y")) == "***"
+
+
+def test_check_config_never_prints_a_secret(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("NMS_CDS_AUTH", "off")
+    monkeypatch.setenv("NMS_CDS_DATABASE_URL", "postgresql://cds:hunter2@db.example:5432/cds")
+    monkeypatch.setenv("NMS_CDS_AUDIT_HASH_KEY", "hunter3")
+    cli.main(["check-config"])
+    out = capsys.readouterr().out
+    assert "hunter" not in out and "postgresql://cds:***@db.example:5432/cds" in out
 
 
 # --- create_app users -------------------------------------------------------------------------------------------
