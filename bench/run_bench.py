@@ -64,7 +64,18 @@ TARGETS = {
     "s2_p50_ms_max": 100.0,
     "s2_memory_mb_max": 150.0,
     "s3_p50_rtt_ratio_max": 1.5,
+    "s4_budget_ms": 3000.0,
+    "s4_slowest_query_ratio_max": 1.3,
 }
+# Scenario 4's FHIR server: HAPI-like paging (20 a page by default, at most 200, _getpages links) and about
+# 1 s per request: 1 s per new search + 0.5 ms per resource it matches (a 1,100-match search: 1.55 s), 1 s
+# per later page (pessimistic for HAPI's cached pages; it is what made today's three Observation keys time
+# out). The server sleeps outside its lock, so concurrent queries cost their latency concurrently (its own
+# CPU work, a few ms to ~100 ms a search, is still serial: one Node thread).
+S4_SERVER_ARGS = ("--paging", "hapi", "--search-latency-ms", "1000", "--match-latency-us", "500",
+                  "--page-latency-ms", "1000")
+# A server that thinks 1-2 s before its first byte needs a read timeout above the 2 s default.
+S4_SERVICE_ENV = {"NMS_CDS_FHIR_READ_TIMEOUT": "3"}
 
 
 # --- processes ----------------------------------------------------------------------------------------
@@ -385,7 +396,7 @@ class Options:
     scaling_requests: int
     sequential: int
     quick: bool
-    only: set[int] = field(default_factory=lambda: {1, 2, 3})
+    only: set[int] = field(default_factory=lambda: {1, 2, 3, 4})
 
 
 def _card_summary(answer: bytes) -> list[dict[str, Any]]:
@@ -571,6 +582,7 @@ def fhir_checks(fhir: Any, service: Server, body: bytes, opts: Options) -> dict[
     """One isolated hook call: which FHIR requests it made; and the direct round trip to the server."""
     import requests
 
+    from cds_service.fhir import bounds
     from cds_service.fhir.prefetch import substitute
     from cds_service.services.templates import prefetch_templates
 
@@ -587,7 +599,14 @@ def fhir_checks(fhir: Any, service: Server, body: bytes, opts: Options) -> dict[
     fetched = [line.split(" ")[1] for line in lines[start + 1:] if line.startswith("GET ")]
     paths = [urlpath.split("?")[0] for urlpath in fetched]
     context = {"patientId": scenarios.PATIENT_ID, "userId": "Practitioner/bench-clinician"}
-    templates = {k: substitute(v, context) for k, v in prefetch_templates().items()}
+    # the queries the service sends: the templates with their date bounds, and the before-window queries
+    templates: dict[str, str | None] = {}
+    for key, template in prefetch_templates().items():
+        url = substitute(template, context)
+        plan = bounds.plan(key, url, ANCHOR) if url and "?" in url else None
+        templates[key] = plan.url if plan else url
+        for i, extra in enumerate(plan.extras if plan else ()):
+            templates[f"{key}+before-window-{i + 1}"] = extra.url
     concurrent_ms = concurrent_fetch_ms(fhir.base_url, [r for r in templates.values() if r],
                                         max(opts.sequential // 2, 5))
     round_trips: dict[str, float] = {}
@@ -606,7 +625,8 @@ def fhir_checks(fhir: Any, service: Server, body: bytes, opts: Options) -> dict[
     session.close()
     print(f"  s3: one hook call made {len(fetched)} FHIR requests ({len(set(fetched))} distinct, "
           f"{sum('page' in f or '_offset' in f for f in fetched)} next-page), took {seconds * 1000:.0f} ms; "
-          f"direct round trips p50 {round_trips}; all 7 at once from Python p50 {concurrent_ms} ms", flush=True)
+          f"direct round trips p50 {round_trips}; all {len(round_trips)} at once from Python p50 {concurrent_ms} ms",
+          flush=True)
     return {
         "requests_per_hook": len(fetched),
         "distinct_requests": len(set(fetched)),
@@ -615,10 +635,138 @@ def fhir_checks(fhir: Any, service: Server, body: bytes, opts: Options) -> dict[
         "round_trip_p50_ms": round_trips,
         "round_trip_patient_read_ms": round_trips.get("patient"),
         "round_trip_slowest_query_ms": max(round_trips.values()),
-        # the same 7 queries fired at once straight from Python: the best any client can do on this server
+        # the same queries fired at once straight from Python: the best any client can do on this server
         "all_queries_concurrent_p50_ms": concurrent_ms,
         "latency_ms": FHIR_LATENCY_MS,
     }
+
+
+def _traced_requests(fhir: Any, port: int, body: bytes) -> tuple[list[str], float, bytes]:
+    """The GET lines the FHIR server logged for one isolated hook call, its time and its answer."""
+    import requests
+
+    marker = "bench-marker-" + str(time.monotonic_ns())
+    requests.get(f"{fhir.base_url}/Patient/{marker}", timeout=10)
+    status, answer, seconds = post(port, body)
+    if status != 200:
+        raise RuntimeError(f"hook call answered {status}: {answer[:300]!r}")
+    time.sleep(0.3)
+    lines = fhir.stderr_tail().splitlines()
+    start = max(i for i, line in enumerate(lines) if marker in line)
+    return [line.split(" ")[1] for line in lines[start + 1:] if line.startswith("GET ")], seconds, answer
+
+
+def _key_queries_alone(base: str, *, bounded: bool) -> dict[str, dict[str, Any]]:
+    """Each of the service's queries alone (one after another), as the service sends them, with paging."""
+    from cds_service.config import Settings
+    from cds_service.errors import FhirError
+    from cds_service.fhir import bounds
+    from cds_service.fhir.client import Deadline, FhirClient
+    from cds_service.fhir.prefetch import _fetch, _fetch_extra, substitute
+    from cds_service.services.templates import prefetch_templates
+
+    settings = Settings(environment="development", auth="off", fhir_allowlist=[base], fixed_now=ANCHOR,
+                        fhir_read_timeout=30.0, public_base_url="http://127.0.0.1:8080")
+    context = {"patientId": scenarios.PATIENT_ID, "userId": "Practitioner/bench-clinician"}
+    out: dict[str, dict[str, Any]] = {}
+    for key, template in prefetch_templates().items():
+        url = substitute(template, context) or ""
+        plan = bounds.plan(key, url, ANCHOR) if bounded and "?" in url else None
+        client = FhirClient(base, settings, Deadline(60.0))
+        started = time.perf_counter()
+        data = _fetch(key, url, client, why=None, plan=plan)
+        out[key] = {"ms": round((time.perf_counter() - started) * 1000, 1), "requests": client.requests_made,
+                    "resources": len(data.resources), "ok": data.ok}
+        for i, extra in enumerate(plan.extras if plan else ()):
+            client = FhirClient(base, settings, Deadline(60.0))
+            started = time.perf_counter()
+            try:
+                found = len(_fetch_extra(extra, client))
+            except FhirError:
+                found = -1
+            out[f"{key}+before-window-{i + 1}"] = {"ms": round((time.perf_counter() - started) * 1000, 1),
+                                                   "requests": client.requests_made, "resources": found,
+                                                   "ok": found >= 0}
+    return out
+
+
+def _unbounded_gather(base: str) -> dict[str, str]:
+    """What the service did before the date bounds (``now=None``: the templates as they are), in-process."""
+    from cds_service.config import Settings
+    from cds_service.fhir.client import Deadline, FhirClient, QueryPool
+    from cds_service.fhir.prefetch import resolve
+    from cds_service.services.templates import prefetch_templates
+
+    settings = Settings(environment="development", auth="off", fhir_allowlist=[base], fixed_now=ANCHOR,
+                        public_base_url="http://127.0.0.1:8080", **{"fhir_read_timeout": 3.0})
+    pool = QueryPool(settings.fhir_concurrency)
+    try:
+        deadline = Deadline(settings.hook_budget_seconds)
+        client = FhirClient(base, settings, deadline)
+        data = resolve(prefetch_templates(), None, {"patientId": scenarios.PATIENT_ID}, client, pool,
+                       budget_remaining=deadline.remaining, now=None)
+    finally:
+        pool.shutdown()
+    return {k: ("ok" if v.ok else "failed: " + (v.note or "")) + ("" if v.complete else " (partial)")
+            for k, v in data.items()}
+
+
+def scenario_4(tmp: Path, opts: Options) -> dict[str, Any]:
+    """No prefetch, a 45-day stay, a HAPI-like paging server at about 1 s per request."""
+    print("scenario 4: no prefetch, 45-day stay, HAPI-like paging server at ~1 s per request", flush=True)
+    from cds_service.localfhir import LocalFhirServer, ensure_node_packages
+
+    ensure_node_packages()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    data_dir = tmp / "fhir4" / "long-stay"
+    data_dir.mkdir(parents=True)
+    bundle = scenarios.transaction_bundle(scenarios.LONG_STAY_DAYS)
+    observations = sum(1 for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation")
+    (data_dir / "bundle.json").write_bytes(scenarios.dumps(bundle))
+    with LocalFhirServer(load=[tmp / "fhir4"], port=0, extra_args=S4_SERVER_ARGS) as fhir:
+        base = fhir.base_url
+        body = scenarios.dumps(scenarios.fhir_server_request(base))
+        service = start_service(tmp, "s4-service", {"NMS_CDS_FHIR_ALLOWLIST": base, **S4_SERVICE_ENV})
+        with running(service):
+            for _ in range(2):  # warm both (worker imports, the server's first searches)
+                post(service.port, body)
+            gets, _, _ = _traced_requests(fhir, service.port, body)
+            calls = max(opts.sequential // 3, 5)
+            times = sequential_ms(service.port, body, calls)
+            _, last, _ = post(service.port, body)
+            internal = service_timings(service.log_path)
+        alone = _key_queries_alone(base, bounded=True)
+        before = _key_queries_alone(base, bounded=False)
+        unbounded = _unbounded_gather(base)
+    cards = _card_summary(last)
+    slowest_key = max(alone, key=lambda k: alone[k]["ms"])
+    result = {
+        "observations_on_server": observations,
+        "server_args": list(S4_SERVER_ARGS),
+        "service_env": S4_SERVICE_ENV,
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "cards": cards,
+        "hook_calls": calls,
+        "hook_p50_ms": round(statistics.median(times), 1),
+        "hook_max_ms": round(max(times), 1),
+        "hook_ms": [round(t, 1) for t in times],
+        "requests_per_hook": len(gets),
+        "observation_requests_per_hook": sum("/Observation?" in g for g in gets),
+        "next_page_requests": sum("_getpages" in g for g in gets),
+        "service_internal_ms": internal,
+        "queries_alone": alone,
+        "slowest_query": slowest_key,
+        "slowest_query_ms": alone[slowest_key]["ms"],
+        "unbounded_queries_alone": before,
+        "unbounded_gather": unbounded,
+    }
+    old = ", ".join(f"{k}: {v['ms']:.0f} ms/{v['requests']} req" for k, v in before.items())
+    print(f"  s4: {observations} Observations on the server; cards {cards}; hook p50 {result['hook_p50_ms']} ms "
+          f"(max {result['hook_max_ms']}), {len(gets)} FHIR requests per hook ({result['next_page_requests']} "
+          f"next-page); slowest query alone: {slowest_key} {alone[slowest_key]['ms']} ms; unbounded, the "
+          f"template queries alone: {old}; unbounded gather: {unbounded}", flush=True)
+    return result
 
 
 # --- machine, JWT, report ----------------------------------------------------------------------------
@@ -714,11 +862,28 @@ def evaluate(results: dict[str, Any]) -> dict[str, Any]:
                 "target": f"<= {limit} x one FHIR round trip ({name.replace('_', ' ')})",
                 "measured": round(p50 / rtt, 2) if rtt else None, "p50_ms": p50, "round_trip_ms": rtt,
                 "met": bool(rtt) and p50 <= limit * rtt}
-        out["s3_fetch_pattern"] = {"target": "7 queries, concurrent, none twice, no paging",
+        out["s3_fetch_pattern"] = {"target": "one query per key (+ the before-window ones), concurrent, none twice, "
+                                             "no paging",
                                    "measured": {k: s3["fhir"][k] for k in ("requests_per_hook", "distinct_requests",
                                                                            "next_page_requests")},
                                    "met": s3["fhir"]["requests_per_hook"] == s3["fhir"]["distinct_requests"]
                                    and s3["fhir"]["next_page_requests"] == 0}
+    s4 = results.get("scenario_4")
+    if s4:
+        indicator = (s4["cards"] or [{}])[0].get("indicator")
+        out["s4_critical_within_budget"] = {
+            "target": f"critical card within the {TARGETS['s4_budget_ms'] / 1000:.0f} s hook budget (45-day stay, "
+                      "no prefetch, HAPI-like paging, ~1 s per request)",
+            "measured": f"{indicator}, p50 {s4['hook_p50_ms']:.0f} ms, max {s4['hook_max_ms']:.0f} ms",
+            "met": indicator == "critical" and s4["hook_max_ms"] <= TARGETS["s4_budget_ms"]}
+        ratio = round(s4["hook_p50_ms"] / s4["slowest_query_ms"], 2) if s4["slowest_query_ms"] else None
+        out["s4_p50_vs_slowest_query"] = {
+            "target": f"<= {TARGETS['s4_slowest_query_ratio_max']} x the slowest single query (alone)",
+            "measured": ratio, "p50_ms": s4["hook_p50_ms"], "slowest_query_ms": s4["slowest_query_ms"],
+            "met": ratio is not None and ratio <= TARGETS["s4_slowest_query_ratio_max"]}
+        out["s4_requests_per_hook"] = {"target": "reported", "measured": {
+            "requests": s4["requests_per_hook"], "observation": s4["observation_requests_per_hook"],
+            "next_page": s4["next_page_requests"]}, "met": None}
     return out
 
 
@@ -742,6 +907,8 @@ def markdown(results: dict[str, Any]) -> str:
         "| single-request p50 ms (floor) | worker CPU ms per request (floor) | peak RSS per worker MB (floor) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if not any(results.get(key) for key in NAMES):
+        lines = lines[:1]
     for key, name in NAMES.items():
         s = results.get(key)
         if not s:
@@ -758,6 +925,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {s['single_request']['service_p50_ms']:.1f} ({s['single_request']['floor_p50_ms']:.1f}) "
             f"| {sat['service']['worker_cpu_ms_per_request']:.2f} ({sat['floor']['worker_cpu_ms_per_request']:.2f}) "
             f"| {mem_s:.0f} ({mem_f:.0f}) |")
+    per = [(k, results[k]) for k in ("scenario_1", "scenario_2", "scenario_3", "scenario_4") if results.get(k)]
+    if any("load_average_at_start" in s for _, s in per):
+        lines += ["", "Each scenario's start and load average (1/5/15 min): " + "; ".join(
+            f"{k.replace('scenario_', 'scenario ')} {s.get('started', '?')} load {s.get('load_average_at_start')}"
+            for k, s in per) + "."]
     s2 = results.get("scenario_2")
     if s2 and s2.get("scaling"):
         lines += ["", "Scenario 2 scaling (sequential single requests; relevant Observations constant at "
@@ -776,13 +948,32 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Scenario 3: one hook call made {f['requests_per_hook']} FHIR requests "
                   f"({f['distinct_requests']} distinct, {f['next_page_requests']} next-page). Direct round trip p50: "
                   f"{f['round_trip_patient_read_ms']:.1f} ms for a Patient read, {f['round_trip_slowest_query_ms']:.1f}"
-                  f" ms for the slowest of the 7 template queries, {f['all_queries_concurrent_p50_ms']:.1f} ms for "
-                  "all 7 fired at once from Python (the local server answers them one after another). "
+                  f" ms for the slowest of the {len(f['round_trip_p50_ms'])} queries the service sends, "
+                  f"{f['all_queries_concurrent_p50_ms']:.1f} ms for all of them fired at once from Python (the local "
+                  "server's CPU work is one Node thread). "
                   f"Hook p50 {hook:.1f} ms"
                   f" = {hook / f['round_trip_patient_read_ms']:.2f} × the Patient read, "
                   f"{hook / f['round_trip_slowest_query_ms']:.2f} × the slowest query; inside the service "
                   f"{internal.get('data_p50', float('nan')):.1f} ms gathering data of "
                   f"{internal.get('total_p50', float('nan')):.1f} ms in all."]
+    s4 = results.get("scenario_4")
+    if s4:
+        lines += ["", f"Scenario 4 (no prefetch, {scenarios.LONG_STAY_DAYS}-day stay, {s4['observations_on_server']:,} "
+                  "Observations, local FHIR server `" + " ".join(s4["server_args"]) + "`, service with "
+                  + ", ".join(f"{k}={v}" for k, v in s4["service_env"].items())
+                  + f"; load average {s4['load_average_before']} before, {s4['load_average_after']} after):", "",
+                  "| query | bounded: ms alone | requests | resources | unbounded template: ms alone | requests "
+                  "| resources |", "|---|---|---|---|---|---|---|"]
+        for key, row in s4["queries_alone"].items():
+            old = s4["unbounded_queries_alone"].get(key)
+            lines.append(f"| {key} | {row['ms']:.0f} | {row['requests']} | {row['resources']} | "
+                         + (f"{old['ms']:.0f} | {old['requests']} | {old['resources']} |" if old else "— | — | — |"))
+        failed = {k: v for k, v in s4["unbounded_gather"].items() if v != "ok"}
+        lines += ["", f"Hook p50 {s4['hook_p50_ms']:.0f} ms (max {s4['hook_max_ms']:.0f} ms over {s4['hook_calls']} "
+                  f"calls), cards {s4['cards']}; {s4['requests_per_hook']} FHIR requests per hook "
+                  f"({s4['observation_requests_per_hook']} Observation searches, {s4['next_page_requests']} "
+                  f"next-page). Without the date bounds (the templates as they are, in-process, same budget): "
+                  + (", ".join(f"{k}: {v}" for k, v in failed.items()) if failed else "every key ok") + "."]
     targets = results.get("targets") or {}
     if targets:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
@@ -798,14 +989,30 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_START = "<!-- bench:latest:start (bench/run_bench.py --render --readme, from bench/results/latest.json) -->"
+README_END = "<!-- bench:latest:end -->"
+
+
+def write_readme(table: str, readme: Path = ROOT / "README.md") -> None:
+    """Replace README.md's generated Performance block with ``table``."""
+    text = readme.read_text(encoding="utf-8")
+    start, end = text.index(README_START) + len(README_START), text.index(README_END)
+    readme.write_text(text[:start] + "\n" + table + text[end:], encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run (~2 minutes): short runs, fewer levels")
     parser.add_argument("--duration", type=int, help="seconds per wrk run (default 10, quick 3)")
     parser.add_argument("--connections", help="comma-separated connection counts (default 1,4,16,64)")
-    parser.add_argument("--only", help="comma-separated scenario numbers (default 1,2,3)")
+    parser.add_argument("--only", help="comma-separated scenario numbers (default 1,2,3,4)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--render", action="store_true", help="only rewrite latest.md from latest.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other scenarios of the existing latest.json (each scenario records when it "
+                             "ran and the load average)")
+    parser.add_argument("--readme", action="store_true",
+                        help="also rewrite README.md's Performance table (between the bench:latest markers)")
     args = parser.parse_args(argv)
     if args.render:
         results = json.loads((args.out / "latest.json").read_text())
@@ -813,6 +1020,8 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "latest.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         (args.out / "latest.md").write_text(markdown(results))
         print(markdown(results))
+        if args.readme:
+            write_readme(markdown(results))
         return 0
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk (make bench does it)", file=sys.stderr)
@@ -829,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
         scaling_requests=5 if quick else 30,
         sequential=10 if quick else 30,
         quick=quick,
-        only={int(s) for s in args.only.split(",")} if args.only else {1, 2, 3},
+        only={int(s) for s in args.only.split(",")} if args.only else {1, 2, 3, 4},
     )
     started = datetime.now(UTC)
     results: dict[str, Any] = {
@@ -842,14 +1051,22 @@ def main(argv: list[str] | None = None) -> int:
                     "latency_method": "wrk delay() pacing at 50% of the service's best saturation rate "
                                       "(closed loop with think time, 1-4 connections)"},
     }
+    if args.merge and (args.out / "latest.json").is_file():
+        previous = json.loads((args.out / "latest.json").read_text())
+        for key in ("scenario_1", "scenario_2", "scenario_3", "scenario_4"):
+            if previous.get(key) and int(key[-1]) not in opts.only:
+                results[key] = previous[key] | {"started": previous[key].get("started", previous["started"]),
+                                                "load_average_at_start": previous[key].get(
+                                                    "load_average_at_start", previous.get("load_average"))}
+        results["merged_from"] = previous["started"]
+    runners = {1: scenario_1, 2: scenario_2, 3: scenario_3, 4: scenario_4}
     with tempfile.TemporaryDirectory(prefix="nms-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        if 1 in opts.only:
-            results["scenario_1"] = scenario_1(tmp, opts)
-        if 2 in opts.only:
-            results["scenario_2"] = scenario_2(tmp, opts)
-        if 3 in opts.only:
-            results["scenario_3"] = scenario_3(tmp, opts)
+        for number in sorted(opts.only):
+            at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            load = [round(x, 2) for x in os.getloadavg()]
+            results[f"scenario_{number}"] = runners[number](tmp, opts) | {"started": at,
+                                                                          "load_average_at_start": load}
     foreign = [run.get("foreign_cpu_pct", 0.0) for key in ("scenario_1", "scenario_2", "scenario_3")
                for app in ("service", "floor") for run in (results.get(key) or {}).get("saturation", {})
                .get(app, {}).get("runs", [])]

@@ -11,6 +11,9 @@ Three scenarios (see ``bench/README.md``):
    not support ``code`` OR-lists in prefetch do; the number of relevant Observations stays constant.
 3. :func:`fhir_server_request` + :func:`transaction_bundle` - no prefetch: the admission loaded into the
    local FHIR server, the request names ``fhirServer`` and the service fetches every key itself.
+4. :func:`fhir_server_request` + ``transaction_bundle(LONG_STAY_DAYS)`` - no prefetch, long stay: 45 days of
+   4-hourly vital signs (about 1,100 Observations) with the same NMS episode at the end, served by the local
+   FHIR server in its HAPI-like paging mode with a simulated cost of about 1 s per search.
 
 Everything is built relative to :data:`cds_service.fixtures.ANCHOR`; run the service with
 ``NMS_CDS_FIXED_NOW`` set to it so that the clinical answer is the real one. Same arguments, same bytes.
@@ -45,6 +48,7 @@ SYNTHETIC_TAG = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                  "display": "test health data"}
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 ADMISSION_DAYS = 7
+LONG_STAY_DAYS = 45  # scenario 4: a 45-day stay, served without prefetch by a HAPI-like paging server
 VITALS_EVERY_HOURS = 4
 ORAL = ("26643006", "Oral route")
 IM = ("78421000", "Intramuscular route")
@@ -224,8 +228,10 @@ def _drug_display(code: str) -> str:
     return concept.display
 
 
-def admission_resources() -> list[JsonDict]:
+def admission_resources(days: int = ADMISSION_DAYS) -> list[JsonDict]:
     """Scenario 1's record: Patient, 10 MedicationRequests and ~200 Observations over a 7-day stay.
+
+    ``days`` > 7 (scenario 4): a longer stay, the same last 7 days (labs before them at the first day's values).
 
     Admitted 7 days before the anchor with agitation; oral haloperidol from day -4, IM from day -2. Normal vital
     signs (baseline) until -36 h, then fever on three rounds, tachycardia, tachypnoea and labile blood pressure;
@@ -233,7 +239,7 @@ def admission_resources() -> list[JsonDict]:
     """
     rng = random.Random(SEED)
     rec = _Record()
-    start = -ADMISSION_DAYS * 24
+    start = -days * 24
     haloperidol_po, haloperidol_im = "310672", "204416"
     rec.med(haloperidol_po, _drug_display(haloperidol_po), status="stopped", hours=-96, dose=5, unit="mg",
             per_day=2, route=ORAL, end_hours=-48)
@@ -269,13 +275,14 @@ def admission_resources() -> list[JsonDict]:
     wbc = (7.2, 7.6, 8.1, 7.9, 11.8, 14.2, 13.9)
     crp = (3.0, 2.8, 3.5, 4.1, 21.0, 45.0, 52.0)
     creat = (0.9, 0.9, 1.0, 0.9, 1.2, 1.5, 1.6)
-    for day in range(ADMISSION_DAYS):
+    for day in range(days):
         hours = start + 24 * day + 18  # 06:00 UTC, the anchor being noon
-        rec.lab_result("ck", "2157-6", hours, ck[day], "U/L", (30, 200))
-        rec.lab_result("iron", "14798-3", hours, iron[day], "umol/L", (13, 32))
-        rec.lab_result("wbc", "6690-2", hours, wbc[day], "10*9/L", (4, 11))
-        rec.lab_result("crp", "1988-5", hours, crp[day], "mg/L", (None, 5))
-        rec.lab_result("creatinine", "2160-0", hours, creat[day], "mg/dL", (0.7, 1.3))
+        i = max(0, day - (days - ADMISSION_DAYS))
+        rec.lab_result("ck", "2157-6", hours, ck[i], "U/L", (30, 200))
+        rec.lab_result("iron", "14798-3", hours, iron[i], "umol/L", (13, 32))
+        rec.lab_result("wbc", "6690-2", hours, wbc[i], "10*9/L", (4, 11))
+        rec.lab_result("crp", "1988-5", hours, crp[i], "mg/L", (None, 5))
+        rec.lab_result("creatinine", "2160-0", hours, creat[i], "mg/dL", (0.7, 1.3))
     return rec.resources
 
 
@@ -378,13 +385,16 @@ def fhir_server_request(fhir_base: str) -> JsonDict:
     return _request("no-prefetch", None, fhir_server=fhir_base)
 
 
-def transaction_bundle() -> JsonDict:
-    """Scenario 3's server data: the admission as a transaction Bundle of PUTs (for ``fhir_server --load``)."""
+def transaction_bundle(days: int = ADMISSION_DAYS) -> JsonDict:
+    """Scenario 3's server data: the admission as a transaction Bundle of PUTs (for ``fhir_server --load``).
+
+    ``days=LONG_STAY_DAYS``: scenario 4's 45-day stay (about 1,100 vital-sign Observations).
+    """
     return {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-                  for r in admission_resources()],
+                  for r in admission_resources(days)],
     }
 
 

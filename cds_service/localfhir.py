@@ -128,6 +128,7 @@ class LocalFhirServer:
         host: str = "127.0.0.1",
         quiet: bool = False,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if port < 0 or port > 65535:
             raise ValueError(f"port must be 0..65535, got {port}")
@@ -142,6 +143,8 @@ class LocalFhirServer:
         self.host = host
         self.quiet = quiet
         self.ready_timeout = ready_timeout
+        # more server flags, e.g. ("--paging", "hapi", "--search-latency-ms", "1000"); see fhir_server/README.md
+        self.extra_args = tuple(extra_args)
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._base_url: str | None = None
@@ -201,6 +204,7 @@ class LocalFhirServer:
             "--page-size",
             str(self.page_size),
             "--exit-with-stdin",
+            *self.extra_args,
         ]
         if self.quiet:
             cmd.append("--quiet")

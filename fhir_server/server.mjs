@@ -11,6 +11,7 @@
 // Run:  node --experimental-websocket fhir_server/server.mjs [--port 8081] [--load DIR]...
 // On Node 20, Medplum needs --experimental-websocket (it references the WebSocket global).
 
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -53,6 +54,12 @@ export const FAULT_MODES = Object.freeze([
 ]);
 
 const MAX_COUNT = 1000; // same cap as Medplum's DEFAULT_MAX_SEARCH_COUNT
+// HAPI FHIR's defaults (ca.uhn.fhir.rest.server.RestfulServer / JpaStorageSettings): 20 a page when the
+// search has no _count, at most 200 a page, later pages through `[base]?_getpages=<search id>` links.
+export const HAPI_DEFAULT_COUNT = 20;
+export const HAPI_MAX_COUNT = 200;
+const HAPI_MAX_SEARCHES = 500; // search results kept for _getpages (oldest dropped first)
+const HAPI_SEARCH_TTL_MS = 10 * 60 * 1000;
 const MAX_BODY_BYTES = 256 * 1024 * 1024;
 const SLOW_BYTE_INTERVAL_MS = 200;
 const HUGE_TARGET_BYTES = 50 * 1024 * 1024;
@@ -271,6 +278,44 @@ class AtomicMemoryRepository extends MemoryRepository {
     }
   }
 
+  /**
+   * Medplum's searchSync evaluates every filter's FHIRPath expression on every stored resource of the
+   * type (about 0.1 ms per resource and filter). Narrow the candidates first with a plain-text superset
+   * test: a resource can match an equality token or reference filter only if one of the filter's codes or
+   * ids occurs in its JSON. Medplum still decides on the candidates, so the result is the same.
+   */
+  searchSync(request) {
+    const needles = prefilterNeedles(request);
+    const all = this.resources.get(request.resourceType);
+    if (!needles.length || !all) {
+      return super.searchSync(request);
+    }
+    const narrowed = new Map();
+    for (const [id, resource] of all) {
+      const text = this.#text(resource);
+      if (needles.every((alternatives) => alternatives.some((needle) => text.includes(needle)))) {
+        narrowed.set(id, resource);
+      }
+    }
+    this.resources.set(request.resourceType, narrowed);
+    try {
+      return super.searchSync(request);
+    } finally {
+      this.resources.set(request.resourceType, all);
+    }
+  }
+
+  #texts = new WeakMap(); // stored resources are replaced on update, never mutated
+
+  #text(resource) {
+    let text = this.#texts.get(resource);
+    if (text === undefined) {
+      text = JSON.stringify(resource).toLowerCase();
+      this.#texts.set(resource, text);
+    }
+    return text;
+  }
+
   /** @returns {boolean} true if the resource exists */
   has(resourceType, id) {
     return Boolean(this.resources.get(resourceType)?.has(id));
@@ -289,6 +334,38 @@ class AtomicMemoryRepository extends MemoryRepository {
     }
     return n;
   }
+}
+
+/**
+ * For the pre-filter: per equality filter on a token or reference parameter, the strings one of which a
+ * matching resource's (lower-cased) JSON must contain. Empty when a filter could defeat the test (chains,
+ * modifiers, escapes), so that Medplum scans everything as before.
+ */
+function prefilterNeedles(request) {
+  const params = searchParamsOf(request.resourceType);
+  const out = [];
+  for (const filter of request.filters ?? []) {
+    if (filter.code.includes('.')) {
+      return [];
+    }
+    const type = params[filter.code]?.type;
+    if (filter.operator !== 'eq' || (type !== 'token' && type !== 'reference')) {
+      continue;
+    }
+    const alternatives = [];
+    for (const value of String(filter.value).split(',')) {
+      const part = (type === 'token' ? value.split('|').pop() : value.split('/').pop()).toLowerCase();
+      if (!part || /["\\]/.test(part)) {
+        alternatives.length = 0;
+        break;
+      }
+      alternatives.push(part);
+    }
+    if (alternatives.length) {
+      out.push(alternatives);
+    }
+  }
+  return out;
 }
 
 /** Serialise repository access: transactions await between entries and must not interleave. */
@@ -556,7 +633,7 @@ function toQueryObject(pairs) {
  * Check and split the search parameters. Returns the pairs passed on to Medplum (and echoed in
  * the links), the page window and the resolved sort rules.
  */
-function analyseSearchParams(resourceType, pairs, { strict, pageSize }) {
+function analyseSearchParams(resourceType, pairs, { strict, pageSize, maxCount = MAX_COUNT, ignored = new Set() }) {
   const params = searchParamsOf(resourceType);
   const kept = [];
   const sortRules = [];
@@ -569,7 +646,7 @@ function analyseSearchParams(resourceType, pairs, { strict, pageSize }) {
     const code = colon >= 0 ? key.slice(0, colon) : key;
     const modifier = colon >= 0 ? key.slice(colon + 1) : '';
     if (code === '_count') {
-      count = Math.min(parseNonNegativeInt('_count', value), MAX_COUNT);
+      count = Math.min(parseNonNegativeInt('_count', value), maxCount);
     } else if (code === '_offset') {
       offset = parseNonNegativeInt('_offset', value);
     } else if (IGNORED_PARAMS.has(code)) {
@@ -606,7 +683,7 @@ function analyseSearchParams(resourceType, pairs, { strict, pageSize }) {
     } else if (code.includes('.')) {
       kept.push([key, value]); // forward chain: Medplum's MemoryRepository evaluates it
     } else {
-      const param = params[code];
+      const param = ignored.has(code) ? undefined : params[code];
       if (!param) {
         if (strict) {
           throw new HttpError(400, 'not-supported', `Unknown search parameter '${code}' for ${resourceType}`);
@@ -644,9 +721,25 @@ function searchLink(baseUrl, resourceType, kept, count, offset) {
 // ---------------------------------------------------------------------------------------------
 
 export class LocalFhirApp {
-  constructor({ pageSize = 50 } = {}) {
+  /**
+   * @param {object} options
+   * @param {number} [options.pageSize] page size when a search has no _count (offset paging)
+   * @param {'offset'|'hapi'} [options.paging] `offset`: `_offset` links over a re-run search; `hapi`: the
+   *   result is kept and later pages are `[base]?_getpages=<id>&_getpagesoffset=N` (20 a page, at most 200)
+   * @param {string[]} [options.ignoreParams] search parameters treated as unknown (ignored), to emulate
+   *   servers that do not support them (e.g. `date`)
+   */
+  constructor({ pageSize = 50, paging = 'offset', ignoreParams = [] } = {}) {
     indexDefinitions();
-    this.pageSize = pageSize;
+    if (paging !== 'offset' && paging !== 'hapi') {
+      throw new Error(`paging must be 'offset' or 'hapi', not '${paging}'`);
+    }
+    this.paging = paging;
+    this.pageSize = paging === 'hapi' ? HAPI_DEFAULT_COUNT : pageSize;
+    this.maxCount = paging === 'hapi' ? HAPI_MAX_COUNT : MAX_COUNT;
+    this.ignoreParams = new Set(ignoreParams);
+    this.searches = new Map(); // hapi paging: search id -> kept result
+    this.searchSeq = 0;
     this.router = new FhirRouter();
     this.repo = new AtomicMemoryRepository();
     this.exclusive = createMutex();
@@ -671,6 +764,9 @@ export class LocalFhirApp {
     if (segments.length === 0) {
       if (method === 'POST') {
         return this.#batch(ctx.jsonBody());
+      }
+      if (method === 'GET' && this.paging === 'hapi' && query.has('_getpages')) {
+        return this.#getPages(query, ctx);
       }
       if (method === 'GET') {
         // Medplum's MemoryRepository answers system-level search (GET [base]?_type=...) with 0 matches.
@@ -812,6 +908,8 @@ export class LocalFhirApp {
     const { kept, count, offset, sortRules, elements } = analyseSearchParams(resourceType, pairs, {
       strict: ctx.strict,
       pageSize: this.pageSize,
+      maxCount: this.maxCount,
+      ignored: this.ignoreParams,
     });
     const request = parseSearchRequest(resourceType, toQueryObject(kept));
     const all = await this.repo.search({
@@ -827,6 +925,12 @@ export class LocalFhirApp {
       matches = sortResources(matches, sortRules);
     }
     const total = matches.length;
+    if (this.paging === 'hapi') {
+      const id = this.#keepSearch({ resourceType, matches, kept, count, elements, request });
+      const result = await this.#hapiPage(id, offset, ctx);
+      result.cost = { kind: 'search', matches: total };
+      return result;
+    }
     const page = matches.slice(offset, offset + count);
     const fullUrl = (type, id) => `${ctx.baseUrl}/${type}/${id}`;
     const entry = page.map((resource) => ({
@@ -855,7 +959,79 @@ export class LocalFhirApp {
       link,
       ...(entry.length ? { entry } : {}),
     };
+    return { status: 200, headers: {}, body: bundle, cost: { kind: 'search', matches: total } };
+  }
+
+  #keepSearch(search) {
+    const now = Date.now();
+    for (const [key, kept] of this.searches) {
+      if (this.searches.size < HAPI_MAX_SEARCHES && now - kept.createdAt < HAPI_SEARCH_TTL_MS) {
+        break; // Map iterates oldest first
+      }
+      this.searches.delete(key);
+    }
+    this.searchSeq += 1;
+    const id = `${now.toString(36)}-${this.searchSeq.toString(36)}`;
+    this.searches.set(id, { ...search, createdAt: now });
+    return id;
+  }
+
+  #getPagesLink(baseUrl, id, offset, count) {
+    const qs = new URLSearchParams([
+      ['_getpages', id],
+      ['_getpagesoffset', String(offset)],
+      ['_count', String(count)],
+      ['_bundletype', 'searchset'],
+    ]);
+    return `${baseUrl}?${qs.toString()}`;
+  }
+
+  /** One page of a kept search, with HAPI-style `_getpages` links. */
+  async #hapiPage(id, offset, ctx, count = undefined) {
+    const search = this.searches.get(id);
+    const size = count ?? search.count;
+    const { matches, kept, resourceType, elements, request } = search;
+    const total = matches.length;
+    const page = matches.slice(offset, offset + size);
+    const fullUrl = (type, rid) => `${ctx.baseUrl}/${type}/${rid}`;
+    const entry = page.map((resource) => ({
+      fullUrl: fullUrl(resource.resourceType, resource.id),
+      resource: elements ? applyElements(resource, elements) : resource,
+      search: { mode: 'match' },
+    }));
+    if ((request.include || request.revInclude) && page.length) {
+      await getExtraEntries(this.repo, request, page, entry, { fullUrl });
+    }
+    const link = [
+      {
+        relation: 'self',
+        url: offset > 0 ? this.#getPagesLink(ctx.baseUrl, id, offset, size) : searchLink(ctx.baseUrl, resourceType, kept, size, 0),
+      },
+    ];
+    if (offset > 0) {
+      link.push({ relation: 'previous', url: this.#getPagesLink(ctx.baseUrl, id, Math.max(0, offset - size), size) });
+    }
+    if (size > 0 && offset + size < total) {
+      link.push({ relation: 'next', url: this.#getPagesLink(ctx.baseUrl, id, offset + size, size) });
+    }
+    const bundle = { resourceType: 'Bundle', id, type: 'searchset', total, link, ...(entry.length ? { entry } : {}) };
     return { status: 200, headers: {}, body: bundle };
+  }
+
+  async #getPages(query, ctx) {
+    const id = query.get('_getpages');
+    const search = this.searches.get(id);
+    if (!search || Date.now() - search.createdAt > HAPI_SEARCH_TTL_MS) {
+      this.searches.delete(id);
+      // HAPI answers 410 Gone for an unknown or expired search id
+      throw new HttpError(410, 'not-found', `Search ID "${id}" does not exist and may have expired`);
+    }
+    const offset = parseNonNegativeInt('_getpagesoffset', query.get('_getpagesoffset') ?? '0');
+    const rawCount = query.get('_count');
+    const count = rawCount === null ? search.count : Math.min(parseNonNegativeInt('_count', rawCount), this.maxCount);
+    const result = await this.#hapiPage(id, offset, ctx, count);
+    result.cost = { kind: 'page', matches: 0 };
+    return result;
   }
 
   /** Load a Bundle at startup (transaction/batch as is; any other Bundle type as a transaction). */
@@ -1248,11 +1424,36 @@ function logRequest(log, req, res, started) {
   const ms = (performance.now() - started).toFixed(1);
   const status = res.headersSent ? String(res.statusCode) : '-';
   const note = res.writableFinished ? '' : ' (aborted)';
-  const target = req.url.length > 300 ? `${req.url.slice(0, 300)}...` : req.url;
+  // long URLs are cut, with a short hash of the whole URL so that different requests stay distinct
+  const target =
+    req.url.length > 300
+      ? `${req.url.slice(0, 300)}...#${createHash('sha256').update(req.url).digest('hex').slice(0, 12)}`
+      : req.url;
   log(`${req.method} ${target} ${status} ${ms}ms${note}`);
 }
 
-export function createRequestHandler(app, { latencyMs = 0, log = () => {}, hostFallback = 'localhost' } = {}) {
+/**
+ * Simulated server cost of one answer, in ms: `searchLatencyMs` + `matchLatencyUs` per matching resource
+ * for a new search (the server selects and sorts every match before it can page), `pageLatencyMs` for a
+ * later page of a kept search (HAPI `_getpages`). Slept after the answer is computed and outside the
+ * repository lock, so concurrent searches cost their latency concurrently.
+ */
+export function simulatedCostMs(result, { searchLatencyMs = 0, matchLatencyUs = 0, pageLatencyMs = 0 } = {}) {
+  const cost = result?.cost;
+  if (!cost) {
+    return 0;
+  }
+  if (cost.kind === 'page') {
+    return pageLatencyMs;
+  }
+  return searchLatencyMs + (matchLatencyUs * cost.matches) / 1000;
+}
+
+export function createRequestHandler(
+  app,
+  { latencyMs = 0, searchLatencyMs = 0, matchLatencyUs = 0, pageLatencyMs = 0, log = () => {}, hostFallback = 'localhost' } = {}
+) {
+  const costs = { searchLatencyMs, matchLatencyUs, pageLatencyMs };
   return async (req, res) => {
     const started = performance.now();
     res.on('close', () => logRequest(log, req, res, started));
@@ -1291,7 +1492,14 @@ export function createRequestHandler(app, { latencyMs = 0, log = () => {}, hostF
         await sleep(latencyMs);
       }
       const ctx = { ...makeContext(req, url, parsed, body, hostFallback), app };
-      const healthy = () => app.route(req.method, parsed.segments, url.searchParams, ctx);
+      const healthy = async () => {
+        const result = await app.route(req.method, parsed.segments, url.searchParams, ctx);
+        const extra = simulatedCostMs(result, costs);
+        if (extra > 0) {
+          await sleep(extra);
+        }
+        return result;
+      };
       const applies =
         fault && (!fault.resourceType || fault.resourceType === requestResourceType(parsed.segments));
       if (applies) {
@@ -1320,7 +1528,13 @@ const USAGE = `Usage: node --experimental-websocket fhir_server/server.mjs [opti
   --load DIR           load */bundle.json and transaction/batch *.json Bundles found directly in DIR or
                        one level below, in sorted order (repeatable; DIR may also be a single file)
   --latency-ms N       sleep N ms before answering every FHIR request (default 0)
-  --page-size N        page size when a search has no _count (default 50)
+  --page-size N        page size when a search has no _count (default 50; offset paging only)
+  --paging MODE        offset (default): _offset links; hapi: HAPI-like, 20 a page by default, at most
+                       200, later pages via [base]?_getpages=<id>&_getpagesoffset=N links
+  --search-latency-ms N   extra sleep per new search (not per later page), default 0
+  --match-latency-us N    extra sleep per resource a new search matches, in microseconds, default 0
+  --page-latency-ms N     extra sleep per later page of a kept search (hapi paging), default 0
+  --ignore-param NAME  treat search parameter NAME as unknown (ignored; repeatable), e.g. date
   --allow-remote       allow a non-loopback --host
   --quiet              do not log requests to stderr
   --exit-with-stdin    exit when stdin closes (lets a parent process tie the server's life to its own)
@@ -1349,6 +1563,11 @@ export function parseCommandLine(argv) {
       load: { type: 'string', multiple: true, default: [] },
       'latency-ms': { type: 'string', default: '0' },
       'page-size': { type: 'string', default: '50' },
+      paging: { type: 'string', default: 'offset' },
+      'search-latency-ms': { type: 'string', default: '0' },
+      'match-latency-us': { type: 'string', default: '0' },
+      'page-latency-ms': { type: 'string', default: '0' },
+      'ignore-param': { type: 'string', multiple: true, default: [] },
       'allow-remote': { type: 'boolean', default: false },
       quiet: { type: 'boolean', default: false },
       'exit-with-stdin': { type: 'boolean', default: false },
@@ -1363,11 +1582,19 @@ export function parseCommandLine(argv) {
     load: values.load,
     latencyMs: parseIntOption('latency-ms', values['latency-ms'], 0),
     pageSize: parseIntOption('page-size', values['page-size'], 1),
+    paging: values.paging,
+    searchLatencyMs: parseIntOption('search-latency-ms', values['search-latency-ms'], 0),
+    matchLatencyUs: parseIntOption('match-latency-us', values['match-latency-us'], 0),
+    pageLatencyMs: parseIntOption('page-latency-ms', values['page-latency-ms'], 0),
+    ignoreParams: values['ignore-param'],
     allowRemote: values['allow-remote'],
     quiet: values.quiet,
     exitWithStdin: values['exit-with-stdin'],
     help: values.help,
   };
+  if (options.paging !== 'offset' && options.paging !== 'hapi') {
+    throw new Error(`--paging must be offset or hapi, got '${options.paging}'`);
+  }
   if (options.port > 65535) {
     throw new Error('--port must be <= 65535');
   }
@@ -1384,9 +1611,14 @@ export async function startServer({
   load = [],
   latencyMs = 0,
   pageSize = 50,
+  paging = 'offset',
+  searchLatencyMs = 0,
+  matchLatencyUs = 0,
+  pageLatencyMs = 0,
+  ignoreParams = [],
   log = () => {},
 } = {}) {
-  const app = new LocalFhirApp({ pageSize });
+  const app = new LocalFhirApp({ pageSize, paging, ignoreParams });
   const started = performance.now();
   const loaded = await loadDirectories(app, load, log);
   if (load.length) {
@@ -1395,7 +1627,14 @@ export async function startServer({
         `in ${(performance.now() - started).toFixed(0)} ms`
     );
   }
-  const server = http.createServer(createRequestHandler(app, { latencyMs, log, hostFallback: host }));
+  const server = http.createServer(createRequestHandler(app, {
+      latencyMs,
+      searchLatencyMs,
+      matchLatencyUs,
+      pageLatencyMs,
+      log,
+      hostFallback: host,
+    }));
   server.keepAliveTimeout = 5000;
   await new Promise((resolve, reject) => {
     server.once('error', reject);

@@ -355,8 +355,8 @@ def _server_request(**overrides: Any) -> dict[str, Any]:
 @responses.activate
 def test_absent_keys_are_fetched_concurrently_with_the_bearer_token(client: FlaskClient) -> None:
     prefetch = febrile_prefetch()
-    responses.add(responses.GET, ANY, json=bundle([]))
     responses.add(responses.GET, f"{FHIR_BASE}/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    responses.add(responses.GET, re.compile(re.escape(FHIR_BASE) + r"/(?!Patient/).*"), json=bundle([]))
     body = hook_request(fhirServer=FHIR_BASE, prefetch={"temperature": prefetch["temperature"],
                                                         "labs": prefetch["labs"]},
                         fhirAuthorization={"access_token": "tok-123", "token_type": "Bearer", "expires_in": 300,
@@ -365,7 +365,9 @@ def test_absent_keys_are_fetched_concurrently_with_the_bearer_token(client: Flas
     assert response.status_code == 200
     assert response.get_json()["cards"][0]["indicator"] == "critical"
     paths = sorted((c.request.url or "").split("?")[0].removeprefix(FHIR_BASE) for c in responses.calls)
-    assert paths == ["/AllergyIntolerance", "/Condition", "/MedicationRequest", "/Observation", "/Patient/p1"]
+    # vitals, and its baseline fallback (the oldest readings before its window: cds_service.fhir.bounds)
+    assert paths == ["/AllergyIntolerance", "/Condition", "/MedicationRequest", "/Observation", "/Observation",
+                     "/Patient/p1"]
     assert all(c.request.headers["Authorization"] == "Bearer tok-123" for c in responses.calls)
 
 
@@ -379,7 +381,9 @@ def test_operation_outcome_prefetch_is_refetched_once(client: FlaskClient) -> No
     response = client.post(URL, json=hook_request(fhirServer=FHIR_BASE, prefetch=prefetch))
     assert response.status_code == 200
     assert response.get_json()["cards"][0]["indicator"] == "critical"
-    assert len(responses.calls) == 1
+    urls = [c.request.url or "" for c in responses.calls]
+    assert len([u for u in urls if "date=ge" in u]) == 1  # the labs query, once
+    assert len(urls) == 2  # and the last serum iron before the lab window (cds_service.fhir.bounds)
 
 
 @responses.activate

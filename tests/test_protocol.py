@@ -294,7 +294,9 @@ def test_sandbox_order_sign_request_is_accepted(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert response_problems(response.get_json()) == []
     sent = [c.request for c in responses.calls]
-    assert len(sent) == 6  # its "patient" key matches ours; the six other keys are fetched
+    # its "patient" key matches ours; the six other keys are fetched, and the two queries for readings
+    # before the vitals' and labs' windows (the baseline fallback, the previous serum iron: fhir/bounds.py)
+    assert len(sent) == 6 + 2
     assert not any("/Patient/" in (r.url or "") for r in sent)
     assert all("Authorization" not in r.headers for r in sent)  # open server: anonymous
 

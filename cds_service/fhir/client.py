@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
@@ -166,6 +167,15 @@ class SearchResult:
     pages: int = 0
     complete: bool = True
     note: str | None = None
+    passed_bound: bool = False  # paging stopped because a page went past the oldest date needed
+
+
+@dataclass(frozen=True, slots=True)
+class PageStop:
+    """Stop paging once a newest-first page has gone past ``oldest`` (see :func:`bounds.passed`)."""
+
+    oldest: datetime
+    passed: Callable[[list[dict[str, Any]]], bool]
 
 
 class FhirClient:
@@ -307,12 +317,17 @@ class FhirClient:
                                   url=self._path(self.url_for(relative)))
         return data
 
-    def search(self, relative: str) -> SearchResult:
-        """Run a search and follow ``next`` links within the caps."""
-        return self.follow(self.get_json(self.url_for(relative)), first_url=self.url_for(relative))
+    def search(self, relative: str, *, stop: PageStop | None = None) -> SearchResult:
+        """Run a search and follow ``next`` links within the caps (and until ``stop`` says so)."""
+        return self.follow(self.get_json(self.url_for(relative)), first_url=self.url_for(relative), stop=stop)
 
-    def follow(self, bundle: dict[str, Any], *, first_url: str | None = None) -> SearchResult:
-        """Collect a searchset Bundle's resources, fetching ``next`` pages within the caps."""
+    def follow(self, bundle: dict[str, Any], *, first_url: str | None = None,
+               stop: PageStop | None = None) -> SearchResult:
+        """Collect a searchset Bundle's resources, fetching ``next`` pages within the caps.
+
+        With ``stop``, a page that has gone past the oldest date needed ends the paging: the result is
+        complete for the window asked for (``passed_bound``).
+        """
         result = SearchResult()
         seen: set[str] = {first_url} if first_url else set()
         page: dict[str, Any] | None = bundle
@@ -322,14 +337,19 @@ class FhirClient:
             if page.get("resourceType") != "Bundle":
                 raise FhirBadResponse(f"expected a Bundle, got {resource_name(page.get('resourceType'))}")
             result.pages += 1
+            on_page: list[dict[str, Any]] = []
             for resource in _entries(page):
                 if len(result.resources) >= self.settings.fhir_max_resources:
                     result.complete = False
                     result.note = f"stopped at {self.settings.fhir_max_resources} resources"
                     return result
                 result.resources.append(resource)
+                on_page.append(resource)
             next_url = _next_link(page)
             if not next_url:
+                return result
+            if stop is not None and stop.passed(on_page):
+                result.passed_bound = True
                 return result
             if next_url in seen:
                 result.complete = False
@@ -532,6 +552,7 @@ __all__ = [
     "Deadline",
     "FhirClient",
     "FhirError",
+    "PageStop",
     "QueryPool",
     "SearchResult",
     "check_allowed",

@@ -141,7 +141,7 @@ class Engine:
             except FhirNotAllowed:
                 report.fhir_server = "not-allowed"
         data = resolve(policy.templates, req.prefetch, req.context, client, self.pool,
-                       budget_remaining=deadline.remaining)
+                       budget_remaining=deadline.remaining, now=self.clock())
         report.keys = {k: (v.source if v.ok else "failed") + ("" if v.complete else "-partial")
                        for k, v in data.items()}
         observation_keys = [k for k in OBSERVATION_KEYS if k in data]
