@@ -17,6 +17,8 @@ RUN pip wheel --no-deps --no-build-isolation -w /dist .
 FROM ${BASE_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
+# nginx: the buffering front `nms-cds serve` starts in front of gunicorn (slow clients; docs/reliability.md)
+RUN apt-get update && apt-get install -y --no-install-recommends nginx && rm -rf /var/lib/apt/lists/*
 COPY requirements.lock ./
 RUN pip install --no-compile --require-hashes --no-deps -r requirements.lock
 COPY --from=wheel /dist/ /tmp/dist/

@@ -10,7 +10,7 @@ FHIR_PORT ?= 8081
 UV_VERSION := 0.13.8
 LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
 
-.PHONY: install node servers run lock test test-unit test-integration test-node lint typecheck fixtures report-example \
+.PHONY: front install node servers run lock test test-unit test-integration test-node lint typecheck fixtures report-example \
 	bench fuzz soak clean
 
 ## make install: .venv exactly as locked (requirements-dev.lock, hashes checked), then this package (no deps)
@@ -45,14 +45,19 @@ $(NODE_STAMP): fhir_server/package.json fhir_server/package-lock.json
 
 node: $(NODE_STAMP)
 
+## make front: the nginx binary `nms-cds serve` starts as its buffering front (Debian package)
+front:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && \
+	  (apt-get install -y -qq nginx-light >/dev/null 2>&1 || apt-get install -y -qq nginx >/dev/null))
+
 ## make run [PORT=8080 FHIR_PORT=8081]: local FHIR server with the fixture patients + the service (development)
 run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/nms-cds dev --host 127.0.0.1 --port $(PORT) --fhir-port $(FHIR_PORT)
 
-## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server) and the
-## local FHIR server's own Node tests
-test: install node servers
+## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server and the
+## nginx front) and the local FHIR server's own Node tests
+test: install node servers front
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -92,7 +97,7 @@ clean:
 	rm -rf $(VENV) fhir_server/node_modules .pytest_cache .mypy_cache .ruff_cache
 
 ## make bench: benchmark the service against a bare Flask floor (wrk on loopback); writes bench/results/latest.json
-bench: install node
+bench: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/run_bench.py
 
@@ -101,6 +106,6 @@ fuzz: install
 	NMS_CDS_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 ## make soak: sustained mixed load at about half the measured saturation rate (default 10 minutes)
-soak: install node
+soak: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/soak.py --minutes $${SOAK_MINUTES:-10}

@@ -90,9 +90,17 @@ def free_port() -> int:
 def child_pids(pid: int) -> list[int]:
     """Processes forked by ``pid``'s main thread (gunicorn's workers), from /proc."""
     try:
-        return sorted(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())
+        pids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
+    return sorted(p for p in pids if _comm(p) != "nginx")  # the master also starts the nginx front
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 @dataclass

@@ -135,6 +135,38 @@ class Settings(BaseSettings):
     )
     max_json_depth: int = Field(64, ge=8, description="Deepest accepted JSON nesting")
 
+    # --- serving (nms-cds serve; see docs/reliability.md "Serving") ------------------------------------
+    front: str = Field(
+        "nginx", pattern=r"^(nginx|none)$",
+        description="'nginx': a buffering nginx front started by `nms-cds serve` reads whole requests before "
+                    "gunicorn sees them; 'none': gunicorn listens itself (only behind another buffering proxy)",
+    )
+    client_header_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Whole request line + headers must arrive within this (408 beyond)"
+    )
+    client_body_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="Longest pause between two reads of a request body (408 beyond)"
+    )
+    keepalive_timeout_seconds: float = Field(
+        5.0, ge=0, le=300, description="Idle keep-alive connections are closed after this"
+    )
+    front_max_connections: int = Field(
+        4096, ge=64, le=65536, description="Client connections the front holds at once"
+    )
+    front_max_requests_per_client: int = Field(
+        256, ge=0, le=65536,
+        description="Requests (headers read, body arriving or being answered) at once per client address; "
+                    "429 beyond; 0: no limit",
+    )
+    request_timeout_seconds: float = Field(
+        20.0, gt=0, le=600,
+        description="A request still running after this answers 503 JSON and the worker goes on",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for GET /metrics; unset: /metrics is off in production (open in development)",
+    )
+
     # --- behaviour --------------------------------------------------------------------------------
     service_id: str = Field("nms-order-sign", pattern=r"^[A-Za-z0-9\-_.]+$")
     feedback_max_items: int = Field(50, ge=1, le=10_000, description="Feedback items accepted per request (413 beyond)")
@@ -192,6 +224,13 @@ class Settings(BaseSettings):
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("NMS_CDS_METRICS_TOKEN must be at least 16 characters")
         return value
 
     @field_validator("fhir_allowlist", mode="before")

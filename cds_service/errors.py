@@ -14,7 +14,8 @@
     │   ├── Unauthorized        401  JWT missing or invalid (body carries no detail)
     │   ├── NotFound            404  unknown service id or route
     │   ├── PayloadTooLarge     413  body above NMS_CDS_MAX_BODY_BYTES
-    │   └── PreconditionFailed  412  required FHIR data could be had neither from prefetch nor the server
+    │   ├── PreconditionFailed  412  required FHIR data could be had neither from prefetch nor the server
+    │   └── ServiceOverrun      503  the request ran past NMS_CDS_REQUEST_TIMEOUT_SECONDS and was stopped
     ├── StoreUnavailable        the database (or Redis) could not be used; mapped to 503 with the cause in
     │                           words (never a path, URL or secret), so the client sends the same data again
     └── FhirError               a problem talking to the EHR's FHIR server; never reaches the client as is:
@@ -143,3 +144,14 @@ class FhirNotFound(FhirHttpError):
 
 class FhirBadResponse(FhirError):
     pass
+
+
+class ServiceOverrun(RequestError):
+    """503: the request was still running at ``NMS_CDS_REQUEST_TIMEOUT_SECONDS`` and was stopped (the worker
+    goes on). Raised asynchronously in the request's thread by :mod:`cds_service.serving`'s watchdog."""
+
+    status = 503
+    code = "timeout"
+
+    def __init__(self, message: str = "the request took longer than the service allows; it was stopped") -> None:
+        super().__init__(message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ SAFE_EXTRA = (
     "event", "request_id", "hook_instance", "service", "status", "method", "path", "duration_ms",
     "prefetch", "fhir_requests", "fhir_server", "indicator", "score", "timings_ms", "iss", "jti",
     "reason", "error", "feedback_items", "feedback_new", "patient_id", "tenant", "remote",
+    "route", "origin", "allowed", "problems", "front", "workers", "threads", "bind",
 )
 
 
@@ -48,6 +50,39 @@ class RequestContextFilter(logging.Filter):
                 if getattr(record, key, None) is None:
                     setattr(record, key, g.get(key))
         return True
+
+
+class _NotOurs(logging.Filter):
+    """For the root handler: records of loggers that have their own JSON handler are printed there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith(("cds_service", "gunicorn"))
+
+
+def configure_process(level: str = "WARNING") -> None:
+    """For server processes (``nms-cds serve``): every other logger, Python warnings and uncaught exceptions
+    (main thread and other threads) become JSON lines too, tracebacks as the exception type only."""
+    root = logging.getLogger()
+    if not any(getattr(h, "_nms_cds", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(_NotOurs())
+        handler._nms_cds = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(level.upper())
+    logging.captureWarnings(True)
+    crash = logging.getLogger("cds_service.crash")
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is not SystemExit and args.exc_value is not None:
+            crash.error("uncaught exception in a thread", extra={"event": "uncaught-exception"},
+                        exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    def main_hook(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+        crash.error("uncaught exception", extra={"event": "uncaught-exception"}, exc_info=(exc_type, exc, tb))
+
+    threading.excepthook = thread_hook
+    sys.excepthook = main_hook
 
 
 def configure(level: str = "INFO") -> None:

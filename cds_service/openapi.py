@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cds_service import __version__
+from cds_service import __version__, metrics
 from cds_service.config import AuthMode, Settings
 from cds_service.hooks.request import FHIR_ID
 
@@ -391,6 +391,7 @@ def _build(settings: Settings, hook: str) -> dict[str, Any]:
                     "responses": {"200": _json(_ref("OpenApiDocument"), "OpenAPI 3.1 document")},
                 },
             },
+            **metrics.openapi_paths(public),  # /metrics and /readyz (cds_service/metrics.py)
         },
         "components": {
             "schemas": _schemas(hook),

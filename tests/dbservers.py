@@ -186,6 +186,13 @@ def redis_server() -> Iterator[RedisServer]:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class ServiceProcess:
     """``nms-cds serve`` (gunicorn) in its own process group."""
@@ -197,9 +204,10 @@ class ServiceProcess:
     def worker_pids(self) -> list[int]:
         children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         try:
-            return [int(p) for p in children.read_text().split()]
+            pids = [int(p) for p in children.read_text().split()]
         except OSError:
             return []
+        return [pid for pid in pids if _comm(pid) != "nginx"]  # the master also starts the nginx front
 
     def stop(self) -> None:
         if self.proc.poll() is None:

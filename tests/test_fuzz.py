@@ -687,7 +687,8 @@ def _our_invariants(ctx: Any, response: Any, case: Any) -> bool | None:
         return None
     STATUSES[f"{CURRENT[0]} {response.status_code}"] += 1 if case.method.upper() == "GET" else 0
     if case.method.upper() == "GET":  # discovery, health, the document: always 200 JSON (auth is off here)
-        assert response.status_code == 200 and mimetype == "application/json"
+        expected = "text/plain" if case.operation.path == "/metrics" else "application/json"  # Prometheus format
+        assert response.status_code == 200 and mimetype == expected
         if case.operation.path == "/cds-services":
             assert discovery_problems(json.loads(response.content)) == []
         return None

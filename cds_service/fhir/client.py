@@ -36,6 +36,7 @@ from requests.adapters import HTTPAdapter
 from requests.utils import DEFAULT_CA_BUNDLE_PATH
 from urllib3.util.ssl_ import create_urllib3_context
 
+from cds_service import metrics
 from cds_service.config import Settings
 from cds_service.errors import (
     FhirAuthError,
@@ -212,6 +213,7 @@ class FhirClient:
             return False
 
     # -- HTTP --------------------------------------------------------------------------------------
+    @metrics.count_fhir_call  # nms_cds_fhir_requests_total{outcome}
     def get_json(self, url: str) -> dict[str, Any]:
         """GET one URL under the base and return its JSON object, following same-base redirects."""
         for _ in range(_MAX_REDIRECTS + 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from typing import Any
@@ -11,20 +12,29 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from cds_service import feedback as feedback_items
+from cds_service import metrics
 from cds_service.errors import (
     NotFound,
     PayloadTooLarge,
     PreconditionFailed,
     RequestError,
+    ServiceOverrun,
     StoreUnavailable,
     Unauthorized,
 )
 from cds_service.hooks.request import load_json, parse_feedback, parse_hook_request, reject_lone_surrogates
 from cds_service.openapi import openapi_document
 from cds_service.runtime import Runtime
+from cds_service.serving import RequestWatchdog
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.http")
+access_log = logging.getLogger("cds_service.access")
+
+
+def runtime_of(app: Flask) -> Runtime:
+    rt: Runtime = app.extensions["nms_cds"]
+    return rt
 
 
 def runtime() -> Runtime:
@@ -89,6 +99,8 @@ def call_service(service_id: str) -> Response:
     if rt.settings.log_patient_ids:
         extra["patient_id"] = hook_request.patient_id
     log.info("hook answered", extra=extra)
+    metrics.observe_hook(service_id, service.hook, time.perf_counter() - g.started,
+                         [str(card.get("indicator")) for card in response.get("cards", [])])
     return jsonify(response)
 
 
@@ -126,6 +138,7 @@ def _error_response(exc: RequestError) -> tuple[Response, int]:
     if isinstance(exc, Unauthorized):
         log.warning("unauthorized", extra={"event": "auth-failed", "reason": exc.reason,
                                           "iss": g.get("iss"), "jti": g.get("jti")})
+        metrics.auth_failure(exc.reason)
         response = jsonify({"error": "unauthorized"})
         response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'  # RFC 6750; no error detail
         return response, 401
@@ -136,6 +149,9 @@ def _error_response(exc: RequestError) -> tuple[Response, int]:
         }
         log.info("precondition failed", extra={"event": "precondition-failed", "error": exc.message})
         return jsonify(outcome), 412
+    if isinstance(exc, ServiceOverrun):
+        metrics.overrun()
+        log.error("request overran NMS_CDS_REQUEST_TIMEOUT_SECONDS; stopped", extra={"event": "overrun"})
     body: dict[str, Any] = {"error": exc.code, "message": exc.message}
     if exc.field:
         body["field"] = exc.field
@@ -167,6 +183,36 @@ def _unexpected(exc: Exception) -> tuple[Response, int]:
 def _start() -> None:
     g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
     g.started = time.perf_counter()
+    current_app.extensions["nms_cds_watchdog"].arm()
+
+
+_METHODS = frozenset({"GET", "POST", "OPTIONS", "HEAD", "PUT", "DELETE", "PATCH"})
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]{1,100}(:[0-9]{1,5})?")
+
+
+def _access(response: Response) -> Response:
+    """One JSON access line and the request metrics per request (route template, never the raw path)."""
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    method = request.method if request.method in _METHODS else "other"
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    access_log.info("request", extra={"event": "access", "method": method, "route": route,
+                                      "status": response.status_code, "duration_ms": round(seconds * 1000, 1)})
+    metrics.observe_request(method, route, response.status_code, seconds)
+    return response
+
+
+def _disarm(exc: BaseException | None) -> None:
+    current_app.extensions["nms_cds_watchdog"].disarm()
+
+
+def _view_done(response: Response) -> Response:
+    """The first after-request step (registered last): the request's own work is over."""
+    current_app.extensions["nms_cds_watchdog"].disarm()
+    return response
+
+
+def _origin_label(origin: str) -> str:
+    return origin if _ORIGIN.fullmatch(origin) else "malformed"
 
 
 def _cors(response: Response) -> Response:
@@ -178,6 +224,12 @@ def _cors(response: Response) -> Response:
     elif origin and origin in allowed:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Vary"] = "Origin"
+        if request.method == "OPTIONS":
+            log.info("CORS preflight", extra={"event": "cors-preflight", "origin": _origin_label(origin),
+                                              "allowed": True})
+    elif origin:
+        log.info("CORS origin refused", extra={"event": "cors-refused", "origin": _origin_label(origin),
+                                               "method": request.method if request.method in _METHODS else "other"})
     response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
     response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, Accept, X-Request-Id"
     response.headers["Access-Control-Max-Age"] = "600"
@@ -188,8 +240,13 @@ def _cors(response: Response) -> Response:
 
 def register(app: Flask) -> None:
     app.register_blueprint(bp)
+    app.register_blueprint(metrics.bp)
+    app.extensions["nms_cds_watchdog"] = RequestWatchdog(runtime_of(app).settings.request_timeout_seconds)
     app.before_request(_start)
+    app.after_request(_access)
     app.after_request(_cors)
+    app.after_request(_view_done)  # after-request functions run last-registered first
+    app.teardown_request(_disarm)
     app.register_error_handler(RequestError, _error_response)
     app.register_error_handler(StoreUnavailable, _store_error)
     app.register_error_handler(HTTPException, _http_error)
