@@ -36,14 +36,27 @@ def _say(message: str) -> None:
 
 
 def _ignore_terminal_sigint(worker: Any) -> None:
-    """gunicorn ``post_worker_init``: a worker leaves Ctrl-C to the master.
+    """gunicorn ``post_worker_init``: a worker leaves Ctrl-C to the master and acts on one stop signal only.
 
     A terminal's Ctrl-C reaches the master and every worker at once; the master then sends the workers
-    SIGQUIT as well. Two quit signals in a row re-entered the gthread worker's shutdown (a non-reentrant
-    lock in ``ThreadPoolExecutor.shutdown``), so the worker hung until the master's SIGKILL ten seconds
-    later. Ignoring SIGINT in workers leaves one signal: the master's SIGQUIT.
+    SIGQUIT, and the nginx front's exit makes it send SIGTERM too. A second stop signal re-entered the gthread
+    worker's shutdown (non-reentrant locks in ``ThreadPoolExecutor.shutdown`` and its method queue), so the
+    worker hung until the master's SIGKILL ten seconds later. Workers ignore SIGINT, and after the first
+    SIGQUIT or SIGTERM they ignore both.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stops = (signal.SIGQUIT, signal.SIGTERM)
+    for stop in stops:
+        original = signal.getsignal(stop)
+        if not callable(original):
+            continue
+
+        def once(signum: int, frame: object, original: Any = original) -> None:
+            for other in stops:
+                signal.signal(other, signal.SIG_IGN)
+            original(signum, frame)
+
+        signal.signal(stop, once)
 
 
 def ensure_port_free(host: str, port: int, what: str, option: str) -> None:

@@ -182,7 +182,8 @@ def unexpected_traceback(output: str) -> bool:
     return output.count("Traceback") > output.count("SystemExit: 0")
 
 
-def test_ctrl_c_stops_dev_within_2_seconds() -> None:
+@pytest.mark.parametrize("attempt", range(3))  # the hang it guards against was a race: 2 stops in 5 hung
+def test_ctrl_c_stops_dev_within_2_seconds(attempt: int) -> None:
     port, fhir_port = free_port(), free_port()
     with_fhir = localfhir.node_available()
     elapsed, output, code = ctrl_c([NMS_CDS, "dev", "--port", str(port), "--fhir-port", str(fhir_port)],
