@@ -101,6 +101,11 @@ bench: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/run_bench.py
 
+## make burden: alert burden on records without NMS (Synthea + generated hard mimics), prefetch and local FHIR
+## server; writes bench/results/burden.json and fails when a target is missed (README "Alert burden")
+burden: install node
+	$(BIN)/python bench/burden.py
+
 ## make fuzz: property-based fuzzing of the HTTP surface, at least 10,000 cases
 fuzz: install
 	NMS_CDS_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cds_service.clinical.valuesets import ICD10CM, LOINC, RXNORM, SNOMED, UCUM, load  # noqa: E402
+from cds_service.clinical.valuesets import ATC, ICD10CM, LOINC, RXNORM, SNOMED, UCUM, load  # noqa: E402
 from cds_service.fixtures import ANCHOR, fill_prefetch  # noqa: E402
 from cds_service.services.templates import prefetch_templates  # noqa: E402
 
@@ -116,11 +116,34 @@ def rxnorm(code: str, *, listed: bool = True, display: str | None = None) -> Jso
     return coding(RXNORM, code, display)
 
 
+BFARM_ATC = "http://fhir.de/CodeSystem/bfarm/atc"  # German edition of the WHO ATC index (data/thresholds.toml)
+
+
+def atc(code: str, display: str, *, system: str = ATC) -> JsonDict:
+    """An ATC coding; the code must be in data/atc.tsv (dopamine side) or data/antimicrobials.tsv."""
+    if code not in VS.drugs_by_atc and VS.other_drug(ATC, code) is None:
+        raise KeyError(f"ATC {code} is not in atc.tsv or antimicrobials.tsv")
+    return coding(system, code, display)
+
+
+def _infection_displays() -> dict[tuple[str, str], str]:
+    text = importlib_resources.files("cds_service.clinical").joinpath("data", "infection-conditions.tsv").read_text(
+        "utf-8")
+    return {(r["system"], r["code"]): r["display"] for r in csv.DictReader(text.splitlines(), delimiter="\t")
+            if r["match"] == "exact"}
+
+
+INFECTION_DISPLAYS = _infection_displays()
+
+
 def condition_coding(system: str, code: str) -> JsonDict:
     concept = VS.conditions.get((system, code))
-    if concept is None:
-        raise KeyError(f"{system}|{code} is not in conditions.tsv")
-    return coding(system, code, concept.display)
+    if concept is not None:
+        return coding(system, code, concept.display)
+    display = INFECTION_DISPLAYS.get((system, code))
+    if display is None:
+        raise KeyError(f"{system}|{code} is not in conditions.tsv or (exact) infection-conditions.tsv")
+    return coding(system, code, display)
 
 
 def route(code: str) -> JsonDict:
@@ -363,6 +386,40 @@ class Builder:
     def med(self, code: str, *, status: str, days_ago: float, dose: Dose | None = None, **kw: Any) -> JsonDict:
         """A server-side MedicationRequest authored ``days_ago`` days before ANCHOR."""
         return self.add(self.med_request(code, status=status, authored=at(days=-days_ago), dose=dose, **kw), "mr")
+
+    def given(self, concept: JsonDict, hours: float, *, status: str = "completed",
+              dose: tuple[float, str] | None = None, route_code: str | None = None) -> JsonDict:
+        """A MedicationAdministration (a dose given) at ``ANCHOR + hours``."""
+        ma: JsonDict = {
+            "resourceType": "MedicationAdministration",
+            "status": status,
+            "medicationCodeableConcept": concept,
+            "subject": self.subject,
+            "effectiveDateTime": at(hours),
+        }
+        dosage: JsonDict = {}
+        if route_code:
+            dosage["route"] = route(route_code)
+        if dose:
+            dosage["dose"] = quantity(*dose)
+        if dosage:
+            ma["dosage"] = dosage
+        return self.add(ma, "ma")
+
+    def stated(self, concept: JsonDict, *, status: str, start_days: float, end_days: float | None = None) -> JsonDict:
+        """A MedicationStatement (home or reported medication) with its effective period."""
+        period: JsonDict = {"start": at(days=start_days)}
+        if end_days is not None:
+            period["end"] = at(days=end_days)
+        ms: JsonDict = {
+            "resourceType": "MedicationStatement",
+            "status": status,
+            "medicationCodeableConcept": concept,
+            "subject": self.subject,
+            "effectivePeriod": period,
+            "dateAsserted": at(days=start_days),
+        }
+        return self.add(ms, "ms")
 
     def draft(self, code: str | None, dose: Dose | None, *, name: str | None = None, listed: bool = True,
               display: str | None = None, medication: JsonDict | None = None, contained: list[JsonDict] | None = None,
@@ -823,7 +880,8 @@ def past_nms_rechallenge() -> Built:
 def contained_medication() -> Built:
     b = Builder("contained-medication", "Draft order referencing a contained Medication",
                 "medicationReference '#med1' must be resolved to the contained risperidone Medication; it is the "
-                "only dopamine antagonist", "female", "1992-11-05")
+                "dopamine antagonist named risperidone", "female", "1992-11-05")
+    b.med("311666", status="active", days_ago=3, dose=Dose(10, frequency=3))
     b.baseline(t=36.8, hr=78, rr=16, bp=(118, 76))
     b.vitals(-28, t=38.4, hr=86, rr=17, bp=(120, 76))
     b.vitals(-9, t=38.9, hr=88, rr=18, bp=(122, 78))
@@ -835,8 +893,10 @@ def contained_medication() -> Built:
     return Built(b, Expected(
         "critical", ["exposure", "hyperthermia", "ck"], ["risperidone"],
         "The draft's medicationReference '#med1' points to a contained Medication coded RxNorm 312830 "
-        "(risperidone 1 MG Oral Tablet): exposure 20 -- it is the only source of exposure, so a service that does "
-        "not resolve contained references shows no card. 38.4 and 38.9 -> 18. CK 900 with ULN 200 = 4.5 x ULN "
+        "(risperidone 1 MG Oral Tablet); it is the only source of the name risperidone, so a service that does not "
+        "resolve contained references cannot name it. Exposure before onset: metoclopramide active for 3 days "
+        "(issue 11: a draft alone never explains findings already there) -> 20. 38.4 and 38.9 -> 18. "
+        "CK 900 with ULN 200 = 4.5 x ULN "
         "-> 10 (no IM route, no artefact). Vitals otherwise flat. Total 48.",
         evidence={"tmax_cel": 38.9, "ck_peak_u_l": 900, "ck_uln_u_l": 200},
         suggest_delete_draft=delete(d)))
@@ -849,6 +909,7 @@ def medication_reference_display() -> Built:
                 "Medication is on the FHIR server, never in prefetch", "male", "1981-06-19")
     med = b.add({"resourceType": "Medication", "code": {"coding": [rxnorm("204416")],
                  "text": rxnorm("204416")["display"]}, "status": "active"}, "medication")
+    b.med("311666", status="active", days_ago=3, dose=Dose(10, frequency=3))
     b.baseline(t=36.8, hr=80, rr=16, bp=(124, 78))
     b.vitals(-26, t=38.5, hr=90, rr=18, bp=(126, 80))
     b.vitals(-8, t=39.0, hr=92, rr=18, bp=(128, 80))
@@ -861,7 +922,9 @@ def medication_reference_display() -> Built:
         f"The draft references Medication/{med['id']} (RxNorm 204416 haloperidol 5 MG/ML Injectable Solution) "
         "with a display. The Medication has no patient link, so no prefetch template returns it: the service "
         "resolves it by reading it from the FHIR server or, prefetch-only, by matching the display name "
-        "'haloperidol'. Either way exposure 20 (the only source). 38.5 and 39.0 -> 18. CK 1,200 with ULN 200 = "
+        "'haloperidol' (the only source of that name). Exposure before onset: metoclopramide active for 3 days "
+        "(issue 11: the draft alone never explains findings already there) -> 20. 38.5 and 39.0 -> 18. "
+        "CK 1,200 with ULN 200 = "
         "6 x ULN -> 10. Total 48.",
         evidence={"tmax_cel": 39.0, "ck_peak_u_l": 1200, "ck_uln_u_l": 200},
         suggest_delete_draft=delete(d)))
@@ -988,6 +1051,7 @@ def resources_without_ids() -> Built:
     b = Builder("resources-without-ids", "Draft orders without resource ids",
                 "draftOrders resources may lack an id (logical model id-expectation optional): critical card, but "
                 "the delete suggestion cannot carry a resourceId", "male", "1993-12-12")
+    b.med("311666", status="active", days_ago=3, dose=Dose(10, frequency=3))
     b.baseline(t=36.8, hr=78, rr=16, bp=(120, 76))
     b.vitals(-26, t=38.6, hr=88, rr=17, bp=(122, 78))
     b.vitals(-7, t=39.0, hr=90, rr=18, bp=(124, 78))
@@ -1004,8 +1068,9 @@ def resources_without_ids() -> Built:
     })
     return Built(b, Expected(
         "critical", ["exposure", "hyperthermia", "ck"], ["olanzapine"],
-        "The only dopamine antagonist is the id-less draft olanzapine 10 MG (RxNorm 314154) -> exposure 20; a "
-        "second id-less draft (ServiceRequest for CK) sits next to it. 38.6 and 39.0 -> 18. CK 1,000 with ULN 200 "
+        "The id-less draft olanzapine 10 MG (RxNorm 314154) adds to metoclopramide active for 3 days (the exposure "
+        "before onset; issue 11: a draft alone never explains findings already there) -> exposure 20; a second "
+        "id-less draft (ServiceRequest for CK) sits next to it. 38.6 and 39.0 -> 18. CK 1,000 with ULN 200 "
         "= 5 x ULN -> 10. Total 48. A delete action needs a resourceId (CDS Hooks 'Type/id'), so the card must "
         "offer no delete suggestion (suggest_delete_draft null) and must not crash or invent an id.",
         evidence={"tmax_cel": 39.0, "ck_peak_u_l": 1000, "ck_uln_u_l": 200}))
@@ -1038,6 +1103,174 @@ def boundary_exact_thresholds() -> Built:
 # ---------------------------------------------------------------------------------------------------
 # output
 # ---------------------------------------------------------------------------------------------------
+
+
+
+# --- issue 11: time order, other causes, every record of exposure ------------------------------------
+
+
+@scenario
+def mimic_sepsis_haloperidol_draft() -> Built:
+    b = Builder("mimic-sepsis-haloperidol-draft", "Sepsis mimic with a haloperidol draft (draft-only exposure)",
+                "Septic, febrile, iron 6 umol/L and CRP 180 before any dopamine antagonist; haloperidol drafted for "
+                "delirium: the draft cannot explain findings already there, no card", "female", "1962-05-09")
+    b.condition(ICD10CM, "A41.9", clinical_status="active", onset=at(-30))
+    b.med(ACETAMINOPHEN_500[0], listed=False, display=ACETAMINOPHEN_500[1], status="active", days_ago=1.25,
+          dose=Dose(1000, frequency=4, as_needed=True))
+    b.given({"coding": [atc("J01CR05", "piperacillin and beta-lactamase inhibitor")],
+             "text": "piperacillin/tazobactam 4.5 g IV"}, -36, route_code="47625008")
+    b.baseline(t=36.8, hr=78, rr=16, bp=(118, 72))
+    b.vitals(-40, t=39.0, hr=112, rr=24, bp=(110, 66))
+    b.vitals(-26, t=39.2, hr=118, rr=26, bp=(102, 60))
+    b.vitals(-12, t=39.1, hr=114, rr=25, bp=(104, 62))
+    b.wbc(-24, 18.0)
+    b.iron(-24, 6.0)
+    b.ck(-24, 100)
+    b.crp(-24, 180)
+    b.draft("5093", Dose(2.5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        None, ["hyperthermia", "hypermetabolism"], [],
+        "Issue 11 item 1 (deliberate change: this picture with a haloperidol draft used to give a critical card). "
+        "Fever 39.0/39.2/39.1 from -40 h, iron 6.0 (NMS range), WBC 18, CRP 180, CK 100 (0.5 x ULN), sepsis "
+        "(A41.9) on piperacillin/tazobactam: every finding precedes the only dopamine antagonist, the unsigned "
+        "draft. The draft never explains findings that precede it -> exposure not met (0), no warning, no "
+        "critical card; README 'Indicator policy' explains why no info card either.",
+        evidence={}))
+
+
+@scenario
+def mimic_neutropenic_fever_german() -> Built:
+    b = Builder("mimic-neutropenic-fever-german", "Kidney transplant, neutropenic fever, German ATC-coded record",
+                "Neutropenic fever on cefotaxime, metronidazole and amphotericin B, serum iron 12 ug/dL, no CK, no "
+                "dopamine antagonist ever given; haloperidol drafted: no card", "male", "1958-03-14")
+    b.condition(SNOMED, "409089005", clinical_status="active", onset=at(-46))
+    for hours in (-48, -36, -24, -12):
+        b.given({"coding": [atc("J01DD01", "Cefotaxim", system=BFARM_ATC)], "text": "Cefotaxim 2 g i.v."}, hours,
+                route_code="47625008")
+        b.given({"coding": [atc("J01XD01", "Metronidazol", system=BFARM_ATC)], "text": "Metronidazol 500 mg i.v."},
+                hours + 1, route_code="47625008")
+    b.given({"coding": [atc("J02AA01", "Amphotericin B", system=BFARM_ATC)], "text": "Amphotericin B liposomal"},
+            -20, route_code="47625008")
+    b.baseline(t=36.9, hr=76, rr=15, bp=(128, 80))
+    b.vitals(-46, t=38.8, hr=104, rr=20, bp=(118, 70))
+    b.vitals(-30, t=39.3, hr=110, rr=22, bp=(112, 68))
+    b.vitals(-10, t=38.9, hr=106, rr=21, bp=(116, 70))
+    b.iron(-20, 12.0, code="2498-4", unit="ug/dL", ref=(59, 158))
+    b.wbc(-20, 0.4)
+    b.crp(-20, 160)
+    b.draft(None, Dose(1, frequency=2), name="haloperidol", display="Haloperidol 1 mg Tablette")
+    return Built(b, Expected(
+        None, ["hyperthermia"], [],
+        "The German hospital test record of issue 11, rebuilt from its description: kidney transplant, "
+        "febrile neutropenia (SNOMED 409089005) with fever 38.8/39.3/38.9 from -46 h on cefotaxime, "
+        "metronidazole (ATC, BfArM "
+        "system) and amphotericin B, serum iron 12 ug/dL (2.1 umol/L, NMS range), no CK, never a dopamine "
+        "antagonist. The German-named draft 'Haloperidol 1 mg Tablette' is recognised but is the only exposure and "
+        "comes after every finding -> no card (used to be critical). Infection evidence is listed if a card is "
+        "ever shown.", evidence={}))
+
+
+@scenario
+def administration_only_haloperidol() -> Built:
+    b = Builder("administration-only-haloperidol", "Haloperidol given (MedicationAdministration only)",
+                "Doses given count like orders: haloperidol IM administrations before a febrile CK rise, no "
+                "MedicationRequest in the record: critical", "male", "1979-08-30")
+    concept = {"coding": [rxnorm("204416")], "text": "haloperidol 5 mg/mL injection"}
+    for hours in (-62, -50, -38):
+        b.given(concept, hours, dose=(5, "mg"), route_code=IM)
+    b.given(concept, -26, status="not-done", dose=(5, "mg"), route_code=IM)
+    b.given(concept, -14, status="entered-in-error", dose=(5, "mg"), route_code=IM)
+    b.baseline(t=36.8, hr=80, rr=16, bp=(122, 76))
+    b.vitals(-30, t=38.6, hr=88, rr=17, bp=(124, 78))
+    b.vitals(-9, t=39.2, hr=90, rr=18, bp=(126, 80))
+    b.ck(-12, 2400)
+    d = b.draft("204416", Dose(5, frequency=2, route=IM), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["haloperidol"],
+        "Three completed MedicationAdministrations of haloperidol 5 mg IM at -62/-50/-38 h (a not-done and an "
+        "entered-in-error one are ignored), no MedicationRequest: exposure before onset (first febrile reading "
+        "-30 h) -> 20. 38.6 and 39.2 -> 18. CK 2,400 with ULN 200 = 12 x ULN -> 10 (febrile, so no IM artefact). "
+        "Total 48; the draft adds to it and may be removed.",
+        evidence={"tmax_cel": 39.2, "ck_peak_u_l": 2400, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def atc_german_record() -> Built:
+    b = Builder("atc-german-record", "German record: ATC codes, German names, real-data units",
+                "Quetiapin (MedicationStatement) and Risperidon (MedicationAdministration) coded in the BfArM ATC "
+                "system, heart rate in 1/min, BP components without a unit: critical", "female", "1966-01-22")
+    b.stated({"coding": [atc("N05AH04", "Quetiapin", system=BFARM_ATC)], "text": "Quetiapin 100 mg"},
+             status="active", start_days=-20)
+    b.given({"coding": [atc("N05AX08", "Risperidon", system=BFARM_ATC)], "text": "Risperidon 2 mg"}, -50,
+            dose=(2, "mg"), route_code=ORAL)
+    b.stated({"coding": [atc("N04BA02", "Levodopa und Decarboxylasehemmer", system=BFARM_ATC)],
+              "text": "Levodopa/Benserazid"}, status="entered-in-error", start_days=-30, end_days=-3)
+    for hours, t, hr, bp in ((-120, 36.8, 78, (126, 80)), (-108, 36.8, 78, (126, 80)), (-28, 38.7, 84, (128, 80)),
+                             (-8, 39.1, 86, (130, 82))):
+        b.temp(at(hours), t)
+        b.observation("hr", ["8867-4"], at(hours), category="vital-signs", value=hr, unit="/min")
+        b.resources[-1]["valueQuantity"] = {"value": hr, "unit": "1/min", "system": UCUM, "code": "1/min"}
+        b.observation("bp", ["85354-9"], at(hours), category="vital-signs",
+                      components=[("8480-6", bp[0], "mm[Hg]"), ("8462-4", bp[1], "mm[Hg]")])
+        for comp in b.resources[-1]["component"]:
+            comp["valueQuantity"] = {"value": comp["valueQuantity"]["value"]}
+    b.ck(-14, 1800, uln=190)
+    b.resources[-1]["valueQuantity"]["unit"] = b.resources[-1]["valueQuantity"]["code"] = "U/l"
+    d = b.draft(None, Dose(5, frequency=2), name="haloperidol",
+                medication={"medicationCodeableConcept": {"coding": [atc("N05AD01", "Haloperidol", system=BFARM_ATC)],
+                                                          "text": "Haloperidol 5 mg Tabletten"}})
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["quetiapine", "risperidone", "haloperidol"],
+        "Quetiapine as an active MedicationStatement since -20 d (ATC N05AH04, system "
+        "http://fhir.de/CodeSystem/bfarm/atc) and risperidone given at -50 h (MedicationAdministration, ATC "
+        "N05AX08): exposure before onset (-28 h) -> 20; an entered-in-error levodopa statement is no withdrawal. "
+        "38.7 and 39.1 -> 18. CK 1,800 'U/l' (a UCUM spelling of U/L) with ULN 190 = 9.5 x ULN -> 10. Heart rate "
+        "in '1/min' and BP components without a unit (mm[Hg] implied by LOINC 8480-6/8462-4) are read. Total 48.",
+        evidence={"tmax_cel": 39.1, "ck_peak_u_l": 1800, "ck_uln_u_l": 190}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def brand_name_free_text() -> Built:
+    b = Builder("brand-name-free-text", "Free-text brand-name order 'Haldol 5 mg tablet'",
+                "An uncoded order naming the brand only is recognised as haloperidol: critical", "male", "1988-04-04")
+    b.add({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+           "medicationCodeableConcept": {"text": "Haldol 5 mg tablet"}, "subject": b.subject,
+           "authoredOn": at(days=-3), "dosageInstruction": [Dose(5, frequency=2).fhir()]}, "mr")
+    b.baseline(t=36.7, hr=80, rr=16, bp=(120, 76))
+    b.vitals(-30, t=38.5, hr=86, rr=17, bp=(122, 78))
+    b.vitals(-8, t=39.0, hr=88, rr=18, bp=(124, 78))
+    b.ck(-12, 1500)
+    d = b.draft(None, Dose(5, frequency=2), name="haldol", display="Haldol 5 mg tablet")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["haloperidol"],
+        "Active order with medicationCodeableConcept.text 'Haldol 5 mg tablet' only (no coding), authored -3 d: "
+        "the brand Haldol (data/drug-names.tsv, from the RxNorm SBD names) is haloperidol -> exposure before onset "
+        "20. 38.5 and 39.0 -> 18. CK 1,500 with ULN 200 = 7.5 x ULN -> 10. Total 48.",
+        evidence={"tmax_cel": 39.0, "ck_peak_u_l": 1500, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def other_cause_infection() -> Built:
+    b = Builder("other-cause-infection", "On haloperidol, febrile with low iron, pneumonia on antibiotics",
+                "Exposure before onset, fever and iron in the NMS range but CK < 4 x ULN and pneumonia treated with "
+                "ceftriaxone: warning, not critical, listing the infection", "female", "1971-09-09")
+    b.med("5093", status="active", days_ago=6, dose=Dose(5, frequency=2))
+    b.condition(SNOMED, "233604007", clinical_status="active", onset=at(-34))
+    b.baseline(t=36.8, hr=80, rr=16, bp=(120, 76))
+    b.vitals(-32, t=38.6, hr=92, rr=20, bp=(122, 78))
+    b.vitals(-10, t=38.9, hr=94, rr=20, bp=(124, 78))
+    b.iron(-20, 7.0)
+    b.ck(-20, 300)
+    b.given({"coding": [atc("J01DD04", "ceftriaxone")], "text": "ceftriaxone 2 g IV"}, -30, route_code="47625008")
+    d = b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "warning", ["exposure", "hyperthermia"], ["haloperidol"],
+        "Haloperidol active for 6 days -> exposure before onset (-32 h) 20. 38.6 and 38.9 -> 18. Iron 7.0 umol/L "
+        "is in the NMS range, which with fever used to make the card critical; but CK 300 (1.5 x ULN) is below "
+        "4 x ULN and the record shows another cause of fever: pneumonia (SNOMED 233604007, active) treated with "
+        "ceftriaxone "
+        "(ATC J01DD04, given -30 h). Issue 11 item 2: warning, not critical, and the card lists the infection.",
+        evidence={"tmax_cel": 38.9, "iron_min_umol_l": 7.0}, suggest_delete_draft=delete(d)))
 
 
 def dumps(obj: Any) -> str:

@@ -39,7 +39,9 @@ require_local_fhir()
 
 CALLS = 50
 WORKERS, THREADS = 2, 8
-BUDGET = 4.0
+# The hook budget: generous, since a call makes 9 FHIR queries (7 before issue 11) and a key that misses the
+# budget on a loaded 2-core machine changes the answer (an incomplete check): this test is about cross-talk.
+BUDGET = 8.0
 SCENARIOS = fixtures.load_scenarios()
 KINDS = ("nms:critical", "nms:warning", "nms:info", "suggestion:remove-draft", "suggestion:order-labs")
 MODES = ("prefetch", "prefetch", "fhir", "fhir-latency", "fhir-slow-allergies")
@@ -74,8 +76,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             "NMS_CDS_FHIR_ALLOWLIST": f"{fast.origin},{latency.origin}",
             "NMS_CDS_FIXED_NOW": fixtures.ANCHOR.isoformat(),
             "NMS_CDS_HOOK_BUDGET_SECONDS": str(BUDGET),
-            # one FHIR query pool per worker is shared by its THREADS requests (7 queries each)
-            "NMS_CDS_FHIR_CONCURRENCY": str(7 * THREADS),
+            # one FHIR query pool per worker is shared by its THREADS requests (9 queries each)
+            "NMS_CDS_FHIR_CONCURRENCY": str(9 * THREADS),
             "NMS_CDS_LOG_LEVEL": "WARNING",
         }
         nms_cds = shutil.which("nms-cds", path=str(REPO / ".venv" / "bin")) or "nms-cds"

@@ -25,7 +25,8 @@ from tests.conftest import FHIR_BASE, NOW, make_settings
 from tests.test_protocol import URL, febrile_prefetch, hook_request
 
 ANY = re.compile(re.escape(FHIR_BASE) + r"/.*")
-NOT_OBS = re.compile(re.escape(FHIR_BASE) + r"/(MedicationRequest|Condition|AllergyIntolerance)\b.*")
+NOT_OBS = re.compile(re.escape(FHIR_BASE) + r"/(MedicationRequest|MedicationAdministration|MedicationStatement|"
+                     r"Condition|AllergyIntolerance)\b.*")
 OBS = f"{FHIR_BASE}/Observation"
 
 
@@ -205,6 +206,8 @@ def test_hook_without_prefetch_sends_bounded_newest_first_queries(client: FlaskC
 
     responses.add_callback(responses.GET, OBS, callback=observations)
     responses.add(responses.GET, f"{FHIR_BASE}/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    # the haloperidol in effect before the fever (issue 11: a draft alone never explains findings already there)
+    responses.add(responses.GET, f"{FHIR_BASE}/MedicationRequest", json=prefetch["medications"])
     responses.add(responses.GET, NOT_OBS, json=searchset([]))
     response = client.post(URL, json=hook_request(fhirServer=FHIR_BASE, prefetch={}))
     assert response.status_code == 200

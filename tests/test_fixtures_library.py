@@ -198,12 +198,23 @@ def test_observations_follow_conventions(scenarios: list[Scenario]) -> None:
             assert concept is not None, code
             quantities = [r["valueQuantity"]] if "valueQuantity" in r else [c["valueQuantity"] for c in r["component"]]
             for q in quantities:
+                if s.id in REAL_DATA_UNITS:  # spellings real records use (UCUM variants, BP without a unit)
+                    assert "code" not in q or _ucum(q["code"]) is not None, (s.id, q)
+                    continue
                 assert q["system"] == "http://unitsofmeasure.org" and q["unit"] == q["code"]
             if "valueQuantity" in r:
-                assert r["valueQuantity"]["code"] in concept.conversions
+                assert _ucum(r["valueQuantity"]["code"]) in concept.conversions
                 for rng in r.get("referenceRange", []):
                     for bound in rng.values():
-                        assert bound["code"] == r["valueQuantity"]["code"]
+                        assert _ucum(bound["code"]) == _ucum(r["valueQuantity"]["code"])
+
+
+REAL_DATA_UNITS = {"atc-german-record"}
+
+
+def _ucum(unit: str) -> str | None:
+    """The UCUM code of a unit spelling (data/ucum-variants.tsv)."""
+    return VS.unit_spellings.get(unit, unit)
 
 
 def test_codes_come_from_the_project_tables(scenarios: list[Scenario]) -> None:
@@ -221,9 +232,12 @@ def test_codes_come_from_the_project_tables(scenarios: list[Scenario]) -> None:
             elif system == RXNORM:
                 assert VS.drug(code) is not None or code in non_listed_rxnorm, code
             elif system == ICD10CM:
-                assert (system, code) in VS.conditions, code
+                assert (system, code) in VS.conditions or VS.cause_of(system, code), code
             elif system == SNOMED:
-                assert (system, code) in VS.conditions or code in routes or code in non_listed_snomed, code
+                assert ((system, code) in VS.conditions or VS.cause_of(system, code) or code in routes
+                        or code in non_listed_snomed), code
+            elif system in VS.atc_systems:
+                assert code in VS.drugs_by_atc or VS.other_drug(system, code) is not None, code
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -297,7 +311,7 @@ def _canonical(obs: dict[str, Any]) -> float:
     concept = VS.observation(obs["code"]["coding"][0]["code"])
     assert concept is not None
     q = obs["valueQuantity"]
-    return concept.conversions[q["code"]].apply(q["value"])
+    return concept.conversions[_ucum(q["code"]) or ""].apply(q["value"])
 
 
 def _final(s: Scenario, concept: str, hours: float) -> list[dict[str, Any]]:
@@ -323,7 +337,7 @@ def test_expected_evidence_recomputed_from_data(scenarios: list[Scenario]) -> No
             peak = max(cks, key=_canonical)
             if peak.get("referenceRange"):
                 high = peak["referenceRange"][0]["high"]
-                uln = VS.observation("2157-6").conversions[high["code"]].apply(high["value"])  # type: ignore[union-attr]
+                uln = VS.observation("2157-6").conversions[_ucum(high["code"]) or ""].apply(high["value"])  # type: ignore[union-attr]
             else:
                 gender = next(r for r in s.resources if r["resourceType"] == "Patient")["gender"]
                 uln = ck_fallback.get(f"uln_fallback_{gender}", ck_fallback["uln_fallback_unknown"])

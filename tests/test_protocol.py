@@ -55,6 +55,9 @@ def febrile_prefetch() -> dict[str, Any]:
     prefetch["temperature"] = bundle(observation(1, "8310-5", 38.9, "Cel", "2026-11-23T20:00:00Z"),
                                      observation(2, "8310-5", 39.4, "Cel", "2026-11-24T08:00:00Z"))
     prefetch["labs"] = bundle(observation(3, "2157-6", 9400, "U/L", "2026-11-24T09:00:00Z"))
+    # haloperidol in effect before the fever (issue 11: a draft alone never explains findings already there)
+    prefetch["medications"] = bundle({**HALOPERIDOL_DRAFT, "id": "active-1", "status": "active",
+                                      "authoredOn": "2026-11-21T08:00:00Z"})
     return prefetch
 
 
@@ -70,13 +73,14 @@ def test_discovery_lists_the_order_sign_service(client: FlaskClient) -> None:
     assert service["title"] and service["description"]
     prefetch = service["prefetch"]
     assert prefetch["patient"] == "Patient/{{context.patientId}}"
-    assert set(prefetch) == {"patient", "medications", "temperature", "vitals", "labs", "conditions", "allergies"}
+    assert set(prefetch) == {"patient", "medications", "administrations", "statements", "temperature", "vitals",
+                             "labs", "conditions", "allergies"}
     for key in ("temperature", "vitals", "labs"):
         assert "_sort=-date" in prefetch[key]
     for code in ("8310-5", "8331-1", "8867-4", "9279-1", "85354-9", "2157-6", "2498-4", "14798-3",
                  "6690-2", "1988-5", "1751-7"):
         assert any(code in t for t in prefetch.values()), code
-    assert "15244003" in prefetch["conditions"] and "G21.0" in prefetch["conditions"]
+    assert prefetch["conditions"] == "Condition?patient={{context.patientId}}&_count=100"  # NMS history + infections
 
 
 def test_the_spec_discovery_example_passes_the_same_checker() -> None:
@@ -148,6 +152,9 @@ def test_lenient_draft_orders(client: FlaskClient) -> None:
     assert isinstance(clozapine["category"], dict)  # the real client's quirk
     nutrition = dataset_json("cds-hooks-spec-examples/cds-hooks-library--order-sign--block00-context.json")
     other_orders = [e for e in nutrition["context"]["draftOrders"]["entry"]]
+    # the orders come from other examples' patients; here they are p1's (another patient's drafts are dropped)
+    clozapine = {**clozapine, "subject": {"reference": "Patient/p1"}}
+    other_orders = [{"resource": {**e["resource"], "subject": {"reference": "Patient/p1"}}} for e in other_orders]
     entries = [
         {"resource": clozapine},
         {"resource": {"resourceType": "MedicationRequest", "status": "draft"}},  # no medication, no intent
@@ -288,15 +295,16 @@ def test_sandbox_order_sign_request_is_accepted(client: FlaskClient) -> None:
     base = request["fhirServer"]
     responses.add(responses.GET, f"{base}/Patient/{request['context']['patientId']}",
                   json=request["prefetch"]["patient"])
-    for resource in ("MedicationRequest", "Observation", "Condition", "AllergyIntolerance"):
+    for resource in ("MedicationRequest", "MedicationAdministration", "MedicationStatement", "Observation",
+                     "Condition", "AllergyIntolerance"):
         responses.add(responses.GET, f"{base}/{resource}", json={"resourceType": "Bundle", "type": "searchset"})
     response = client.post(URL, json=request)
     assert response.status_code == 200
     assert response_problems(response.get_json()) == []
     sent = [c.request for c in responses.calls]
-    # its "patient" key matches ours; the six other keys are fetched, and the two queries for readings
+    # its "patient" key matches ours; the eight other keys are fetched, and the two queries for readings
     # before the vitals' and labs' windows (the baseline fallback, the previous serum iron: fhir/bounds.py)
-    assert len(sent) == 6 + 2
+    assert len(sent) == 8 + 2
     assert not any("/Patient/" in (r.url or "") for r in sent)
     assert all("Authorization" not in r.headers for r in sent)  # open server: anonymous
 
@@ -306,7 +314,8 @@ def test_spec_order_sign_example_with_paginated_prefetch(client: FlaskClient) ->
     request = dataset_json("cds-hooks-spec-examples/cds-hooks--index--block03-request.json")
     responses.add(responses.GET, "https://ehr.example.org/fhir/Patient/1288992",
                   json={"resourceType": "Patient", "id": "1288992"})
-    for resource in ("MedicationRequest", "Observation", "Condition", "AllergyIntolerance"):
+    for resource in ("MedicationRequest", "MedicationAdministration", "MedicationStatement", "Observation",
+                     "Condition", "AllergyIntolerance"):
         responses.add(responses.GET, f"https://ehr.example.org/fhir/{resource}",
                       json={"resourceType": "Bundle", "type": "searchset"})
     app_settings = client.application.extensions["nms_cds"].settings

@@ -22,7 +22,7 @@ def ago(hours: float) -> datetime:
     return NOW - timedelta(hours=hours)
 
 
-def med(code: str | None = HALOPERIDOL_IN, *, draft: bool = False, status: str = "active", hours: float = 24,
+def med(code: str | None = HALOPERIDOL_IN, *, draft: bool = False, status: str = "active", hours: float = 60,
         names: tuple[str, ...] = (), route: str | None = None, ended: float | None = None,
         ref: str | None = "MedicationRequest/m1") -> MedicationInput:
     return MedicationInput(

@@ -32,7 +32,8 @@ def test_the_library_covers_the_required_cases() -> None:
     required = {"classic-nms", "early-nms", "mimic-sepsis-no-antipsychotic", "mimic-im-ck-afebrile",
                 "mimic-old-episode", "mimic-entered-in-error", "units-us-conventional", "depot-paliperidone",
                 "metoclopramide", "dopaminergic-withdrawal", "past-nms-rechallenge", "contained-medication",
-                "sandbox-quirks"}
+                "sandbox-quirks", "administration-only-haloperidol", "atc-german-record", "brand-name-free-text",
+                "mimic-sepsis-haloperidol-draft", "mimic-neutropenic-fever-german", "other-cause-infection"}
     assert required <= ids
     assert {s.expected["indicator"] for s in SCENARIOS} == {"critical", "warning", None}
 

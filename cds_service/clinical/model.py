@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Literal
 
 Indicator = Literal["critical", "warning", "info"]
+MedicationKind = Literal["request", "administration", "statement"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,19 +23,21 @@ class Coding:
 
 @dataclass(frozen=True, slots=True)
 class MedicationInput:
-    """One MedicationRequest, from the draft orders (``is_draft``) or from the patient's record."""
+    """One record of drug exposure: a MedicationRequest (from the draft orders, ``is_draft``, or the record),
+    a MedicationAdministration (a dose given) or a MedicationStatement (home or reported medication)."""
 
-    ref: str | None  # "MedicationRequest/<id>" when it has an id
+    ref: str | None  # "MedicationRequest/<id>" (or the administration's / statement's) when it has an id
     is_draft: bool
     status: str | None
     codings: tuple[Coding, ...] = ()
     names: tuple[str, ...] = ()  # CodeableConcept.text, coding displays, Medication names, reference display
     route: tuple[Coding, ...] = ()
     route_text: str | None = None
-    authored: datetime | None = None
-    ended: datetime | None = None  # validityPeriod.end, dosage bounds end
+    authored: datetime | None = None  # request: authoredOn; administration/statement: effective start
+    ended: datetime | None = None  # validityPeriod.end, dosage bounds end; effective end
     dose_value: float | None = None
     dose_unit: str | None = None
+    kind: MedicationKind = "request"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,8 @@ class ObservationInput:
     ref_low: float | None = None
     ref_high: float | None = None
     ref_unit: str | None = None
+    # coded results (valueCodeableConcept codings and interpretation codings), for cultures
+    value_codes: tuple[Coding, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,8 @@ class HistoryInput:
     recorded: datetime | None
     verification: str | None = None
     ref: str | None = None
+    clinical_status: str | None = None
+    abated: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,9 @@ class ClinicalInput:
     history: tuple[HistoryInput, ...] = ()
     missing: tuple[str, ...] = ()  # what could not be retrieved, in words ("laboratory results")
     ignored_orders: int = 0  # draft orders that could not be read (no medication, unparseable)
+    # resources dropped because they belong to another patient: (resource type, count)
+    other_patient: tuple[tuple[str, int], ...] = ()
+    capped: tuple[str, ...] = ()  # what the data-access layer cut at a hard limit, in words
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -100,9 +110,10 @@ class Exposure:
     ended: datetime | None
     route: str | None  # "im", "iv", "oral", "sc" or None
     long_acting: bool
-    matched_by: Literal["rxnorm", "name"]
+    matched_by: Literal["rxnorm", "atc", "name"]
     dose_value: float | None = None
     dose_unit: str | None = None
+    kind: MedicationKind = "request"
 
 
 @dataclass
@@ -135,11 +146,22 @@ class HistoryItem:
 
 
 @dataclass
+class OtherCause:
+    """An alternative explanation of fever or CK rise (the IEC's negative work-up), from structured data."""
+
+    cause: str  # infection, serotonin-syndrome, malignant-hyperthermia, heat-illness, anticholinergic, ...
+    label: str
+    found: bool | None  # None: could not be checked from the data seen
+    evidence: list[str] = field(default_factory=list)  # plain descriptions; may quote record text
+
+
+@dataclass
 class DataQuality:
     used: int = 0
     entered_in_error: int = 0
     not_final: int = 0
     unusable: int = 0  # no value, unknown unit, no time, in the future
+    capped: dict[str, int] = field(default_factory=dict)  # concept -> older readings left out at the cap
 
 
 @dataclass
@@ -161,6 +183,14 @@ class Assessment:
     im_ck_artefact: bool = False
     ck_peak: Reading | None = None
     ck_uln: float | None = None  # the ULN the CK criterion used (lab range or documented fallback)
+    onset: datetime | None = None  # first finding of the episode (first febrile reading or CK rise)
+    onset_kind: Literal["fever", "ck"] | None = None
+    first_exposure: Exposure | None = None  # earliest exposure in effect before onset
+    # findings (fever / CK rise) already present before any dopamine antagonist: the draft cannot explain them
+    findings_before_exposure: bool = False
+    other_causes: list[OtherCause] = field(default_factory=list)
+    other_patient: list[tuple[str, int]] = field(default_factory=list)
+    capped: list[str] = field(default_factory=list)
 
     @property
     def score(self) -> int:

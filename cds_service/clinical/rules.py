@@ -4,9 +4,11 @@ the indicator policy. Pure functions; every threshold comes from ``data/threshol
 
 from __future__ import annotations
 
+import re
 import statistics
+from collections import deque
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from operator import attrgetter
 from typing import Any
@@ -22,6 +24,7 @@ from cds_service.clinical.model import (
     Indicator,
     MedicationInput,
     ObservationInput,
+    OtherCause,
     Reading,
 )
 from cds_service.clinical.valuesets import ICD10CM, RXNORM, SNOMED, ObservationConcept, ValueSets, load
@@ -30,6 +33,22 @@ USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 EXCLUDED_ORDER_STATUSES = frozenset({"entered-in-error", "cancelled"})
 ONGOING_ORDER_STATUSES = frozenset({"active", "on-hold"})
 ENDED_ORDER_STATUSES = frozenset({"stopped", "completed"})
+# Per kind of record: statuses that mean "never taken / not a record", and those that mean "ongoing".
+EXCLUDED_STATUSES = {
+    "request": EXCLUDED_ORDER_STATUSES,
+    "administration": frozenset({"not-done", "entered-in-error"}),
+    "statement": frozenset({"entered-in-error", "not-taken", "intended"}),
+}
+ONGOING_STATUSES = {
+    "request": ONGOING_ORDER_STATUSES,
+    "administration": frozenset({"in-progress", "on-hold"}),
+    "statement": frozenset({"active", "on-hold"}),
+}
+ENDED_STATUSES = {
+    "request": ENDED_ORDER_STATUSES,
+    "administration": frozenset({"completed", "stopped"}),
+    "statement": frozenset({"completed", "stopped"}),
+}
 VITAL_CONCEPTS = ("body-temperature", "heart-rate", "respiratory-rate", "systolic-bp", "diastolic-bp")
 LAB_CONCEPTS = ("creatine-kinase", "serum-iron", "wbc", "crp", "albumin", "creatinine", "potassium")
 # Future-dated values are clock errors, not observations. Small skew between systems is tolerated.
@@ -56,7 +75,16 @@ def _route(med: MedicationInput, vs: ValueSets, hint: str) -> str | None:
 
 
 def classify(med: MedicationInput, vs: ValueSets) -> tuple[str, str, str, bool, str, str] | None:
-    """(ingredient, role, class, long_acting, route_hint, matched_by) for a drug the rules know."""
+    """(ingredient, role, class, long_acting, route_hint, matched_by) for a drug the rules know: by RxNorm,
+    by ATC (WHO or a national edition), then by ingredient, brand or national name in the text."""
+    for coding in med.codings:
+        if coding.code and coding.system in vs.atc_systems:
+            atc = vs.atc(coding.system, coding.code.strip())
+            if atc is not None:
+                lai = _long_acting_text(med.names)
+                ingredient = next((i for i in atc.ingredients if (hit := vs.match_drug_name(i)) and hit[1] == atc.role),
+                                  atc.ingredients[0])
+                return ingredient, atc.role, atc.drug_class, lai, "unknown", "atc"
     for coding in med.codings:
         if coding.code and (coding.system in (RXNORM, None)):
             concept = vs.drug(coding.code.strip())
@@ -70,10 +98,15 @@ def classify(med: MedicationInput, vs: ValueSets) -> tuple[str, str, str, bool, 
     for name in med.names:
         hit = vs.match_drug_name(name)
         if hit is not None:
-            lai = any(word in name.lower() for word in ("decanoate", "palmitate", "pamoate", "lauroxil",
-                                                         "extended-release injectable", "depot"))
-            return hit[0], hit[1], hit[2], lai, "unknown", "name"
+            return hit[0], hit[1], hit[2], _long_acting_text((name,)), "unknown", "name"
     return None
+
+
+_LAI_WORDS = ("decanoate", "palmitate", "pamoate", "lauroxil", "extended-release injectable", "depot")
+
+
+def _long_acting_text(names: Iterable[str]) -> bool:
+    return any(word in name.lower() for name in names for word in _LAI_WORDS)
 
 
 def _label(med: MedicationInput, ingredient: str) -> str:
@@ -83,10 +116,13 @@ def _label(med: MedicationInput, ingredient: str) -> str:
     return ingredient
 
 
-def find_exposures(inp: ClinicalInput, vs: ValueSets) -> tuple[list[Exposure], list[Exposure]]:
-    """Dopamine-antagonist and withdrawal exposures that count now, and every recognised drug order."""
+def find_exposures(inp: ClinicalInput, vs: ValueSets, at: datetime | None = None, *, drafts: bool = True
+                   ) -> tuple[list[Exposure], list[Exposure]]:
+    """Dopamine-antagonist and withdrawal exposures in effect at ``at`` (default: now), and every recognised
+    drug record. ``drafts=False`` leaves the draft orders out of the first list: a drug not yet given cannot
+    explain a finding that is already there."""
     th = vs.thresholds["exposure"]
-    now = inp.now
+    at = at or inp.now
     window = timedelta(hours=th["window_hours"])
     depot_window = timedelta(days=th["depot_window_days"])
     withdrawal_window = timedelta(days=th["withdrawal_window_days"])
@@ -95,10 +131,10 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets) -> tuple[list[Exposure], l
     ongoing_dopaminergic: set[str] = set()
     for med in inp.medications:
         hit = classify(med, vs)
-        if hit is None or (med.status or "").lower() in EXCLUDED_ORDER_STATUSES:
+        status = (med.status or "").lower() or None
+        if hit is None or (status or "") in EXCLUDED_STATUSES[med.kind]:
             continue
         ingredient, role, drug_class, lai, hint, matched_by = hit
-        status = (med.status or "").lower() or None
         exposure = Exposure(
             ingredient=ingredient,
             drug_class=drug_class,
@@ -114,29 +150,51 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets) -> tuple[list[Exposure], l
             matched_by=matched_by,  # type: ignore[arg-type]
             dose_value=med.dose_value,
             dose_unit=med.dose_unit,
+            kind=med.kind,
         )
         recognised.append(exposure)
-        recent = med.authored is not None and now - window <= med.authored <= now + _FUTURE_SKEW
-        ended_recently = med.ended is not None and now - window <= med.ended
+        if med.is_draft:
+            if drafts and role == "antagonist":
+                counted.append(exposure)
+            continue
+        started_before = med.authored is None or med.authored <= at + _FUTURE_SKEW
+        if not started_before:
+            continue  # begun after the reference time: it cannot explain what came before it
+        ongoing = status in ONGOING_STATUSES[med.kind] and (med.ended is None or med.ended > at)
+        if med.kind == "administration" and status is None:
+            ongoing = False
+        last = med.ended or (med.authored if med.kind == "administration" else None)
+        recent = med.authored is not None and at - window <= med.authored
+        ended_recently = last is not None and at - window <= last
         if role == "dopaminergic":
-            lapsed = med.ended is not None and med.ended <= now
-            if status in ONGOING_ORDER_STATUSES and not lapsed:
+            if ongoing or (med.kind == "administration" and (recent or ended_recently)):
                 ongoing_dopaminergic.add(ingredient)
                 continue
             stopped_at = med.ended
-            if (status in ENDED_ORDER_STATUSES or lapsed) and stopped_at is not None and (
-                now - withdrawal_window <= stopped_at <= now
+            lapsed = med.ended is not None and med.ended <= at
+            if (status in ENDED_STATUSES[med.kind] or lapsed) and stopped_at is not None and (
+                at - withdrawal_window <= stopped_at <= at
             ):
                 counted.append(exposure)
             continue
         if role == "lithium":
             continue
-        depot = lai and med.authored is not None and now - depot_window <= med.authored <= now
-        if med.is_draft or status in ONGOING_ORDER_STATUSES or recent or ended_recently or depot:
+        depot = lai and med.authored is not None and at - depot_window <= med.authored
+        if ongoing or recent or ended_recently or depot:
             counted.append(exposure)
     # A dopaminergic drug that was stopped but is ordered again (active) is not a withdrawal.
     counted = [e for e in counted if not (e.role == "withdrawal" and e.ingredient in ongoing_dopaminergic)]
+    # Drafts first, then in time order: the same answer whatever order the server or prefetch listed them in.
+    counted.sort(key=_exposure_order)
+    recognised.sort(key=_exposure_order)
     return counted, recognised
+
+
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+
+
+def _exposure_order(e: Exposure) -> tuple[bool, datetime, str, str]:
+    return (not e.is_draft, e.authored or _EARLIEST, e.ref or "", e.label)
 
 
 def risk_factors(exposures: Sequence[Exposure], recognised: Sequence[Exposure], inp: ClinicalInput,
@@ -157,8 +215,8 @@ def risk_factors(exposures: Sequence[Exposure], recognised: Sequence[Exposure], 
     increases = _dose_increases(antagonists, inp.now - recent)
     if increases:
         out.append("dose increase: " + "; ".join(increases))
-    elif any(e.is_draft for e in antagonists) and any(
-        e.ingredient in {d.ingredient for d in antagonists if not d.is_draft} for e in antagonists if e.is_draft
+    elif (record_ingredients := {d.ingredient for d in antagonists if not d.is_draft}) and any(
+        e.is_draft and e.ingredient in record_ingredients for e in antagonists
     ):
         out.append("draft order adds to a dopamine antagonist already prescribed (possible dose increase)")
     ingredients = sorted({e.ingredient for e in antagonists})
@@ -166,7 +224,7 @@ def risk_factors(exposures: Sequence[Exposure], recognised: Sequence[Exposure], 
         out.append("more than one dopamine antagonist: " + ", ".join(ingredients))
     if any(e.drug_class == "fga-high-potency" for e in antagonists):
         out.append("high-potency first-generation antipsychotic")
-    lithium = [e for e in recognised if e.role == "lithium" and (e.status in ONGOING_ORDER_STATUSES or e.is_draft)]
+    lithium = [e for e in recognised if e.role == "lithium" and (e.status in ONGOING_STATUSES[e.kind] or e.is_draft)]
     if lithium:
         out.append("lithium co-prescribed")
     if any(e.role == "withdrawal" for e in exposures):
@@ -189,8 +247,13 @@ def _dose_increases(antagonists: Sequence[Exposure], since: datetime) -> list[st
             if recent and before.dose_value is not None and after.dose_value is not None \
                     and after.dose_value > before.dose_value:
                 where = "in the draft order" if after.is_draft else f"on {after.authored:%Y-%m-%d}"
-                out.append(f"{ingredient} {before.dose_value:g} → {after.dose_value:g} {unit} {where}")
+                shown = unit if _UNIT_TOKEN.fullmatch(unit) else "(unit as ordered)"
+                out.append(f"{ingredient} {before.dose_value:g} → {after.dose_value:g} {shown} {where}")
     return out
+
+
+# A dose unit is shown only when it looks like a unit (UCUM code or a short word); other text stays out.
+_UNIT_TOKEN = re.compile(r"[A-Za-z0-9%/.*{}\[\]µ^]{1,16}")
 
 
 # --- observations -----------------------------------------------------------------------------------
@@ -200,10 +263,14 @@ _by_time = attrgetter("time")
 
 def normalise(observations: Iterable[ObservationInput], now: datetime, vs: ValueSets
               ) -> tuple[dict[str, list[Reading]], DataQuality]:
+    """Readings per concept in canonical units, time-ordered, duplicates merged, at most
+    ``limits.readings_per_concept`` (the most recent) per concept."""
     quality = DataQuality()
     series: dict[str, list[Reading]] = {}
     wanted = set(VITAL_CONCEPTS) | set(LAB_CONCEPTS)
     lookup = vs.observations_by_code.get  # = vs.observation, without a method call per code
+    spellings = vs.unit_spellings
+    implied = vs.thresholds["units"]["implied_when_missing"]
     by_codes: dict[tuple[str, ...], ObservationConcept | None] = {}  # the same code lists recur
     latest = now + _FUTURE_SKEW
     used = 0
@@ -227,14 +294,18 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
         if status not in USABLE_STATUSES:
             quality.not_final += 1
             continue
-        conversion = concept.conversions.get(obs.unit or "") if obs.unit else None
+        unit = obs.unit if obs.unit else implied.get(concept.concept)
+        conversion = None
+        if unit:
+            conversion = concept.conversions.get(unit) or concept.conversions.get(spellings.get(unit, ""))
         if obs.value is None or conversion is None or obs.time is None or obs.time > latest:
             quality.unusable += 1
             continue
         value = conversion.apply(obs.value)
         uln = None
         if obs.ref_high is not None:
-            ref_conv = concept.conversions.get(obs.ref_unit or obs.unit or "")
+            ref_unit = obs.ref_unit or unit or ""
+            ref_conv = concept.conversions.get(ref_unit) or concept.conversions.get(spellings.get(ref_unit, ""))
             if ref_conv is not None:
                 uln = ref_conv.apply(obs.ref_high)
         used += 1
@@ -242,7 +313,8 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
             Reading(concept.concept, value, concept.canonical_unit, obs.time, concept.code, obs.ref, uln)
         )
     quality.used += used
-    for readings in series.values():
+    cap = int(vs.thresholds["limits"]["readings_per_concept"])
+    for name, readings in series.items():
         readings.sort(key=_by_time)
         # The same value reported twice (co-coded panels, duplicates) is one occasion.
         unique: list[Reading] = []
@@ -250,6 +322,9 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
             if unique and unique[-1].time == reading.time and unique[-1].value == reading.value:
                 continue
             unique.append(reading)
+        if len(unique) > cap:
+            quality.capped[name] = len(unique) - cap
+            unique = unique[-cap:]
         readings[:] = unique
     return series, quality
 
@@ -359,14 +434,27 @@ def _autonomic(sbp: list[Reading], dbp: list[Reading], base_s: Reading | None, b
 
 
 def _max_swing(series: Sequence[Reading], span: timedelta) -> tuple[float, list[Reading]] | None:
+    """The largest change between two readings at most ``span`` apart (time-ordered input), in O(n): for
+    each reading, the highest and lowest earlier reading still within ``span`` come from monotonic deques."""
     best: tuple[float, list[Reading]] | None = None
-    for i, first in enumerate(series):
-        for second in series[i + 1:]:
-            if second.time - first.time > span:
-                break
-            delta = abs(second.value - first.value)
-            if best is None or delta > best[0]:
-                best = (delta, [first, second])
+    highs: deque[Reading] = deque()  # values decreasing
+    lows: deque[Reading] = deque()  # values increasing
+    for second in series:
+        while highs and second.time - highs[0].time > span:
+            highs.popleft()
+        while lows and second.time - lows[0].time > span:
+            lows.popleft()
+        for first in (highs[0] if highs else None, lows[0] if lows else None):
+            if first is not None:
+                delta = abs(second.value - first.value)
+                if best is None or delta > best[0]:
+                    best = (delta, [first, second])
+        while highs and highs[-1].value <= second.value:
+            highs.pop()
+        highs.append(second)
+        while lows and lows[-1].value >= second.value:
+            lows.pop()
+        lows.append(second)
     return best
 
 
@@ -449,6 +537,150 @@ def _history(inp: ClinicalInput, vs: ValueSets) -> list[HistoryItem]:
     return out
 
 
+# --- time order ------------------------------------------------------------------------------------
+
+
+def episode_onset(temps: Sequence[Reading], febrile: Sequence[Reading], cks: Sequence[Reading],
+                  sex: str | None, vs: ValueSets) -> tuple[datetime | None, str | None]:
+    """Onset = the first finding of the episode: its first febrile reading (reaching back through febrile
+    readings at most ``onset.episode_gap_hours`` apart), or the first CK >= 4 x ULN when that comes first."""
+    gap = timedelta(hours=vs.thresholds["onset"]["episode_gap_hours"])
+    threshold = vs.thresholds["hyperthermia"]["threshold_cel"]
+    fever: datetime | None = None
+    if febrile:
+        fever = febrile[0].time
+        earlier = [r for r in temps if r.value > threshold and r.time < fever]
+        for reading in reversed(earlier):
+            if fever - reading.time > gap:
+                break
+            fever = reading.time
+    multiple = vs.thresholds["ck"]["uln_multiple"]
+    fallback = _uln_fallback(sex, vs)
+    ck = next((r.time for r in cks if r.value >= multiple * (r.uln or fallback)), None)
+    if ck is not None and (fever is None or ck < fever):
+        return ck, "ck"
+    return (fever, "fever") if fever is not None else (None, None)
+
+
+# --- other causes (the IEC's negative work-up, from structured data) -----------------------------------
+
+_CAUSE_LABELS = {
+    "infection": "Infection or sepsis",
+    "serotonin-syndrome": "Serotonin syndrome",
+    "malignant-hyperthermia": "Malignant hyperthermia",
+    "heat-illness": "Heat illness",
+    "anticholinergic": "Anticholinergic toxicity",
+    "rhabdomyolysis": "Rhabdomyolysis from another cause (trauma, exertion)",
+}
+_KIND_WORDS = {"request": "order", "administration": "given", "statement": "reported"}
+_ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
+
+
+def _when(dt: datetime | None) -> str:
+    return dt.strftime("%Y-%m-%d %H:%M") + " UTC" if dt else "time unknown"
+
+
+def other_causes(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -> list[OtherCause]:
+    """Evidence in the record for the other causes of fever or CK rise; found=None where the data needed
+    to look were not available."""
+    th = vs.thresholds["other_causes"]
+    now = inp.now
+    evidence: dict[str, list[str]] = {cause: [] for cause in _CAUSE_LABELS}
+    antagonist_names = {n for n, role, _ in vs.drug_names if role in ("antagonist", "lithium")} | {"lithium"}
+    serotonergic: dict[str, datetime | None] = {}
+    for med in inp.medications:
+        status = (med.status or "").lower()
+        if status in EXCLUDED_STATUSES[med.kind]:
+            continue
+        groups: dict[str, set[str]] = {}
+        for coding in med.codings:
+            hit = vs.other_drug(coding.system, (coding.code or "").strip())
+            if hit is not None:
+                for group in hit.groups:
+                    groups.setdefault(group, set()).add(hit.ingredient)
+        for name in med.names:
+            for hit in vs.match_other_drug(name):
+                for group in hit.groups:
+                    groups.setdefault(group, set()).add(hit.ingredient)
+        if not groups:
+            continue
+        start, last = med.authored, med.ended or (med.authored if med.kind == "administration" else None)
+        ongoing = status in ONGOING_STATUSES[med.kind] and (med.ended is None or med.ended > now)
+        started = start is None or start <= now + _FUTURE_SKEW
+
+        def within(delta: timedelta, start: datetime | None = start, last: datetime | None = last,
+                   ongoing: bool = ongoing, started: bool = started) -> bool:
+            return started and (ongoing or (start is not None and start >= now - delta)
+                                or (last is not None and last >= now - delta))
+
+        what = f"{_KIND_WORDS[med.kind]}{' (draft)' if med.is_draft else ''}, {_when(start)}"
+        antimicrobial = groups.get("antibacterial", set()) | groups.get("antifungal", set())
+        if antimicrobial and (med.is_draft or within(timedelta(days=th["antimicrobial_days"]))):
+            evidence["infection"].append(f"antimicrobial {', '.join(sorted(antimicrobial))} ({what})")
+        if med.is_draft:
+            continue
+        if groups.get("mh-trigger") and within(timedelta(hours=th["mh_trigger_hours"])):
+            evidence["malignant-hyperthermia"].append(
+                f"malignant-hyperthermia trigger {', '.join(sorted(groups['mh-trigger']))} ({what})")
+        if groups.get("anticholinergic") and within(timedelta(hours=vs.thresholds["exposure"]["window_hours"])):
+            evidence["anticholinergic"].append(
+                f"strongly anticholinergic drug (ACB 3) {', '.join(sorted(groups['anticholinergic']))} ({what})")
+        for ingredient in groups.get("serotonergic", set()) - antagonist_names:
+            if within(timedelta(hours=vs.thresholds["exposure"]["window_hours"])):
+                known = serotonergic.get(ingredient, start)
+                serotonergic[ingredient] = min(known, start) if known and start else (known or start)
+    recent_start = now - timedelta(days=th["serotonergic_start_days"])
+    started_recently = sorted(i for i, t in serotonergic.items() if t is not None and t >= recent_start)
+    if len(serotonergic) >= 2:
+        evidence["serotonin-syndrome"].append("serotonergic drugs combined: " + ", ".join(sorted(serotonergic)))
+    elif started_recently:
+        evidence["serotonin-syndrome"].append(
+            f"serotonergic drug started in the last {th['serotonergic_start_days']} days: "
+            + ", ".join(started_recently))
+    condition_window = timedelta(days=th["condition_days"])
+    condition_groups: dict[str, str] = th["condition_groups"]
+    for item in inp.history:
+        if item.kind != "condition" or (item.verification or "").lower() in {"entered-in-error", "refuted"}:
+            continue
+        causes = (condition_groups.get(vs.cause_of(coding.system, (coding.code or "").strip()) or "")
+                  for coding in item.codings)
+        cause = next((c for c in causes if c), None)
+        if cause is None or (item.recorded is not None and item.recorded > now + _FUTURE_SKEW):
+            continue
+        status = (item.clinical_status or "").lower()
+        if item.abated is not None:
+            current = item.abated >= now - condition_window
+        else:
+            current = status in _ACTIVE_CONDITION or (
+                not status and (item.recorded is None or item.recorded >= now - condition_window))
+            if status and status not in _ACTIVE_CONDITION:
+                current = item.recorded is not None and item.recorded >= now - condition_window
+        if current:
+            code = next((f"{c.code}" for c in item.codings if vs.cause_of(c.system, (c.code or "").strip())), "")
+            text = item.text or next((c.display for c in item.codings if c.display), None) or "condition"
+            evidence[cause].append(f"Condition {text} ({code}; {status or 'status not given'}, recorded "
+                                   f"{_when(item.recorded)})")
+    for obs in inp.observations:
+        if not set(obs.codes) & vs.culture_codes or obs.time is None or not lab_start <= obs.time <= now:
+            continue
+        if (obs.status or "").lower() not in USABLE_STATUSES:
+            continue
+        results = [vs.culture_results.get((c.system or "", c.code or "")) for c in obs.value_codes]
+        organism = any(r is None and c.system == SNOMED for r, c in zip(results, obs.value_codes, strict=True))
+        if "positive" in results or organism:
+            evidence["infection"].append(f"positive blood culture {_when(obs.time)}")
+    missing = " ".join(inp.missing).lower()
+    no_drugs = "medication" in missing
+    no_conditions = "condition" in missing
+    out: list[OtherCause] = []
+    for cause, label in _CAUSE_LABELS.items():
+        found: bool | None = bool(evidence[cause])
+        if not found and (no_drugs or (no_conditions and cause in ("heat-illness", "rhabdomyolysis"))):
+            found = None
+        out.append(OtherCause(cause, label, found, evidence[cause][:6]))
+    return out
+
+
 # --- assessment -------------------------------------------------------------------------------------
 
 
@@ -466,6 +698,14 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
     labs = {c: _in(series.get(c, []), lab_start, now) for c in LAB_CONCEPTS}
 
     hyper, febrile = _hyperthermia(acute["body-temperature"], vs)
+    onset, onset_kind = episode_onset(series.get("body-temperature", []), febrile, labs["creatine-kinase"],
+                                      inp.sex, vs)
+    # Time order: with an episode under way, only exposures in effect before its onset explain it; the
+    # draft never does. Without one, the exposures of now (the draft included) are the ones that count.
+    if onset is not None:
+        prior, _ = find_exposures(inp, vs, onset, drafts=False)
+    else:
+        prior = [e for e in exposures if not e.is_draft]
     anchor = febrile[0].time if febrile else acute_start
     base = {c: _baseline(series.get(c, []), anchor, vs)
             for c in ("heart-rate", "respiratory-rate", "systolic-bp", "diastolic-bp")}
@@ -475,13 +715,20 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
                            base["diastolic-bp"], vs)
     hypermet = _hypermetabolism(acute["heart-rate"], acute["respiratory-rate"], base["heart-rate"],
                                 base["respiratory-rate"], vs)
-    antagonists = [e for e in exposures if e.role in ("antagonist", "withdrawal")]
+    explaining = [e for e in prior if e.role in ("antagonist", "withdrawal")]
+    scored = explaining if onset is not None else [e for e in exposures if e.role in ("antagonist", "withdrawal")]
     ex_th = th["exposure"]
-    if antagonists:
+    if scored:
         names = sorted({e.ingredient + (" (stopped: withdrawal)" if e.role == "withdrawal" else "")
-                        for e in antagonists})
+                        for e in scored})
+        when_text = " before onset" if onset is not None else ""
         exposure = Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h "
-                             "(depot: dosing interval)", ex_th["points"], True, ex_th["points"], ", ".join(names))
+                             f"{'before onset ' if onset is not None else ''}(depot: dosing interval)",
+                             ex_th["points"], True, ex_th["points"], ", ".join(names) + when_text)
+    elif onset is not None and any(e.role == "antagonist" for e in exposures):
+        exposure = Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h before onset",
+                             ex_th["points"], False, 0, f"none in effect before onset ({_when(onset)}); "
+                             "the draft or later orders cannot explain findings that precede them")
     else:
         exposure = Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h",
                              ex_th["points"], False, 0, "no dopamine antagonist or dopaminergic withdrawal found")
@@ -491,25 +738,34 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
     risks = risk_factors(exposures, recognised, inp, vs)
     if history:
         risks.insert(0, "previous episode of NMS on record (recurrence 15-20 %)")
+    causes = other_causes(inp, vs, lab_start)
+    other_found = [c for c in causes if c.found]
 
     present = {f.name for f in findings if f.present}
     im_window = timedelta(hours=th["indicator"]["im_ck_artefact_hours"])
     im_artefact = bool(
         ck.met and not febrile and ck_peak is not None and any(
             e.route == "im" and e.authored is not None and ck_peak.time - im_window <= e.authored <= ck_peak.time
-            for e in antagonists)
+            for e in explaining)
     )
     lab_change = bool(ck_ratio > 1.0 or present & {"iron-low-or-falling", "leukocytosis", "crp-raised"})
     draft_antagonist = any(e.is_draft and e.role == "antagonist" for e in exposures)
 
     indicator: Indicator | None = None
     reasons: list[str] = []
-    if antagonists:
-        if hyper.met and (ck.met or "iron-nms-range" in present):
+    if explaining:
+        if hyper.met and ck.met:
             indicator = "critical"
-            reasons.append("exposure + hyperthermia + " + ("CK ≥ 4×ULN" if ck.met else "serum iron in NMS range"))
+            reasons.append("exposure before onset + hyperthermia + CK ≥ 4×ULN")
+        elif hyper.met and "iron-nms-range" in present and not other_found:
+            indicator = "critical"
+            reasons.append("exposure before onset + hyperthermia + serum iron in NMS range")
         else:
-            if hyper.met:
+            if hyper.met and "iron-nms-range" in present:
+                reasons.append("exposure before onset + hyperthermia + serum iron in NMS range, with another "
+                               "possible cause in the record (" + ", ".join(c.label.lower() for c in other_found)
+                               + ") and CK below 4×ULN")
+            elif hyper.met:
                 reasons.append("exposure + hyperthermia on ≥ 2 occasions")
             if ck.met:
                 reasons.append("exposure + CK ≥ 4×ULN" + (" (possibly from IM injection, afebrile)"
@@ -525,21 +781,32 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
             elif inp.missing and draft_antagonist:
                 indicator = "info"
                 reasons.append("draft dopamine antagonist; NMS check incomplete: " + ", ".join(inp.missing))
+    elif draft_antagonist:
+        # Only the draft: it cannot explain findings already there (README "Indicator policy": no card for an
+        # abnormal baseline), but a previous NMS episode or an incomplete check is still worth saying.
+        if history:
+            indicator = "warning"
+            reasons.append("draft dopamine antagonist after a previous NMS episode (re-challenge)")
+        elif inp.missing:
+            indicator = "info"
+            reasons.append("draft dopamine antagonist; NMS check incomplete: " + ", ".join(inp.missing))
 
-    resulted = {r.code for c in LAB_CONCEPTS for r in labs[c]}
-    resulted_concepts = {c for c in LAB_CONCEPTS if labs[c]}
+    seen_concepts = {c for c in LAB_CONCEPTS if labs[c]} | _resulted_concepts(inp, vs, lab_start)
     missing_labs = []
     for code in th["suggestions"]["order_loinc"]:
         concept = vs.observation(code)
-        if concept is not None and concept.concept not in resulted_concepts and code not in resulted:
+        if concept is not None and concept.concept not in seen_concepts:
             missing_labs.append(code)
 
+    first = min((e for e in explaining if e.authored), key=lambda e: e.authored or now, default=None)
     hours_to_fever = None
-    starts = [e.authored for e in antagonists if e.authored and (not febrile or e.authored <= febrile[0].time)]
-    if febrile and starts:
-        hours_to_fever = (febrile[0].time - min(starts)).total_seconds() / 3600
+    if onset is not None and first is not None and first.authored is not None:
+        hours_to_fever = (onset - first.authored).total_seconds() / 3600
 
     readings = {c: v for c, v in {**acute, **labs}.items() if v}
+    capped = list(inp.capped) + [f"{n:,} older {concept} readings beyond the limit of "
+                                 f"{th['limits']['readings_per_concept']:,} per concept"
+                                 for concept, n in sorted(quality.capped.items())]
     return Assessment(
         now=now,
         indicator=indicator,
@@ -558,4 +825,27 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
         im_ck_artefact=im_artefact,
         ck_peak=ck_peak,
         ck_uln=ck_uln,
+        onset=onset,
+        onset_kind=onset_kind,  # type: ignore[arg-type]
+        first_exposure=first,
+        findings_before_exposure=onset is not None and not explaining,
+        other_causes=causes,
+        other_patient=list(inp.other_patient),
+        capped=capped,
     )
+
+
+def _resulted_concepts(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -> set[str]:
+    """Lab concepts with any result in the lab window, under any of their codes, usable or not (a test
+    that was done is never suggested again)."""
+    out: set[str] = set()
+    for obs in inp.observations:
+        if obs.time is None or not lab_start <= obs.time <= inp.now + _FUTURE_SKEW:
+            continue
+        if (obs.status or "").lower() in ("entered-in-error", "cancelled"):
+            continue
+        for code in obs.codes:
+            concept = vs.observation(code)
+            if concept is not None and concept.concept in LAB_CONCEPTS:
+                out.add(concept.concept)
+    return out

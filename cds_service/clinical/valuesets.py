@@ -10,6 +10,7 @@ import ast
 import csv
 import re
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -20,6 +21,7 @@ LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 UCUM = "http://unitsofmeasure.org"
+ATC = "http://www.whocc.no/atc"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,14 @@ class ConditionConcept:
     display: str
 
 
+@dataclass(frozen=True, slots=True)
+class OtherDrug:
+    """A drug that points to another cause of fever or CK rise (antimicrobial, serotonergic, ...)."""
+
+    ingredient: str
+    groups: frozenset[str]  # antibacterial, antifungal, serotonergic, mh-trigger, anticholinergic
+
+
 @dataclass(frozen=True)
 class ValueSets:
     drugs_by_code: dict[str, DrugConcept]
@@ -75,6 +85,53 @@ class ValueSets:
     conditions: dict[tuple[str, str], ConditionConcept]
     routes: dict[tuple[str, str], str]
     thresholds: dict[str, Any]
+    # ATC substance code -> concept (WHO and national editions such as BfArM's are the same codes)
+    drugs_by_atc: dict[str, DrugConcept] = field(default_factory=dict)
+    atc_systems: frozenset[str] = frozenset()
+    # lower-case brand or national name -> (ingredient, role, class)
+    drug_aliases: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # other causes: drugs by (system, code) (ATC under the key ATC) and by ingredient name
+    other_drugs: dict[tuple[str, str], OtherDrug] = field(default_factory=dict)
+    other_drug_names: dict[str, OtherDrug] = field(default_factory=dict)
+    other_drug_pattern: re.Pattern[str] | None = None
+    # other causes: conditions by (system, code) exact, and ICD-10-CM prefixes -> group
+    cause_conditions: dict[tuple[str, str], str] = field(default_factory=dict)
+    cause_prefixes: tuple[tuple[str, str, str], ...] = ()  # (system, prefix, group)
+    culture_codes: frozenset[str] = frozenset()
+    culture_results: dict[tuple[str, str], str] = field(default_factory=dict)  # -> positive/negative/...
+    unit_spellings: dict[str, str] = field(default_factory=dict)  # spelling -> UCUM code
+    name_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # "drug"/"other": normalised -> name
+
+    def atc(self, system: str | None, code: str) -> DrugConcept | None:
+        return self.drugs_by_atc.get(code) if system in self.atc_systems else None
+
+    def other_drug(self, system: str | None, code: str | None) -> OtherDrug | None:
+        if not code:
+            return None
+        key = ATC if system in self.atc_systems else system
+        return self.other_drugs.get((key or "", code))
+
+    def match_other_drug(self, text: str) -> list[OtherDrug]:
+        """Every antimicrobial, serotonergic, MH-trigger or anticholinergic ingredient named in free text."""
+        return [self.other_drug_names[name] for name in _names_in(text, self._other_keys(), first=False)]
+
+    def _other_keys(self) -> dict[str, Any]:
+        return self.name_keys["other"]
+
+    def _drug_keys(self) -> dict[str, Any]:
+        return self.name_keys["drug"]
+
+    def cause_of(self, system: str | None, code: str | None) -> str | None:
+        """The differential group (sepsis, pneumonia, heat-illness, ...) of a condition code, if any."""
+        if not system or not code:
+            return None
+        group = self.cause_conditions.get((system, code))
+        if group is not None:
+            return group
+        for sys, prefix, grp in self.cause_prefixes:
+            if sys == system and code.startswith(prefix):
+                return grp
+        return None
 
     def drug(self, code: str) -> DrugConcept | None:
         return self.drugs_by_code.get(code)
@@ -92,15 +149,87 @@ class ValueSets:
         return tuple((c.system, c.code) for c in self.conditions.values() if c.concept in concepts)
 
     def match_drug_name(self, text: str) -> tuple[str, str, str] | None:
-        """First known ingredient named in free text: (ingredient, role, class)."""
-        found = self.drug_name_pattern.search(text.lower())
+        """First known ingredient, brand or national name in free text: (ingredient, role, class)."""
+        found = _names_in(text, self._drug_keys(), first=True)
         if not found:
             return None
-        name = found.group(1)
+        name = found[0]
+        alias = self.drug_aliases.get(name)
+        if alias is not None:
+            return alias
         for entry in self.drug_names:
             if entry[0] == name:
                 return entry
-        return None  # pragma: no cover - the pattern is built from drug_names
+        return None  # pragma: no cover - the pattern is built from drug_names and drug_aliases
+
+
+# Free-text matching: the text and every name are reduced to lower-case words ("st. john's wort" ->
+# "st john s wort"); the first word n-gram (longest first at each position) that is a known name wins. The same
+# answer as a word-bounded regular expression over all names, in O(words) dictionary look-ups, cached per text.
+_WORD = re.compile(r"[^\W_]+")
+_MAX_WORDS = 4
+
+
+def _normal(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+_STARTS = "\x00starts"  # not a word: the key under which _keys keeps the multi-word starts
+
+
+def _keys(names: Iterable[str]) -> dict[str, Any]:
+    """Normalised name -> name as listed (first listed wins), and the first words of multi-word names."""
+    out: dict[str, Any] = {}
+    starts: dict[str, int] = {}
+    for name in names:
+        key = _normal(name)
+        out.setdefault(key, name)
+        words = key.split(" ")
+        if len(words) > 1:
+            starts[words[0]] = max(len(words), starts.get(words[0], 1))
+    out[_STARTS] = starts
+    return out
+
+
+def _names_in(text: str, keys: dict[str, Any], *, first: bool) -> list[str]:
+    return list(_cached_names(text[:1000], id(keys), first, keys))
+
+
+_NAME_CACHE: dict[tuple[str, int, bool], tuple[str, ...]] = {}
+
+
+def _cached_names(text: str, key_id: int, first: bool, keys: dict[str, Any]) -> tuple[str, ...]:
+    token = (text, key_id, first)
+    hit = _NAME_CACHE.get(token)
+    if hit is not None:
+        return hit
+    words = _WORD.findall(text.lower())
+    starts: dict[str, int] = keys[_STARTS]  # first word of a multi-word name -> longest such name, in words
+    found: list[str] = []
+    i, count = 0, len(words)
+    while i < count:
+        word = words[i]
+        longest = starts.get(word)
+        step = 1
+        if longest is None:
+            name = keys.get(word)
+        else:
+            name = None
+            for n in range(min(longest, count - i), 0, -1):
+                name = keys.get(word if n == 1 else " ".join(words[i:i + n]))
+                if name is not None:
+                    step = n
+                    break
+        if name is not None:
+            found.append(name)
+            if first:
+                break
+        i += step
+    result = tuple(found)
+    if len(_NAME_CACHE) >= 8192:  # bounded: a hostile record cannot grow it without limit
+        _NAME_CACHE.clear()
+    _NAME_CACHE[token] = result
+    return result
 
 
 def _rows(name: str) -> list[dict[str, str]]:
@@ -196,7 +325,17 @@ def load() -> ValueSets:
             ing = concept.ingredients[0]
             names.setdefault(ing, (ing, concept.role, concept.drug_class))
     ordered = tuple(sorted(names.values(), key=lambda e: -len(e[0])))
-    pattern = re.compile(r"\b(" + "|".join(re.escape(n[0]) for n in ordered) + r")\b")
+    by_atc = _atc_drugs(excluded)
+    classes = {n[0]: n for n in ordered}
+    for concept in by_atc.values():
+        for ing in concept.ingredients:
+            classes.setdefault(ing, (ing, concept.role, concept.drug_class))
+    aliases = _aliases(classes)
+    alternatives = sorted({*classes, *aliases}, key=lambda n: (-len(n), n))
+    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in alternatives) + r")\b")
+    for ing, entry in classes.items():
+        if ing not in names:
+            aliases.setdefault(ing, entry)
 
     observations: dict[str, ObservationConcept] = {}
     by_concept: dict[str, list[str]] = {}
@@ -215,7 +354,25 @@ def load() -> ValueSets:
         (row["system"], row["code"]): ConditionConcept(row["concept"], row["system"], row["code"], row["display"])
         for row in _rows("conditions.tsv")
     }
+    for row in _rows("observations-extra.tsv"):
+        if row["canonical_unit"] == "-":
+            continue
+        obs = ObservationConcept(row["concept"], row["code"], row["display"], row["canonical_unit"],
+                                 _conversions(row["accepted_units"]))
+        observations.setdefault(obs.code, obs)
+        if obs.code not in by_concept.setdefault(obs.concept, []):
+            by_concept[obs.concept].append(obs.code)
+    extra = _rows("observations-extra.tsv")
+    cultures = frozenset(r["code"] for r in extra if r["concept"] == "blood-culture")
+    by_concept["blood-culture"] = sorted(cultures)
+    culture_results = {(r["system"], r["code"]): r["concept"].removeprefix("culture-result-")
+                       for r in extra if r["concept"].startswith("culture-result-")}
     routes = {(row["system"], row["code"]): row["concept"] for row in _rows("routes.tsv")}
+    other, other_names = _other_drugs()
+    other_pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in sorted(other_names, key=lambda n: -len(n)))
+                               + r")\b")
+    exact, prefixes = _cause_conditions(thresholds)
+    spellings = {row["unit"]: row["canonical"] for row in _rows("ucum-variants.tsv")}
     return ValueSets(
         drugs_by_code=drugs,
         drug_names=ordered,
@@ -225,4 +382,93 @@ def load() -> ValueSets:
         conditions=conditions,
         routes=routes,
         thresholds=thresholds,
+        drugs_by_atc=by_atc,
+        atc_systems=frozenset(thresholds["terminology"]["atc_systems"]),
+        drug_aliases=aliases,
+        other_drugs=other,
+        other_drug_names=other_names,
+        other_drug_pattern=other_pattern,
+        cause_conditions=exact,
+        cause_prefixes=prefixes,
+        culture_codes=cultures,
+        culture_results=culture_results,
+        unit_spellings=spellings,
+        name_keys={"drug": _keys([*(n[0] for n in ordered), *aliases]), "other": _keys(other_names)},
     )
+
+
+def _atc_drugs(excluded: set[str]) -> dict[str, DrugConcept]:
+    """Substance rows of atc.tsv. Class "other" on the dopaminergic side (MAO-B and COMT inhibitors) is not a
+    dopaminergic drug for withdrawal; N05A substances without a sourced class are "antipsychotic"."""
+    out: dict[str, DrugConcept] = {}
+    for row in _rows("atc.tsv"):
+        if row["level"] != "substance":
+            continue
+        ingredients = tuple(i.strip() for i in row["ingredient"].split(";") if i.strip())
+        if not ingredients or set(ingredients) & excluded:
+            continue
+        role, drug_class = row["role"], row["class"] or "antipsychotic"
+        if role == "dopaminergic" and drug_class == "other":
+            continue
+        out[row["code"]] = DrugConcept(row["code"], row["display"], ingredients, drug_class, role, False, "unknown")
+    return out
+
+
+def _aliases(classes: dict[str, tuple[str, str, str]]) -> dict[str, tuple[str, str, str]]:
+    """Brand and national names (drug-names.tsv) of ingredients the rules classify."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for row in _rows("drug-names.tsv"):
+        name = row["name"].strip().lower()
+        if len(name) < 4:
+            continue
+        ingredients = [i.strip() for i in row["ingredient"].split(";") if i.strip()]
+        known = [classes[i] for i in ingredients if i in classes and classes[i][1] == row["role"]]
+        if known and name not in classes:
+            out.setdefault(name, known[-1] if row["role"] == "dopaminergic" else known[0])
+    return out
+
+
+def _other_drugs() -> tuple[dict[tuple[str, str], OtherDrug], dict[str, OtherDrug]]:
+    groups: dict[tuple[str, str], set[str]] = {}
+    names: dict[str, set[str]] = {}
+    ingredient_of: dict[tuple[str, str], str] = {}
+    for row in _rows("antimicrobials.tsv"):
+        key = (row["system"], row["code"])
+        groups.setdefault(key, set()).add(row["class"])
+        ingredient_of[key] = row["ingredient"] or row["display"].lower()
+        for ing in row["ingredient"].split(";"):
+            if ing.strip() and len(ing.strip()) >= 4:
+                names.setdefault(ing.strip(), set()).add(row["class"])
+    for row in _rows("differential.tsv"):
+        if row["group"] not in ("serotonergic", "mh-trigger", "anticholinergic"):
+            continue
+        key = (row["system"], row["code"])
+        groups.setdefault(key, set()).add(row["group"])
+        ing = row["ingredient_or_concept"].strip().lower()
+        ingredient_of[key] = ing
+        if len(ing) >= 4:
+            names.setdefault(ing, set()).add(row["group"])
+    by_code = {key: OtherDrug(ingredient_of[key], frozenset(g)) for key, g in groups.items()}
+    by_name = {name: OtherDrug(name, frozenset(g)) for name, g in names.items()}
+    return by_code, by_name
+
+
+def _cause_conditions(thresholds: dict[str, Any]
+                      ) -> tuple[dict[tuple[str, str], str], tuple[tuple[str, str, str], ...]]:
+    exact: dict[tuple[str, str], str] = {}
+    prefixes: list[tuple[str, str, str]] = []
+    for row in _rows("infection-conditions.tsv"):
+        if row["match"] == "prefix" and row["group"] == "febrile-neutropenia":
+            continue  # D70 is neutropenia; febrile neutropenia needs R50.81 as well (valuesets README)
+        if row["match"] == "prefix":
+            prefixes.append((row["system"], row["code"], row["group"]))
+        else:
+            exact[(row["system"], row["code"])] = row["group"]
+    for row in _rows("differential.tsv"):
+        if row["group"] in ("heat-illness", "malignant-hyperthermia", "serotonin-syndrome"):
+            exact.setdefault((row["system"], row["code"]), row["group"])
+    wanted = set(thresholds["other_causes"]["condition_concepts"])
+    for row in _rows("conditions.tsv"):
+        if row["concept"] in wanted:
+            exact.setdefault((row["system"], row["code"]), row["concept"])
+    return exact, tuple(sorted(prefixes, key=lambda p: -len(p[1])))

@@ -23,7 +23,7 @@ from fhir_core.types import Instant as _FhirInstant
 
 from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, ObservationInput
 from cds_service.clinical.rules import LAB_CONCEPTS, VITAL_CONCEPTS
-from cds_service.clinical.valuesets import LOINC, load
+from cds_service.clinical.valuesets import LOINC, RXNORM, load
 from cds_service.fhir.models import parse
 
 
@@ -71,7 +71,8 @@ def _texts(concept: Any) -> list[str]:
 def relevant_loinc() -> frozenset[str]:
     vs = load()
     wanted = set(VITAL_CONCEPTS) | set(LAB_CONCEPTS) | {"bp-panel"}
-    return frozenset(code for code, c in vs.observations_by_code.items() if c.concept in wanted)
+    return frozenset({code for code, c in vs.observations_by_code.items() if c.concept in wanted}
+                     | vs.culture_codes)
 
 
 def _has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
@@ -122,9 +123,13 @@ def parsed_observation(raw: Mapping[str, Any], wanted: frozenset[str], out: Extr
             low = _num(rr.low.value)
     if obs.valueQuantity is not None or not obs.component:
         q = obs.valueQuantity
+        value_codes: tuple[Coding, ...] = ()
+        if obs.valueCodeableConcept is not None or set(codes) & load().culture_codes:  # coded results (cultures)
+            value_codes = _codings(obs.valueCodeableConcept) + tuple(
+                c for concept in (obs.interpretation or []) for c in _codings(concept))
         out.observations.append(ObservationInput(
             ref, obs.status, codes, _num(q.value) if q else None, (q.code or q.unit) if q else None,
-            time, low, high, ref_unit))
+            time, low, high, ref_unit, value_codes))
     for comp in obs.component or []:
         comp_codes = tuple(c.code for c in (comp.code.coding or []) if c.code and c.system in (LOINC, None))
         q = comp.valueQuantity
@@ -668,6 +673,175 @@ def parsed_medication_request(raw: Mapping[str, Any], *, is_draft: bool, patient
     )
 
 
+def _medication_concept(model: Any, medications: Mapping[str, Any]) -> tuple[tuple[Coding, ...], list[str]]:
+    """Codings and names of ``medicationCodeableConcept`` or of the Medication ``medicationReference`` points to
+    (contained, or given in ``medications`` by "Medication/<id>")."""
+    if getattr(model, "medicationCodeableConcept", None) is not None:
+        return _codings(model.medicationCodeableConcept), _texts(model.medicationCodeableConcept)
+    codings: tuple[Coding, ...] = ()
+    names: list[str] = []
+    reference_element = getattr(model, "medicationReference", None)
+    if reference_element is not None:
+        reference = reference_element.reference or ""
+        target: Any = None
+        if reference.startswith("#"):
+            target = next((c for c in (model.contained or []) if getattr(c, "id", None) == reference[1:]), None)
+        elif reference:
+            found = medications.get(reference.split("/_history")[0])
+            target = parse(found).model if found else None
+        if target is not None and getattr(target, "code", None) is not None:
+            codings, names = _medication_names(target)
+        if reference_element.display:
+            names.append(reference_element.display)
+    return codings, names
+
+
+def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[str, Any],
+                              out: Extracted) -> MedicationInput | None:
+    """A dose given: ``effective[x]`` is when (start and end of an infusion); the status decides whether it
+    counts (the rules drop ``not-done`` and ``entered-in-error``)."""
+    result = parse(raw)
+    out.repairs += bool(result.repairs)
+    ma = result.model
+    if ma is None:
+        out.unreadable += 1
+        return None
+    codings, names = _medication_concept(ma, medications)
+    start = when(ma.effectiveDateTime)
+    end = None
+    if ma.effectivePeriod is not None:
+        start = start or when(ma.effectivePeriod.start)
+        end = when(ma.effectivePeriod.end)
+    dosage = ma.dosage
+    route = dosage.route if dosage is not None else None
+    dose = dosage.dose if dosage is not None else None
+    return MedicationInput(
+        ref=f"MedicationAdministration/{ma.id}" if ma.id else None,
+        is_draft=False,
+        status=ma.status,
+        codings=codings,
+        names=tuple(dict.fromkeys(n for n in names if n)),
+        route=_codings(route),
+        route_text=route.text if route is not None else None,
+        authored=start,
+        ended=end or start,
+        dose_value=_num(dose.value) if dose is not None else None,
+        dose_unit=(dose.code or dose.unit) if dose is not None else None,
+        kind="administration",
+    )
+
+
+def medication_statement(raw: Mapping[str, Any], *, medications: Mapping[str, Any],
+                         out: Extracted) -> MedicationInput | None:
+    """Home or reported medication: ``effective[x]`` (period or date), else ``dateAsserted``, is when."""
+    result = parse(raw)
+    out.repairs += bool(result.repairs)
+    ms = result.model
+    if ms is None:
+        out.unreadable += 1
+        return None
+    codings, names = _medication_concept(ms, medications)
+    start = when(ms.effectiveDateTime)
+    end = None
+    if ms.effectivePeriod is not None:
+        start = start or when(ms.effectivePeriod.start)
+        end = when(ms.effectivePeriod.end)
+    if start is None and end is None:
+        start = when(ms.dateAsserted)
+    dosage = (ms.dosage or [None])[0]
+    route = dosage.route if dosage is not None else None
+    dose_value = dose_unit = None
+    if dosage is not None and dosage.doseAndRate and dosage.doseAndRate[0].doseQuantity is not None:
+        dq = dosage.doseAndRate[0].doseQuantity
+        dose_value, dose_unit = _num(dq.value), dq.code or dq.unit
+    return MedicationInput(
+        ref=f"MedicationStatement/{ms.id}" if ms.id else None,
+        is_draft=False,
+        status=ms.status,
+        codings=codings,
+        names=tuple(dict.fromkeys(n for n in names if n)),
+        route=_codings(route),
+        route_text=route.text if route is not None else None,
+        authored=start,
+        ended=end,
+        dose_value=dose_value,
+        dose_unit=dose_unit,
+        kind="statement",
+    )
+
+
+@dataclass
+class ExposureRecords:
+    """The raw exposure records of the gathered keys, by kind, and the Medications they may reference."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    administrations: list[dict[str, Any]] = field(default_factory=list)
+    statements: list[dict[str, Any]] = field(default_factory=list)
+    medications: dict[str, Any] = field(default_factory=dict)  # "Medication/<id>" -> resource
+
+    def all(self) -> list[dict[str, Any]]:
+        return self.requests + self.administrations + self.statements
+
+
+_EXPOSURE_TYPES = {"MedicationRequest": "requests", "MedicationAdministration": "administrations",
+                   "MedicationStatement": "statements"}
+
+
+def exposure_records(data: Mapping[str, Any]) -> ExposureRecords:
+    """Sort the resources of the medication keys (``medications``, ``administrations``, ``statements``, any
+    that the hook's templates have) by kind; ``data`` maps key -> an object with ``resources``."""
+    out = ExposureRecords()
+    for key in ("medications", "administrations", "statements"):
+        item = data.get(key)
+        for raw in item.resources if item is not None else []:
+            kind = raw.get("resourceType")
+            if kind == "Medication":
+                out.medications[f"Medication/{raw.get('id')}"] = raw
+            elif kind in _EXPOSURE_TYPES:
+                getattr(out, _EXPOSURE_TYPES[kind]).append(raw)
+    return out
+
+
+def _names_a_known_drug(raw: Mapping[str, Any]) -> bool:
+    """Whether a record's ``medicationCodeableConcept`` names a drug any rule reads (exposure, withdrawal,
+    lithium, other causes); a reference, or anything unusual, is parsed to find out. The rules ignore every other
+    drug, so a long record of unrelated doses costs a dictionary look-up per dose instead of a model parse."""
+    if "medicationCodeableConcept" not in raw:
+        return True
+    concept = raw["medicationCodeableConcept"]
+    if not isinstance(concept, dict):
+        return True
+    vs = load()
+    texts: list[str] = [concept["text"]] if isinstance(concept.get("text"), str) else []
+    for coding in concept.get("coding") or []:
+        if not isinstance(coding, dict):
+            return True
+        system, code = coding.get("system"), coding.get("code")
+        if isinstance(code, str) and (
+                (system in (RXNORM, None) and vs.drug(code.strip()) is not None)
+                or vs.atc(system, code.strip()) is not None or vs.other_drug(system, code.strip()) is not None):
+            return True
+        if isinstance(coding.get("display"), str):
+            texts.append(coding["display"])
+    return any(vs.match_drug_name(t) is not None or vs.match_other_drug(t) for t in texts)
+
+
+def administrations_and_statements(given: Iterable[Mapping[str, Any]], stated: Iterable[Mapping[str, Any]],
+                                   medications: Mapping[str, Any], out: Extracted) -> None:
+    """MedicationAdministration and MedicationStatement records into ``out.medications`` (any hook's service);
+    records of drugs no rule reads are skipped before parsing."""
+    for raw in given:
+        if _names_a_known_drug(raw):
+            med = medication_administration(raw, medications=medications, out=out)
+            if med is not None:
+                out.medications.append(med)
+    for raw in stated:
+        if _names_a_known_drug(raw):
+            med = medication_statement(raw, medications=medications, out=out)
+            if med is not None:
+                out.medications.append(med)
+
+
 def history(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
     for raw in resources:
         kind = raw.get("resourceType")
@@ -688,9 +862,14 @@ def history(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
         if model.verificationStatus is not None and model.verificationStatus.coding:
             verification = model.verificationStatus.coding[0].code
         recorded = when(getattr(model, "recordedDate", None)) or when(getattr(model, "onsetDateTime", None))
+        status = model.clinicalStatus.coding[0].code if (
+            model.clinicalStatus is not None and model.clinicalStatus.coding) else None
+        abated = when(getattr(model, "abatementDateTime", None))
+        if abated is None and getattr(model, "abatementPeriod", None) is not None:
+            abated = when(model.abatementPeriod.end)
         out.history.append(HistoryInput(
             "condition" if kind == "Condition" else "allergy", tuple(codings), "; ".join(texts) or None,
-            recorded, verification, f"{kind}/{model.id}" if model.id else None))
+            recorded, verification, f"{kind}/{model.id}" if model.id else None, status, abated))
 
 
 def patient_sex(resources: Iterable[Mapping[str, Any]]) -> str | None:

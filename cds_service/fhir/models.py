@@ -19,7 +19,9 @@ from typing import Any
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
 from fhir.resources.R4B.medication import Medication
+from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.medicationrequest import MedicationRequest
+from fhir.resources.R4B.medicationstatement import MedicationStatement
 from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.patient import Patient
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
@@ -29,7 +31,9 @@ __all__ = [
     "AllergyIntolerance",
     "Condition",
     "Medication",
+    "MedicationAdministration",
     "MedicationRequest",
+    "MedicationStatement",
     "Observation",
     "ParseResult",
     "Patient",
@@ -40,7 +44,9 @@ MODELS: dict[str, type[FHIRAbstractModel]] = {
     "AllergyIntolerance": AllergyIntolerance,
     "Condition": Condition,
     "Medication": Medication,
+    "MedicationAdministration": MedicationAdministration,
     "MedicationRequest": MedicationRequest,
+    "MedicationStatement": MedicationStatement,
     "Observation": Observation,
     "Patient": Patient,
 }

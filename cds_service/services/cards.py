@@ -12,6 +12,7 @@ from typing import Any
 from cds_service.clinical.model import Assessment, Criterion, Exposure
 from cds_service.clinical.rules import fmt_reading
 from cds_service.clinical.valuesets import LOINC, load
+from cds_service.services.markup import md, plain, ref
 
 CARD_NAMESPACE = uuid.UUID("6f1c1e52-3c1b-4a8e-9a55-2f0c7f4b9d10")
 IEC_URL = "https://pubmed.ncbi.nlm.nih.gov/21733489/"
@@ -60,7 +61,7 @@ def summary(a: Assessment) -> str:
         low = min(iron.evidence, key=lambda r: r.value)
         parts.append(f"iron {low.value:.1f} µmol/L")
     if a.indicator == "info":
-        text = f"NMS check incomplete for {parts[0]}: could not retrieve {', '.join(a.missing)}"
+        text = f"NMS check incomplete for {parts[0]}: could not retrieve " + plain(", ".join(a.missing), 100)
     elif a.indicator == "warning" and len(parts) == 1 and a.history:
         text = f"Previous NMS on record: review before signing {parts[0]}"
     else:
@@ -76,11 +77,16 @@ def _met(c: Criterion) -> str:
     return {True: "**yes**", False: "no", None: "cannot judge"}[c.met]
 
 
+_KIND = {"request": "order", "administration": "dose given (MedicationAdministration)",
+         "statement": "reported (MedicationStatement)"}
+
+
 def _exposure_line(e: Exposure) -> str:
-    bits = [f"**{e.ingredient}**" + (f" — {e.label}" if e.label.lower() != e.ingredient else "")]
-    state = "draft order (being signed)" if e.is_draft else (e.status or "status unknown")
+    bits = [f"**{e.ingredient}**" + (f" — {md(e.label)}" if e.label.lower() != e.ingredient else "")]
+    status = md(e.status, 24) if e.status else None
+    state = "draft order (being signed)" if e.is_draft else f"{_KIND[e.kind]} {status or 'status unknown'}"
     if e.role == "withdrawal":
-        state = f"dopaminergic drug {e.status or 'stopped'}" + (
+        state = f"dopaminergic drug {status or 'stopped'}" + (
             f", ended {e.ended.strftime('%Y-%m-%d %H:%M')} UTC" if e.ended else "")
     bits.append(state)
     if e.route:
@@ -88,12 +94,45 @@ def _exposure_line(e: Exposure) -> str:
     if e.long_acting:
         bits.append("long-acting injectable")
     if e.authored and not e.is_draft:
-        bits.append(f"authored {e.authored.strftime('%Y-%m-%d %H:%M')} UTC")
+        verb = {"request": "authored", "administration": "given", "statement": "from"}[e.kind]
+        bits.append(f"{verb} {e.authored.strftime('%Y-%m-%d %H:%M')} UTC")
     if e.ref:
-        bits.append(f"`{e.ref}`")
+        bits.append(f"`{ref(e.ref)}`")
     if e.matched_by == "name":
         bits.append("matched by drug name")
+    elif e.matched_by == "atc":
+        bits.append("matched by ATC code")
     return "- " + "; ".join(bits)
+
+
+def _timeline(a: Assessment) -> list[str]:
+    if a.onset is None:
+        return []
+    what = "first febrile reading of the episode" if a.onset_kind == "fever" else "first CK ≥ 4×ULN"
+    onset = f"onset ({what}) {a.onset.strftime('%Y-%m-%d %H:%M')} UTC"
+    first = a.first_exposure
+    if first is None or first.authored is None:
+        return ["", f"**Time line:** {onset}; no start time recorded for the exposure before it."]
+    hours = (a.onset - first.authored).total_seconds() / 3600
+    return ["", f"**Time line:** first exposure {first.ingredient} {first.authored.strftime('%Y-%m-%d %H:%M')} UTC"
+            f" → {onset}: {hours:.0f} h between."]
+
+
+def _other_causes(a: Assessment) -> list[str]:
+    if not a.other_causes:
+        return []
+    lines = ["", "**Other causes weighed** (IEC: fever and CK rise must not be better explained by another cause):"]
+    for cause in a.other_causes:
+        if cause.found:
+            lines.append(f"- {cause.label}: **found** — " + "; ".join(md(e, 200) for e in cause.evidence))
+    checked = [c.label.lower() for c in a.other_causes if c.found is False]
+    if checked:
+        lines.append("- Not found in the data seen: " + ", ".join(checked) + ".")
+    unchecked = [c.label.lower() for c in a.other_causes if c.found is None]
+    lines.append("- Could not be checked: " + ", ".join(
+        [*unchecked, "illicit drugs and toxins, neurological causes (imaging, CSF), heat exposure not coded, "
+         "rigidity and mental status"]) + ".")
+    return lines
 
 
 def detail(a: Assessment) -> str:
@@ -107,7 +146,7 @@ def detail(a: Assessment) -> str:
                      "mental status at the bedside.** This is decision support, not a diagnosis.")
     if a.reasons:
         lines.append("")
-        lines.append("**Why this card:** " + "; ".join(a.reasons) + ".")
+        lines.append("**Why this card:** " + "; ".join(md(r, 400) for r in a.reasons) + ".")
     lines += ["", "| IEC criterion (structured part) | Met | Evidence | Points |", "|---|---|---|---|"]
     for c in a.criteria:
         lines.append(f"| {c.label} | {_met(c)} | {c.summary.replace('|', '/')} | {c.points}/{c.points_possible} |")
@@ -125,14 +164,16 @@ def detail(a: Assessment) -> str:
     if a.exposures:
         lines += ["", "**Drug exposure:**"]
         lines += [_exposure_line(e) for e in a.exposures if e.role in ("antagonist", "withdrawal")]
-    if a.hours_exposure_to_fever is not None:
-        lines.append(f"- First febrile reading {a.hours_exposure_to_fever:.0f} h after the earliest order above.")
+    if a.indicator != "info":  # an incomplete check claims no finding, so it weighs no cause either
+        lines += _timeline(a)
+        lines += _other_causes(a)
     if a.risk_factors:
         lines += ["", "**Risk factors:** " + "; ".join(a.risk_factors) + "."]
     if a.history:
         lines += ["", "**Previous NMS on record:**"]
-        lines += [f"- {h.description}" + (f", recorded {h.recorded.strftime('%Y-%m-%d')}" if h.recorded else "")
-                  + (f" (`{h.ref}`)" if h.ref else "") for h in a.history]
+        lines += [f"- {md(h.description, 200)}" + (f", recorded {h.recorded.strftime('%Y-%m-%d')}" if h.recorded
+                                                    else "") + (f" (`{ref(h.ref)}`)" if h.ref else "")
+                  for h in a.history]
         lines.append("Re-challenge only ≥ 2 weeks after full resolution, with a lower-potency agent, slow "
                      "titration and close monitoring.")
     temps = a.readings.get("body-temperature", [])
@@ -155,9 +196,16 @@ def detail(a: Assessment) -> str:
         data.append(f"{q.unusable} without a usable value, unit or time ignored")
     if a.ignored_orders:
         data.append(f"{a.ignored_orders} draft order(s) without a readable medication ignored")
+    if a.other_patient:
+        dropped = sum(n for _, n in a.other_patient)
+        data.append(f"{dropped} resource(s) of another patient dropped and not used ("
+                    + ", ".join(f"{n} {md(t, 40)}" for t, n in a.other_patient) + ")")
+    if a.capped:
+        data.append("capped at the service's limits: " + "; ".join(md(c, 120) for c in a.capped))
     lines += ["", "**Data:** " + "; ".join(data) + "."]
     if a.missing:
-        lines.append(f"**Incomplete:** could not retrieve {', '.join(a.missing)}; nothing is claimed about them.")
+        lines.append(f"**Incomplete:** could not retrieve {md(', '.join(a.missing), 400)}; nothing is claimed "
+                     "about them.")
     if a.draft_exposures and not any(e.ref for e in a.draft_exposures):
         lines.append("The draft order has no id, so it cannot be removed from here: cancel it in the order form.")
     return "\n".join(lines)
@@ -188,8 +236,8 @@ def suggestions(a: Assessment, hook_instance: str, patient_id: str) -> list[dict
             "label": f"Remove the draft {names} order",
             "uuid": card_uuid(hook_instance, "suggestion:remove-draft"),
             "isRecommended": a.indicator == "critical",
-            "actions": [{"type": "delete", "description": f"Remove draft order for {e.label}", "resourceId": e.ref}
-                        for e in deletable],
+            "actions": [{"type": "delete", "description": f"Remove draft order for {plain(e.label)}",
+                         "resourceId": e.ref} for e in deletable],
         })
     if a.missing_labs and a.indicator in ("critical", "warning"):
         labels = ", ".join(dict.fromkeys(_LAB_LABELS.get(c, c) for c in a.missing_labs))

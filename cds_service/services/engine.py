@@ -29,6 +29,7 @@ from cds_service.errors import FhirError, FhirNotAllowed, PreconditionFailed
 from cds_service.fhir import extract
 from cds_service.fhir.client import Deadline, FhirClient, QueryPool
 from cds_service.fhir.prefetch import KeyData, resolve
+from cds_service.fhir.scope import restrict
 from cds_service.hooks.request import HookRequest
 
 log = logging.getLogger("cds_service.engine")
@@ -39,6 +40,8 @@ OBSERVATION_KEYS = ("temperature", "vitals", "labs")
 KEY_WORDS = {
     "patient": "patient demographics",
     "medications": "medication orders",
+    "administrations": "medication administrations",
+    "statements": "medication statements",
     "temperature": "temperatures",
     "vitals": "vital signs",
     "labs": "laboratory results",
@@ -158,12 +161,14 @@ class Engine:
     def extract(self, gathered: Gathered, drafts: list[dict[str, Any]], req: HookRequest) -> ClinicalInput:
         """Flatten the gathered FHIR data and the hook's exposure drafts into the core's input."""
         data = gathered.data
+        # only this patient, within the limits (cds_service/fhir/scope.py), before anything reads the data
+        drafts, scope = restrict(data, drafts, req.patient_id)
         out = extract.Extracted()
-        medication_resources = {f"Medication/{r.get('id')}": r for r in data["medications"].resources
-                                if r.get("resourceType") == "Medication"}
+        records = extract.exposure_records(data)
+        medication_resources = records.medications
         drafts_raw = [r for r in drafts if r.get("resourceType") == "MedicationRequest"]
-        record_raw = [r for r in data["medications"].resources if r.get("resourceType") == "MedicationRequest"]
-        self._fetch_medications(drafts_raw + record_raw, medication_resources, gathered.client, gathered.deadline)
+        record_raw = records.requests
+        self._fetch_medications(drafts_raw + records.all(), medication_resources, gathered.client, gathered.deadline)
         ignored = 0
         for raw in drafts_raw:
             med = extract.medication_request(raw, is_draft=True, patient_id=req.patient_id,
@@ -177,11 +182,12 @@ class Engine:
                                              medications=medication_resources, out=out)
             if med is not None:
                 out.medications.append(med)
+        extract.administrations_and_statements(records.administrations, records.statements, medication_resources, out)
         for key in OBSERVATION_KEYS:
             extract.observations(data[key].resources, out)
         extract.history(data["conditions"].resources + data["allergies"].resources, out)
-        missing = [KEY_WORDS[k] for k, v in data.items() if not v.ok and k != "patient"]
-        missing += [KEY_WORDS[k] + " (only partly: " + (v.note or "incomplete") + ")"
+        missing = [KEY_WORDS.get(k, k) for k, v in data.items() if not v.ok and k != "patient"]
+        missing += [KEY_WORDS.get(k, k) + " (only partly: " + (v.note or "incomplete") + ")"
                     for k, v in data.items() if v.ok and not v.complete]
         return ClinicalInput(
             now=self.clock(),
@@ -191,6 +197,8 @@ class Engine:
             history=tuple(out.history),
             missing=tuple(missing),
             ignored_orders=ignored,
+            other_patient=scope.other_patient,
+            capped=tuple(scope.capped),
         )
 
     def _fetch_medications(self, requests_raw: list[dict[str, Any]], known: dict[str, Any],

@@ -26,7 +26,8 @@ class OrderSignPolicy(HookPolicy):
     )
     usage_requirements = (
         "Works from prefetch alone; without prefetch it needs fhirServer (read access to Patient, "
-        "MedicationRequest, Medication, Observation, Condition, AllergyIntolerance) within the "
+        "MedicationRequest, MedicationAdministration, MedicationStatement, Medication, Observation, Condition, "
+        "AllergyIntolerance) within the "
         "operator's FHIR allowlist."
     )
 

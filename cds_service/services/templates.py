@@ -24,16 +24,18 @@ def prefetch_templates() -> dict[str, str]:
     temperature = vs.loinc_codes("body-temperature")
     vitals = vs.loinc_codes("heart-rate", "respiratory-rate", "bp-panel", "systolic-bp", "diastolic-bp")
     labs = vs.loinc_codes(
-        "creatine-kinase", "serum-iron", "wbc", "crp", "albumin", "creatinine", "potassium"
+        "creatine-kinase", "serum-iron", "wbc", "crp", "albumin", "creatinine", "potassium", "blood-culture"
     )
-    history = vs.condition_codes("nms", "nms-drug-adverse-effect")
+    # Every Condition of the patient: NMS history, and the infections and other causes of fever that the
+    # rules weigh (ICD-10-CM categories such as A41 cannot be searched by prefix, so no code filter).
     return {
         "patient": f"Patient/{PATIENT}",
         "medications": f"MedicationRequest?patient={PATIENT}&_count=100",
+        "administrations": f"MedicationAdministration?patient={PATIENT}&_count=100",
+        "statements": f"MedicationStatement?patient={PATIENT}&_count=100",
         "temperature": f"Observation?patient={PATIENT}&code={_codes(LOINC, temperature)}&_sort=-date&_count=100",
         "vitals": f"Observation?patient={PATIENT}&code={_codes(LOINC, vitals)}&_sort=-date&_count=200",
         "labs": f"Observation?patient={PATIENT}&code={_codes(LOINC, labs)}&_sort=-date&_count=100",
-        "conditions": "Condition?patient={{context.patientId}}&code="
-        + ",".join(f"{system}|{code}" for system, code in history),
+        "conditions": f"Condition?patient={PATIENT}&_count=100",
         "allergies": f"AllergyIntolerance?patient={PATIENT}&_count=100",
     }
