@@ -5,15 +5,39 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := fhir_server/node_modules/.installed
 
-.PHONY: front install node servers run test test-unit test-integration test-node lint typecheck fixtures report-example bench fuzz soak clean
+PORT ?= 8080
+FHIR_PORT ?= 8081
+UV_VERSION := 0.13.8
+LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
 
-$(STAMP): pyproject.toml
+.PHONY: front install node servers run lock test test-unit test-integration test-node lint typecheck fixtures report-example \
+	bench fuzz soak clean
+
+## make install: .venv exactly as locked (requirements-dev.lock, hashes checked), then this package (no deps)
+$(STAMP): pyproject.toml $(LOCKS) scripts/lock.py
+	@$(PYTHON) scripts/lock.py check
+	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## make lock: re-resolve pyproject.toml's requirements into the three lock files (with hashes); commit them
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv && $(BIN)/uv --version | grep -q " $(UV_VERSION)" || \
+		$(BIN)/python -m pip install --quiet "uv==$(UV_VERSION)"
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" --extra dev -o requirements-dev.lock pyproject.toml
+	$(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" -c requirements-dev.lock -o requirements.lock pyproject.toml
+	$(PYTHON) scripts/lock.py build-requires | $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+		--custom-compile-command "make lock" -c requirements-dev.lock -o requirements-build.lock -
+	$(PYTHON) scripts/lock.py stamp
+	$(PYTHON) scripts/lock.py check
 
 $(NODE_STAMP): fhir_server/package.json fhir_server/package-lock.json
 	cd fhir_server && npm ci --no-audit --no-fund --loglevel=error
@@ -26,10 +50,10 @@ front:
 	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && \
 	  (apt-get install -y -qq nginx-light >/dev/null 2>&1 || apt-get install -y -qq nginx >/dev/null))
 
-## make run: local FHIR server with the fixture patients + the service on 127.0.0.1:8080 (development mode)
+## make run [PORT=8080 FHIR_PORT=8081]: local FHIR server with the fixture patients + the service (development)
 run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
-	$(BIN)/nms-cds dev --host 127.0.0.1 --port 8080
+	$(BIN)/nms-cds dev --host 127.0.0.1 --port $(PORT) --fhir-port $(FHIR_PORT)
 
 ## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server and the
 ## nginx front) and the local FHIR server's own Node tests

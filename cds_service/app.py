@@ -9,7 +9,7 @@ from flask import Flask
 
 from cds_service import logs
 from cds_service.clinical.valuesets import load as load_valuesets
-from cds_service.config import AuthMode, Settings
+from cds_service.config import AuthMode, Settings, load_settings, unknown_variables
 from cds_service.fhir.client import log_outbound_config
 from cds_service.hooks import blueprint
 from cds_service.runtime import Runtime
@@ -19,8 +19,12 @@ log = logging.getLogger("cds_service.app")
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or Settings()
+    """The app for ``settings``, else for the environment (:class:`cds_service.errors.ConfigError` if invalid)."""
+    notes = unknown_variables() if settings is None else []
+    settings = settings if settings is not None else load_settings()
     logs.configure(settings.log_level)
+    for note in [*notes, *settings.warnings()]:
+        log.warning(note, extra={"event": "config-warning"})
     load_valuesets()  # parse the terminology once at start-up, not on the first request
     prefetch_templates()
     app = Flask(__name__)

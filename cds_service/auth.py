@@ -55,7 +55,7 @@ from flask import g, has_request_context
 from jwt.types import Options
 
 from cds_service.config import AuthMode, Settings
-from cds_service.errors import NmsCdsError, Unauthorized
+from cds_service.errors import ConfigError, Unauthorized
 from cds_service.fhir.client import is_loopback, new_session, tls_failure, trust_hint
 from cds_service.store.base import ReplayGuard
 from cds_service.store.memory import REPLAY_CACHE_CAPACITY, ReplayCache
@@ -93,7 +93,7 @@ _SIGNATURE_ONLY: Options = {
 }
 
 
-class TrustedClientsError(NmsCdsError):
+class TrustedClientsError(ConfigError):
     """The trusted clients configuration is missing or invalid (raised at start-up, never per request)."""
 
 

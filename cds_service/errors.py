@@ -3,6 +3,12 @@
 ::
 
     NmsCdsError
+    ├── ConfigError             settings that cannot be used; ``problems``: one line each, naming the variable,
+    │   │                       the value's problem and the accepted form. ``load_settings()`` and ``create_app()``
+    │   │                       raise it before anything starts; the command line prints it and exits 2
+    │   └── TrustedClientsError the NMS_CDS_TRUSTED_CLIENTS file is missing or invalid (cds_service.auth)
+    ├── UsageError              a command-line problem (a missing --request file or --fixtures folder, a port
+    │                           already in use): one line, exit 2
     ├── RequestError            a problem with what the CDS client sent; mapped to a 4xx JSON answer
     │   ├── BadRequest          400  malformed JSON, missing or mistyped field, nesting too deep
     │   ├── Unauthorized        401  JWT missing or invalid (body carries no detail)
@@ -31,6 +37,18 @@ from __future__ import annotations
 
 class NmsCdsError(Exception):
     """Base of every error this package raises on purpose."""
+
+
+class ConfigError(NmsCdsError):
+    """The configuration cannot be used. ``str()`` is the problems, one per line."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UsageError(NmsCdsError):
+    """A command-line argument cannot be used; the message is the one line ``nms-cds`` prints (exit 2)."""
 
 
 class RequestError(NmsCdsError):

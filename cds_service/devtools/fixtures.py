@@ -20,11 +20,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import cds_service
+
 ANCHOR = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 """The fixtures' reference instant ("now" for every scenario)."""
 
 _HOOK_NAMESPACE = "0f6b8a4e-2d7c-5b1e-9c3a-6e4d2f1a8b70"  # uuid5 namespace of derived hookInstances
-FIXTURES_ROOT = Path(__file__).resolve().parents[2] / "fhir_fixtures"
+PACKAGED_FIXTURES = "fixture_data"
+"""Folder inside the installed ``cds_service`` package that holds a copy of ``fhir_fixtures/scenarios`` (setup.py)."""
+
+
+def default_root() -> Path:
+    """The fixtures of an installed wheel (``cds_service/fixture_data``), else ``fhir_fixtures/`` of the checkout."""
+    package = Path(cds_service.__file__).resolve().parent  # wherever this module lives inside the package
+    packaged = package / PACKAGED_FIXTURES
+    if (packaged / "scenarios").is_dir():
+        return packaged
+    return package.parent / "fhir_fixtures"
+
+
+FIXTURES_ROOT = default_root()
 
 JsonDict = dict[str, Any]
 
@@ -106,7 +121,7 @@ def _load_dir(directory: Path) -> Scenario:
 
 
 def load_scenarios(root: Path | None = None) -> list[Scenario]:
-    """All scenarios under ``<root>/scenarios/``, sorted by id (default root: the repo's ``fhir_fixtures``)."""
+    """All scenarios under ``<root>/scenarios/``, sorted by id (default root: :data:`FIXTURES_ROOT`)."""
     base = (root if root is not None else FIXTURES_ROOT) / "scenarios"
     dirs = sorted(p for p in base.iterdir() if p.is_dir() and (p / "expected.json").is_file())
     return [_load_dir(d) for d in dirs]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,6 +27,7 @@ import requests
 
 from cds_service.clinical.valuesets import RXNORM, load
 from cds_service.devtools import fixtures
+from cds_service.errors import UsageError
 
 TIMEOUT = (3.05, 30.0)  # connect, read: uploads and remote sandboxes can be slow
 Printer = Callable[[str], None]
@@ -52,6 +54,32 @@ def _outcome_text(response: requests.Response) -> str:
         return "; ".join(str(i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code"))
                          for i in body.get("issue", []))
     return json.dumps(body)[:300]
+
+
+def fixtures_root(folder: str | None) -> Path | None:
+    """The ``--fixtures`` folder, checked: :class:`UsageError` (exit 2) when it holds no scenarios."""
+    if folder is None:
+        return None
+    root = Path(folder)
+    if not root.is_dir():
+        raise UsageError(f"--fixtures {folder}: no such folder")
+    if not (root / "scenarios").is_dir() or not any((d / "expected.json").is_file()
+                                                     for d in (root / "scenarios").iterdir()):
+        raise UsageError(f"--fixtures {folder}: no scenarios/<id>/expected.json inside "
+                         "(give the folder that holds scenarios/, like fhir_fixtures)")
+    return root
+
+
+def _read_json_argument(option: str, file: str) -> Any:
+    path = Path(file)
+    if not path.is_file():
+        raise UsageError(f"{option} {file}: no such file")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{option} {file}: cannot be read ({type(exc).__name__})") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{option} {file}: not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
 
 
 def load_fixtures(fhir_server: str, token: str | None, root: Path | None, rebase: bool) -> int:
@@ -97,10 +125,18 @@ def _auth_header(args: argparse.Namespace, audience: str) -> dict[str, str]:
         return {}
     import jwt
 
-    key = Path(args.private_key).read_text(encoding="utf-8")
+    path = Path(args.private_key)
+    if not path.is_file():
+        raise UsageError(f"--private-key {args.private_key}: no such file")
+    key = path.read_text(encoding="utf-8")
     now = int(time.time())
-    token = jwt.encode({"iss": args.iss, "aud": audience, "iat": now, "exp": now + 300, "jti": str(uuid.uuid4())},
-                       key, algorithm=args.alg, headers={"kid": args.kid, "typ": "JWT"})
+    try:
+        token = jwt.encode({"iss": args.iss, "aud": audience, "iat": now, "exp": now + 300,
+                            "jti": str(uuid.uuid4())},
+                           key, algorithm=args.alg, headers={"kid": args.kid, "typ": "JWT"})
+    except (ValueError, TypeError, jwt.PyJWTError) as exc:
+        raise UsageError(f"--private-key {args.private_key}: not a PEM private key for --alg {args.alg} "
+                         f"({type(exc).__name__})") from None
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -158,15 +194,36 @@ def format_cards(body: dict[str, Any]) -> str:
     return "\n".join(out).rstrip()
 
 
+UNAUTHORIZED_HINT = (
+    "the service requires a CDS Hooks JWT: pass --private-key KEY.pem (and --iss, --kid, --alg as listed for "
+    "this client in the service's NMS_CDS_TRUSTED_CLIENTS file)"
+)
+REFUSED_TOKEN_HINT = (
+    "the service refused the JWT: check that --iss and --kid match an entry of its NMS_CDS_TRUSTED_CLIENTS file, "
+    "that the entry holds the public key of --private-key, and the service's NMS_CDS_PUBLIC_BASE_URL"
+)
+
+
+def _unauthorized(args: argparse.Namespace, what: str) -> int:
+    _err(f"error: {what} answered 401 Unauthorized; "
+         + (REFUSED_TOKEN_HINT if args.private_key else UNAUTHORIZED_HINT))
+    return 1
+
+
 def call(args: argparse.Namespace) -> int:
     session = _session()
     discovery = _discovery_url(args.service)
+    request_body = _read_json_argument("--request", args.request) if args.request else None
+    if args.private_key:
+        _auth_header(args, discovery)  # a missing or unusable key is a usage error before any network call
     try:
         found = session.get(discovery, headers={"Accept": "application/json", **_auth_header(args, discovery)},
                             timeout=TIMEOUT)
     except requests.RequestException as exc:
         _err(f"error: cannot reach {discovery}: {type(exc).__name__}")
         return 1
+    if found.status_code == 401:
+        return _unauthorized(args, "discovery")
     if found.status_code != 200:
         _err(f"error: discovery answered {found.status_code}")
         return 1
@@ -177,8 +234,10 @@ def call(args: argparse.Namespace) -> int:
         return 1
     service = services[0]
     _err(f"discovered {service['id']} ({hook}) at {discovery}")
-    if args.request:
-        body = json.loads(Path(args.request).read_text(encoding="utf-8"))
+    if request_body is not None:
+        if not isinstance(request_body, dict):
+            raise UsageError(f"--request {args.request}: not a JSON object (a CDS Hooks request)")
+        body = request_body
         if not args.no_rebase:
             body = fixtures.rebase(body, fixtures.delta_to(datetime.now(UTC)))
         if isinstance(body, dict) and body.get("hook") == "order-sign" and hook != "order-sign":
@@ -216,6 +275,8 @@ def call(args: argparse.Namespace) -> int:
         _err(f"error: cannot reach {url}: {type(exc).__name__}")
         return 1
     _err(f"{answer.status_code} in {(time.perf_counter() - started) * 1000:.0f} ms")
+    if answer.status_code == 401:
+        return _unauthorized(args, "the service")
     if answer.status_code != 200:
         _err(f"error: {answer.text[:500]}")
         return 1
@@ -227,11 +288,13 @@ def call(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
-    from cds_service.config import Settings
+    from cds_service.config import load_settings
 
+    root = fixtures_root(args.fixtures)
     # a throw-away store: demo cards never enter the configured audit (or a production database)
-    settings = Settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR, log_level="WARNING",
-                        data_dir=Path(tempfile.mkdtemp(prefix="nms-cds-demo-")), database_url=None, redis_url=None)
+    settings = load_settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR, log_level="WARNING",
+                             data_dir=Path(tempfile.mkdtemp(prefix="nms-cds-demo-")), database_url=None,
+                             redis_url=None)
     app = create_app(settings)
     client = app.test_client()
     ids = {"patient-view": settings.patient_view_service_id, "order-select": settings.order_select_service_id,
@@ -239,7 +302,7 @@ def demo(args: argparse.Namespace) -> int:
     failures = 0
     shown: dict[str, Any] | None = None
     print(f"    {'scenario':34} " + " ".join(f"{hook:20}" for hook in fixtures.HOOKS) + " order-sign card")
-    for scenario in fixtures.load_scenarios(Path(args.fixtures) if args.fixtures else None):
+    for scenario in fixtures.load_scenarios(root):
         cells, summary, ok = [], "(no card)", True
         for hook in fixtures.HOOKS:
             response = client.post(f"/cds-services/{ids[hook]}", json=scenario.request_for(hook))
@@ -266,25 +329,33 @@ def demo(args: argparse.Namespace) -> int:
 # --- dev ------------------------------------------------------------------------------------------------
 
 def dev(args: argparse.Namespace) -> int:
-    from cds_service.cli import run_server
-    from cds_service.config import Settings
+    from cds_service.cli import ensure_port_free, run_server
+    from cds_service.config import load_settings, unknown_variables
     from cds_service.devtools import localfhir
 
+    for note in unknown_variables():
+        _err(f"nms-cds: warning: {note}")
+    load_settings(auth=os.environ.get("NMS_CDS_AUTH", "off"), environment="development")  # fail before starting
+    ensure_port_free(args.host, args.port, "the CDS service", "--port (make run PORT=...)")
+    with_fhir = localfhir.node_available()
+    if with_fhir:
+        ensure_port_free("127.0.0.1", args.fhir_port, "the local FHIR server", "--fhir-port (make run FHIR_PORT=...)")
     server: localfhir.LocalFhirServer | None = None
     fhir_base = None
-    with tempfile.TemporaryDirectory(prefix="nms-cds-dev-") as tmp:
-        if localfhir.node_available():
-            out = Path(tmp)
+    owner = os.getpid()
+    tmp = Path(tempfile.mkdtemp(prefix="nms-cds-dev-"))
+    try:
+        if with_fhir:
             delta = fixtures.delta_to(datetime.now(UTC))
             for scenario in fixtures.load_scenarios():
-                (out / f"{scenario.id}.json").write_text(json.dumps(fixtures.rebase(scenario.bundle, delta)))
-            server = localfhir.LocalFhirServer(load=[out], port=args.fhir_port).start()
+                (tmp / f"{scenario.id}.json").write_text(json.dumps(fixtures.rebase(scenario.bundle, delta)))
+            server = localfhir.LocalFhirServer(load=[tmp], port=args.fhir_port).start()
             fhir_base = server.base_url
-            _err(f"local FHIR server with {len(list(out.iterdir()))} fixture patients (times moved to now): "
+            _err(f"local FHIR server with {len(list(tmp.iterdir()))} fixture patients (times moved to now): "
                  f"{fhir_base}")
         else:
             _err("node/npm packages not available: serving without the local FHIR server (prefetch only)")
-        settings = Settings(
+        settings = load_settings(
             auth=os.environ.get("NMS_CDS_AUTH", "off"),
             environment="development",
             public_base_url=f"http://{args.host}:{args.port}",
@@ -292,13 +363,16 @@ def dev(args: argparse.Namespace) -> int:
         )
         _err(f"CDS service (development, auth {settings.auth.value}): http://{args.host}:{args.port}/cds-services")
         if fhir_base:
-            _err("try:  .venv/bin/nms-cds call --service http://127.0.0.1:8080 "
+            _err(f"try:  nms-cds call --service http://{args.host}:{args.port} "
                  f"--fhir-server {fhir_base} --patient nms-classic-nms --draft 5093")
-        try:
-            return run_server(settings, host=args.host, port=args.port, workers=1, threads=4)
-        finally:
+        return run_server(settings, host=args.host, port=args.port, workers=1, threads=4)
+    finally:
+        # gunicorn forks its workers inside run_server, and a worker's exit unwinds through this frame too:
+        # only the process that started the FHIR server stops it (a worker waiting for it hung until SIGKILL).
+        if os.getpid() == owner:
             if server is not None:
                 server.stop()
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def register(sub: Any) -> None:
@@ -312,10 +386,9 @@ def register(sub: Any) -> None:
     p = sub.add_parser("load-fixtures", help="upload the fixture patients to a FHIR R4 server")
     p.add_argument("--fhir-server", required=True, help="FHIR base URL, e.g. https://hapi.fhir.org/baseR4")
     p.add_argument("--token", help="bearer token for the FHIR server")
-    p.add_argument("--fixtures", help="fixture folder (default: fhir_fixtures/ of this checkout)")
+    p.add_argument("--fixtures", help="folder holding scenarios/ (default: the packaged fixtures)")
     p.add_argument("--no-rebase", action="store_true", help="keep the fixtures' own dates (default: move to now)")
-    p.set_defaults(func=lambda a: load_fixtures(a.fhir_server, a.token, Path(a.fixtures) if a.fixtures else None,
-                                                not a.no_rebase))
+    p.set_defaults(func=lambda a: load_fixtures(a.fhir_server, a.token, fixtures_root(a.fixtures), not a.no_rebase))
 
     p = sub.add_parser("call", help="play the EHR: discover, build a hook request, print the cards")
     p.add_argument("--service", required=True, help="service base URL or discovery URL")
@@ -338,5 +411,5 @@ def register(sub: Any) -> None:
     p.set_defaults(func=call)
 
     p = sub.add_parser("demo", help="run every fixture scenario through the three hooks in-process; a verdict each")
-    p.add_argument("--fixtures", help="fixture folder (default: fhir_fixtures/ of this checkout)")
+    p.add_argument("--fixtures", help="folder holding scenarios/ (default: the packaged fixtures)")
     p.set_defaults(func=demo)
