@@ -428,5 +428,18 @@ def test_disallowed_fhir_server_is_never_contacted(client: FlaskClient) -> None:
     responses.add(responses.GET, re.compile(r".*"), json=bundle([]))
     response = client.post(URL, json=hook_request(fhirServer="https://other.example.com/fhir", prefetch={}))
     assert response.status_code == 412
-    assert "allowlist" in response.get_json()["issue"][0]["diagnostics"]
+    assert "NMS_CDS_FHIR_ALLOWLIST" in response.get_json()["issue"][0]["diagnostics"]
+    assert len(responses.calls) == 0
+
+
+@pytest.mark.parametrize("suffix", ["/..;/admin", "/%252e%252e/admin"])
+@responses.activate
+def test_refused_fhir_server_path_is_named_in_the_412(client: FlaskClient, suffix: str) -> None:
+    """A fhirServer under the allowed base but with a refused path says why, not "not in the allowlist"."""
+    responses.add(responses.GET, re.compile(r".*"), json=bundle([]))
+    response = client.post(URL, json=hook_request(fhirServer=FHIR_BASE + suffix, prefetch={}))
+    assert response.status_code == 412
+    diagnostics = response.get_json()["issue"][0]["diagnostics"]
+    assert "was not contacted" in diagnostics and "allowlist" not in diagnostics.lower()
+    assert "admin" not in diagnostics  # the refused URL itself is never repeated
     assert len(responses.calls) == 0

@@ -136,12 +136,14 @@ class Engine:
         """Every template key from prefetch or the FHIR server; 412 when no observation key could be had."""
         deadline = Deadline(self.settings.hook_budget_seconds)
         client: FhirClient | None = None
+        refusal = ""
         if req.fhir_server:
             try:
                 client = FhirClient(req.fhir_server, self.settings, deadline, token=req.access_token)
                 report.fhir_server = "allowed"
-            except FhirNotAllowed:
+            except FhirNotAllowed as exc:  # the message names the rule broken, never the URL itself
                 report.fhir_server = "not-allowed"
+                refusal = exc.message
         data = resolve(policy.templates, req.prefetch, req.context, client, self.pool,
                        budget_remaining=deadline.remaining, now=self.clock())
         report.keys = {k: (v.source if v.ok else "failed") + ("" if v.complete else "-partial")
@@ -151,7 +153,7 @@ class Engine:
         if observation_keys and len(failed_obs) == len(observation_keys):
             reason = "; ".join(f"{k}: {data[k].note}" for k in observation_keys)
             if report.fhir_server == "not-allowed":
-                reason += "; fhirServer is not in the service's FHIR allowlist and was not contacted"
+                reason += f"; fhirServer was not contacted: {refusal}"
             raise PreconditionFailed(f"required FHIR data could not be obtained ({reason})")
         return Gathered(data, client, deadline)
 
