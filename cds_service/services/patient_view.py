@@ -34,6 +34,7 @@ from cds_service.config import Settings
 from cds_service.hooks.request import HookRequest
 from cds_service.services.cards import build_cards, card_uuid
 from cds_service.services.engine import Gathered, HookPolicy
+from cds_service.services.markup import plain, ref
 from cds_service.services.repeat import evidence_key
 from cds_service.services.templates import prefetch_templates
 
@@ -63,10 +64,10 @@ def hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: s
         seen.add(e.ref or "")
         held = {**raw, "status": "on-hold", "statusReason": {"text": HOLD_REASON}}
         out.append({
-            "label": f"Put the {e.ingredient} order on hold (reversible; pending bedside assessment)",
+            "label": f"Put the {plain(e.ingredient)} order on hold (reversible; pending bedside assessment)",
             "uuid": card_uuid(seed, f"suggestion:hold:{e.ref}"),
             "isRecommended": False,
-            "actions": [{"type": "update", "description": f"Set {e.ref} ({e.label}) to on-hold",
+            "actions": [{"type": "update", "description": f"Set {ref(e.ref)} ({plain(e.label)}) to on-hold",
                          "resource": held}],
         })
         if len(out) == MAX_HOLDS:
