@@ -55,6 +55,8 @@ def test_without_a_writable_tmp_serve_refuses_with_one_line() -> None:
 
 
 def test_with_a_tmpfs_on_tmp_serve_is_healthy() -> None:
+    assert not NMS_CDS.startswith("/tmp/"), (
+        "the checkout lies under /tmp, which this test covers with a fresh tmpfs: run the suite from elsewhere")
     port = free_port()
     proc = read_only([NMS_CDS, "serve", "--port", str(port), "--workers", "2"], tmpfs=True)
     try:
