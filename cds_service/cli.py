@@ -16,6 +16,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -33,6 +34,9 @@ HEALTHCHECK_TIMEOUT_SECONDS = 2.0
 
 def _say(message: str) -> None:
     print(f"nms-cds: {message}", file=sys.stderr)
+
+
+FRONT_STOP_GRACE_SECONDS = 1.0  # see front_died in run_server
 
 
 def _ignore_terminal_sigint(worker: Any) -> None:
@@ -54,6 +58,13 @@ def _ignore_terminal_sigint(worker: Any) -> None:
         def once(signum: int, frame: object, original: Any = original) -> None:
             for other in stops:
                 signal.signal(other, signal.SIG_IGN)
+            if signum == signal.SIGQUIT and hasattr(worker, "tpool"):
+                # Quick stop of a gthread worker: its own handler shuts the thread pool down from the signal
+                # handler, which deadlocks when the signal lands while the main thread holds the pool's lock in
+                # submit() (a connection closing as nginx stops): the worker then hung until SIGKILL. A quick
+                # stop drops requests in flight by definition, so leave at once, as the master asked (no log
+                # line: the logging lock may be held by the interrupted thread too).
+                os._exit(0)
             original(signum, frame)
 
         signal.signal(stop, once)
@@ -177,6 +188,11 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
         def front_died(returncode: int | None) -> None:
             if returncode == 0:  # stopped by a signal to the process group (Ctrl-C, killpg): a normal stop
                 serving.log.info("nginx front stopped; stopping", extra={"event": "front-stopped"})
+                # The same group signal reached the master too. Let the master act on it first: if this SIGTERM
+                # overtook a Ctrl-C's SIGINT, the master would stop gracefully and a gthread worker holding a
+                # connection waited for the 10 s graceful timeout and its SIGKILL. A master already stopping
+                # only queues this SIGTERM; one that never got the signal (nginx stopped alone) still stops.
+                time.sleep(FRONT_STOP_GRACE_SECONDS)
             else:
                 serving.log.error(f"nginx front exited with {returncode}; stopping", extra={"event": "front-failed"})
                 state["failed"] = True
