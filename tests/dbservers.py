@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.run_bench import child_pids
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
@@ -186,13 +188,6 @@ def redis_server() -> Iterator[RedisServer]:
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
 @dataclass
 class ServiceProcess:
     """``nms-cds serve`` (gunicorn) in its own process group."""
@@ -202,12 +197,7 @@ class ServiceProcess:
     log: Path
 
     def worker_pids(self) -> list[int]:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        try:
-            pids = [int(p) for p in children.read_text().split()]
-        except OSError:
-            return []
-        return [pid for pid in pids if _comm(pid) != "nginx"]  # the master also starts the nginx front
+        return child_pids(self.proc.pid)  # gunicorn's workers (not the nginx front)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -696,6 +696,16 @@ def _medication_concept(model: Any, medications: Mapping[str, Any]) -> tuple[tup
     return codings, names
 
 
+def _effective(resource: Any) -> tuple[datetime | None, datetime | None]:
+    """``effective[x]`` of an administration or statement: (start, end); a dateTime is a start only."""
+    start = when(resource.effectiveDateTime)
+    end = None
+    if resource.effectivePeriod is not None:
+        start = start or when(resource.effectivePeriod.start)
+        end = when(resource.effectivePeriod.end)
+    return start, end
+
+
 def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[str, Any],
                               out: Extracted) -> MedicationInput | None:
     """A dose given: ``effective[x]`` is when (start and end of an infusion); the status decides whether it
@@ -707,11 +717,7 @@ def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[st
         out.unreadable += 1
         return None
     codings, names = _medication_concept(ma, medications)
-    start = when(ma.effectiveDateTime)
-    end = None
-    if ma.effectivePeriod is not None:
-        start = start or when(ma.effectivePeriod.start)
-        end = when(ma.effectivePeriod.end)
+    start, end = _effective(ma)
     dosage = ma.dosage
     route = dosage.route if dosage is not None else None
     dose = dosage.dose if dosage is not None else None
@@ -741,11 +747,7 @@ def medication_statement(raw: Mapping[str, Any], *, medications: Mapping[str, An
         out.unreadable += 1
         return None
     codings, names = _medication_concept(ms, medications)
-    start = when(ms.effectiveDateTime)
-    end = None
-    if ms.effectivePeriod is not None:
-        start = start or when(ms.effectivePeriod.start)
-        end = when(ms.effectivePeriod.end)
+    start, end = _effective(ms)
     if start is None and end is None:
         start = when(ms.dateAsserted)
     dosage = (ms.dosage or [None])[0]
