@@ -117,9 +117,25 @@ def _json_body(error: str, message: str) -> str:
     return json.dumps({"error": error, "message": message}).replace("'", "\\'")
 
 
+def _error_locations(max_body_bytes: int) -> str:
+    """The front's own error answers as internal locations with the documented JSON bodies."""
+    answers = {
+        400: ("invalid", "malformed HTTP request"),
+        408: ("timeout", "the request did not arrive in time"),
+        413: ("too-costly", f"request body larger than {max_body_bytes} bytes"),
+        429: ("too-many-requests", "too many requests at once from this address"),
+        503: ("unavailable", "the service is not available; try again"),
+    }
+    return "".join(
+        f"        location = /_nms_cds_error/{status} {{\n            internal;\n"
+        f"            return {status} '{_json_body(error, message)}';\n        }}\n"
+        for status, (error, message) in answers.items())
+
+
 def nginx_conf(settings: Settings, *, host: str, port: int, upstream: Path, runtime: Path) -> str:
     """The nginx configuration of the front (everything under ``runtime``; nothing read from /etc/nginx)."""
     s = settings
+    error_locations = _error_locations(s.max_body_bytes)
     conns = s.front_max_connections
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and 2 * conns + 64 > hard:  # a client and an upstream fd per connection
@@ -187,27 +203,7 @@ http {{
         error_page 413 /_nms_cds_error/413;
         error_page 429 /_nms_cds_error/429;
         error_page 500 502 503 504 /_nms_cds_error/503;
-        location = /_nms_cds_error/400 {{
-            internal;
-            return 400 '{_json_body("invalid", "malformed HTTP request")}';
-        }}
-        location = /_nms_cds_error/408 {{
-            internal;
-            return 408 '{_json_body("timeout", "the request did not arrive in time")}';
-        }}
-        location = /_nms_cds_error/413 {{
-            internal;
-            return 413 '{_json_body("too-costly", f"request body larger than {s.max_body_bytes} bytes")}';
-        }}
-        location = /_nms_cds_error/429 {{
-            internal;
-            return 429 '{_json_body("too-many-requests", "too many requests at once from this address")}';
-        }}
-        location = /_nms_cds_error/503 {{
-            internal;
-            return 503 '{_json_body("unavailable", "the service is not available; try again")}';
-        }}
-    }}
+{error_locations}    }}
 }}
 """
 
