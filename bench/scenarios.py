@@ -52,6 +52,8 @@ LONG_STAY_DAYS = 45  # scenario 4: a 45-day stay, served without prefetch by a H
 VITALS_EVERY_HOURS = 4
 ORAL = ("26643006", "Oral route")
 IM = ("78421000", "Intramuscular route")
+# The hooks the service answers (scenario 1 runs all three; ``service id`` as in cds_service.config.Settings).
+HOOKS = {"order-sign": "nms-order-sign", "patient-view": "nms-patient-view", "order-select": "nms-order-select"}
 
 # Common codes of the Synthea R4 sample records (datasets/synthea-r4/synthea3-healthwallet):
 # (LOINC, display, UCUM unit, category, typical low, typical high). None of them is used by the rules;
@@ -307,28 +309,60 @@ def draft_order() -> JsonDict:
     }
 
 
-def _request(hook_key: str, prefetch: JsonDict | None, fhir_server: str | None = None) -> JsonDict:
+def _request(hook_key: str, prefetch: JsonDict | None, fhir_server: str | None = None,
+             hook: str = "order-sign") -> JsonDict:
+    """A CDS Hooks 2.0 request of ``hook`` for the bench patient (context as in ``cds_service/hooks/wire.py``).
+
+    ``order-sign``: ``draftOrders`` with the IM haloperidol draft; ``order-select``: the same draft, named in
+    ``selections``; ``patient-view``: no draft at all (the chart's own orders are the exposure).
+    """
+    if hook not in HOOKS:
+        raise ValueError(f"unknown hook {hook!r}")
     body: JsonDict = {
-        "hook": "order-sign",
+        "hook": hook,
         "hookInstance": str(uuid.uuid5(HOOK_NAMESPACE, hook_key)),
     }
     if fhir_server is not None:
         body["fhirServer"] = fhir_server
-    body["context"] = {
+    context: JsonDict = {
         "userId": "Practitioner/bench-clinician",
         "patientId": PATIENT_ID,
         "encounterId": "bench-encounter-1",
-        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft_order()}]},
     }
+    if hook != "patient-view":
+        draft = draft_order()
+        if hook == "order-select":
+            context["selections"] = [f"{draft['resourceType']}/{draft['id']}"]
+        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": draft}]}
+    body["context"] = context
     if prefetch is not None:
         body["prefetch"] = prefetch
     return body
 
 
-def admission_request() -> JsonDict:
-    """Scenario 1: the admission, prefetch filled by the service's own templates (as a FHIR server would)."""
+def hook_templates(hook: str = "order-sign") -> dict[str, str]:
+    """The prefetch templates the service advertises for ``hook`` (its policy's own ``templates``)."""
+    from cds_service.config import Settings
+    from cds_service.services.engine import HookPolicy
+    from cds_service.services.order_select import OrderSelectPolicy
+    from cds_service.services.order_sign import OrderSignPolicy
+    from cds_service.services.patient_view import PatientViewPolicy
+
+    policies: dict[str, type[HookPolicy]] = {"order-sign": OrderSignPolicy, "order-select": OrderSelectPolicy,
+                                             "patient-view": PatientViewPolicy}
+    policy = policies[hook](Settings(auth="off"))  # type: ignore[call-arg]
+    return dict(policy.templates)
+
+
+def admission_request(hook: str = "order-sign") -> JsonDict:
+    """Scenario 1: the admission, prefetch filled by ``hook``'s own templates (as a FHIR server would).
+
+    ``hook="patient-view"`` / ``"order-select"``: scenario 1's variants for the other two hooks (same record,
+    same IM haloperidol draft where the hook has drafts). Answer: the critical card for all three.
+    """
     resources = admission_resources()
-    return _request("admission", fill_prefetch(resources, prefetch_templates(), PATIENT_ID))
+    key = "admission" if hook == "order-sign" else f"admission-{hook}"
+    return _request(key, fill_prefetch(resources, hook_templates(hook), PATIENT_ID), hook=hook)
 
 
 def long_record_resources(total_observations: int) -> list[JsonDict]:
@@ -411,7 +445,8 @@ def count_resources(request: JsonDict) -> dict[str, int]:
             out[key] = len(value.get("entry") or [])
         else:
             out[key] = 0 if value is None else 1
-    out["draftOrders"] = len(request["context"]["draftOrders"]["entry"])
+    drafts = request["context"].get("draftOrders")
+    out["draftOrders"] = len(drafts["entry"]) if drafts else 0
     return out
 
 

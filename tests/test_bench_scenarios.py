@@ -28,9 +28,6 @@ from cds_service.hooks.request import json_depth, load_json
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import make_settings
 
-URL = "/cds-services/nms-order-sign"
-
-
 @pytest.fixture
 def settings() -> Settings:
     return make_settings(fixed_now=fixtures.ANCHOR)
@@ -40,7 +37,8 @@ def settings() -> Settings:
 
 
 def test_generators_are_deterministic() -> None:
-    assert scenarios.dumps(scenarios.admission_request()) == scenarios.dumps(scenarios.admission_request())
+    for hook in scenarios.HOOKS:
+        assert scenarios.dumps(scenarios.admission_request(hook)) == scenarios.dumps(scenarios.admission_request(hook))
     assert scenarios.dumps(scenarios.long_record_request(1_500)) == scenarios.dumps(
         scenarios.long_record_request(1_500))
     assert scenarios.dumps(scenarios.transaction_bundle()) == scenarios.dumps(scenarios.transaction_bundle())
@@ -91,7 +89,8 @@ def test_the_fhir_server_scenario_has_no_prefetch() -> None:
 
 
 def _card(client: FlaskClient, request: dict[str, Any]) -> dict[str, Any]:
-    response = client.post(URL, data=scenarios.dumps(request), content_type="application/json")
+    url = f"/cds-services/{scenarios.HOOKS[request['hook']]}"
+    response = client.post(url, data=scenarios.dumps(request), content_type="application/json")
     assert response.status_code == 200, response.get_data(as_text=True)
     (card,) = response.get_json()["cards"]
     result: dict[str, Any] = card
@@ -105,6 +104,46 @@ def test_scenario_1_answers_the_expected_critical_card(client: FlaskClient) -> N
     assert "**63/63**" in card["detail"]  # all five data-derived IEC criteria
     labels = [s["label"] for s in card.get("suggestions", [])]
     assert "Remove the draft haloperidol order" in labels
+
+
+def test_the_other_hooks_requests_follow_the_wire_shape() -> None:
+    """Scenario 1's variants: patient-view has no draft; order-select names the draft in ``selections``;
+    every hook's prefetch is filled from that hook's own templates."""
+    from cds_service.hooks.wire import REQUEST_MODELS
+
+    for hook in scenarios.HOOKS:
+        request = scenarios.admission_request(hook)
+        REQUEST_MODELS[hook].model_validate(request)  # the service's own wire model accepts it
+        assert request["hook"] == hook
+        assert set(request["prefetch"]) == set(scenarios.hook_templates(hook))
+        assert scenarios.count_resources(request)["temperature"] == 42
+    view = scenarios.admission_request("patient-view")["context"]
+    assert set(view) == {"userId", "patientId", "encounterId"}
+    select = scenarios.admission_request("order-select")["context"]
+    draft = select["draftOrders"]["entry"][0]["resource"]
+    assert draft == scenarios.draft_order()
+    assert select["selections"] == [f"MedicationRequest/{draft['id']}"]
+    instances = {scenarios.admission_request(h)["hookInstance"] for h in scenarios.HOOKS}
+    assert len(instances) == 3
+    defaults = make_settings()
+    assert scenarios.HOOKS == {"order-sign": defaults.service_id, "patient-view": defaults.patient_view_service_id,
+                               "order-select": defaults.order_select_service_id}
+
+
+@pytest.mark.parametrize("hook", ["patient-view", "order-select"])
+def test_the_other_hooks_answer_the_same_critical_card(client: FlaskClient, hook: str) -> None:
+    sign = _card(client, scenarios.admission_request())
+    card = _card(client, scenarios.admission_request(hook))
+    assert card["indicator"] == "critical"
+    assert card["summary"] == sign["summary"]
+    assert card["summary"].startswith("Possible NMS: haloperidol + T 39.5 °C ×3 + CK 9,400 U/L (47×ULN)")
+    assert "**63/63**" in card["detail"]
+    labels = [s["label"] for s in card.get("suggestions", [])]
+    if hook == "order-select":  # the selected draft is the new exposure
+        assert "Remove the draft haloperidol order" in labels
+    else:  # the chart: the active IM order, never a draft
+        assert "Remove the draft haloperidol order" not in labels
+        assert any(label.startswith("Put the haloperidol order on hold") for label in labels)
 
 
 def test_the_long_record_gives_the_same_card(client: FlaskClient) -> None:
