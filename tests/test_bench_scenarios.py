@@ -28,6 +28,7 @@ from cds_service.hooks.request import json_depth, load_json
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import make_settings
 
+
 @pytest.fixture
 def settings() -> Settings:
     return make_settings(fixed_now=fixtures.ANCHOR)
@@ -126,8 +127,8 @@ def test_the_other_hooks_requests_follow_the_wire_shape() -> None:
     instances = {scenarios.admission_request(h)["hookInstance"] for h in scenarios.HOOKS}
     assert len(instances) == 3
     defaults = make_settings()
-    assert scenarios.HOOKS == {"order-sign": defaults.service_id, "patient-view": defaults.patient_view_service_id,
-                               "order-select": defaults.order_select_service_id}
+    assert {"order-sign": defaults.service_id, "patient-view": defaults.patient_view_service_id,
+                               "order-select": defaults.order_select_service_id} == scenarios.HOOKS
 
 
 @pytest.mark.parametrize("hook", ["patient-view", "order-select"])
