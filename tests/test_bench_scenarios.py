@@ -127,8 +127,9 @@ def test_the_other_hooks_requests_follow_the_wire_shape() -> None:
     instances = {scenarios.admission_request(h)["hookInstance"] for h in scenarios.HOOKS}
     assert len(instances) == 3
     defaults = make_settings()
-    assert {"order-sign": defaults.service_id, "patient-view": defaults.patient_view_service_id,
-                               "order-select": defaults.order_select_service_id} == scenarios.HOOKS
+    expected = {"order-sign": defaults.service_id, "patient-view": defaults.patient_view_service_id,
+                "order-select": defaults.order_select_service_id}
+    assert expected == scenarios.HOOKS
 
 
 @pytest.mark.parametrize("hook", ["patient-view", "order-select"])
