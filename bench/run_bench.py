@@ -1112,11 +1112,10 @@ def markdown(results: dict[str, Any]) -> str:
             measured = t["measured"]
             if isinstance(measured, dict):
                 measured = ", ".join(f"{k}: {v}" for k, v in measured.items())
-            for a, b in (("service_p50_ms", "floor_p50_ms"), ("service_rps", "floor_rps")):
-                if a in t and b in t:
-                    unit = "ms" if a.endswith("_ms") else "req/s"
-                    if not isinstance(measured, str):
-                        measured = f"{measured} (service {t[a]:.2f} {unit}, floor {t[b]:.2f} {unit})"
+            for (a, label_a), (b, label_b), unit in _PAIRS:
+                if a in t and b in t and not isinstance(measured, str) and measured is not None:
+                    measured = f"{measured} ({label_a} {t[a]:.2f} {unit}, {label_b} {t[b]:.2f} {unit})"
+                    break
             met = {True: "yes", False: "**no**", None: "reported"}[t["met"]]
             where = f"{t['started']}, load {t['load_average_at_start']}" if t.get("started") else ""
             lines.append(f"| {name}: {t['target']} | {measured} | {met} | {where} |")
@@ -1124,6 +1123,13 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"JWT (ES384) verification, measured in-process: p50 {results['jwt']['verify_p50_ms']} ms per "
                   "request (not included above: the load runs use NMS_CDS_AUTH=off)."]
     return "\n".join(lines) + "\n"
+
+
+# the figures a ratio in the targets table is made of: (key, label) of both sides, unit
+_PAIRS = ((("service_p50_ms", "service"), ("floor_p50_ms", "floor"), "ms"),
+          (("service_rps", "service"), ("floor_rps", "floor"), "req/s"),
+          (("p50_ms", "hook p50"), ("round_trip_ms", "round trip"), "ms"),
+          (("p50_ms", "hook p50"), ("slowest_query_ms", "slowest query"), "ms"))
 
 
 README_START = "<!-- bench:latest:start (bench/run_bench.py --render --readme, from bench/results/latest.json) -->"
