@@ -221,11 +221,14 @@ def start_service(tmp: Path, name: str, extra_env: dict[str, str] | None = None)
     return server
 
 
-def start_floor(tmp: Path, name: str, answer: bytes) -> Server:
+def start_floor(tmp: Path, name: str, answer: bytes, extra_env: dict[str, str] | None = None) -> Server:
+    """The floor, with the service's serving settings (``extra_env``: the scenario's, e.g. the body limit
+    that the front in front of both apps enforces)."""
     port = free_port()
     answer_path = tmp / f"{name}-answer.json"
     answer_path.write_bytes(answer)
     env = _base_env()
+    env.update(extra_env or {})
     env["NMS_CDS_BENCH_FLOOR_BODY"] = str(answer_path)
     log_path = tmp / f"{name}.log"
     with log_path.open("wb") as log:
@@ -464,7 +467,7 @@ def load_both(name: str, tmp: Path, body: bytes, opts: Options, service_env: dic
         status2, answer2, _ = post(service.port, body, path=path)
         if status2 != 200 or answer2 != answer:
             raise RuntimeError(f"{name}: the service's answer is not deterministic")
-        floor = start_floor(tmp, f"{name}-floor", answer)
+        floor = start_floor(tmp, f"{name}-floor", answer, service_env)
         floor.path = path
         with running(floor):
             status, floor_answer, _ = post(floor.port, body, path=path)
@@ -560,7 +563,7 @@ def scaling(tmp: Path, opts: Options, env: dict[str, str]) -> list[dict[str, Any
     with running(service):
         first = scenarios.long_record_request(opts.scaling_sizes[0])
         _, answer, _ = post(service.port, scenarios.dumps(first))
-        floor = start_floor(tmp, "s2-scaling-floor", answer)
+        floor = start_floor(tmp, "s2-scaling-floor", answer, env)
         with running(floor):
             for size in opts.scaling_sizes:
                 request = scenarios.long_record_request(size)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -329,8 +330,9 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
     return series, quality
 
 
-def _in(readings: Iterable[Reading], start: datetime, end: datetime) -> list[Reading]:
-    return [r for r in readings if start <= r.time <= end]
+def _in(readings: Sequence[Reading], start: datetime, end: datetime) -> list[Reading]:
+    """The readings with ``start <= time <= end``; ``readings`` are time-ordered (as :func:`normalise` gives)."""
+    return list(readings[bisect_left(readings, start, key=_by_time):bisect_right(readings, end, key=_by_time)])
 
 
 def _baseline(readings: Sequence[Reading], anchor: datetime, vs: ValueSets) -> Reading | None:
@@ -839,13 +841,17 @@ def _resulted_concepts(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -
     """Lab concepts with any result in the lab window, under any of their codes, usable or not (a test
     that was done is never suggested again)."""
     out: set[str] = set()
+    latest = inp.now + _FUTURE_SKEW
+    by_codes: dict[tuple[str, ...], tuple[str, ...]] = {}  # the same code lists recur: look each up once
     for obs in inp.observations:
-        if obs.time is None or not lab_start <= obs.time <= inp.now + _FUTURE_SKEW:
+        if obs.time is None or not lab_start <= obs.time <= latest:
             continue
-        if (obs.status or "").lower() in ("entered-in-error", "cancelled"):
+        concepts = by_codes.get(obs.codes)
+        if concepts is None:
+            found = (vs.observation(code) for code in obs.codes)
+            concepts = tuple(c.concept for c in found if c is not None and c.concept in LAB_CONCEPTS)
+            by_codes[obs.codes] = concepts
+        if not concepts or (obs.status or "").lower() in ("entered-in-error", "cancelled"):
             continue
-        for code in obs.codes:
-            concept = vs.observation(code)
-            if concept is not None and concept.concept in LAB_CONCEPTS:
-                out.add(concept.concept)
+        out.update(concepts)
     return out
