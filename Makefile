@@ -11,7 +11,7 @@ UV_VERSION := 0.13.8
 LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
 
 .PHONY: front install node servers run lock test test-unit test-integration test-node lint typecheck fixtures report-example \
-	bench fuzz soak clean
+	bench bench-alternatives fuzz soak clean
 
 ## make install: .venv exactly as locked (requirements-dev.lock, hashes checked), then this package (no deps)
 $(STAMP): pyproject.toml $(LOCKS) scripts/lock.py
@@ -100,6 +100,12 @@ clean:
 bench: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/run_bench.py
+
+## make bench-alternatives: in-process numbers for orjson, msgspec (typed), mypyc and window skipping (issue 16);
+## installs orjson and msgspec into the venv (not project dependencies); writes bench/results/alternatives.json
+bench-alternatives: install
+	$(BIN)/pip install -q orjson msgspec
+	$(BIN)/python bench/alternatives.py --mypyc
 
 ## make burden: alert burden on records without NMS (Synthea + generated hard mimics), prefetch and local FHIR
 ## server; writes bench/results/burden.json and fails when a target is missed (README "Alert burden")

@@ -170,8 +170,10 @@ class _Memo:
         self.values: dict[str, list[Any]] = {}
         self.contexts: list[tuple[Any, ...]] = []  # (meta, category, subject, ...) tuples found valid
         self.times: dict[str, datetime | None] = {}
-        self.concepts: list[Any] = []  # Observation.code values found valid ...
-        self.codes: list[tuple[str, ...]] = []  # ... and their LOINC codes, index for index
+        # Observation.code values found valid and their LOINC codes, by (text, first code): one comparison
+        # finds a repeated concept instead of one per concept seen (a record has a dozen or more)
+        self.concepts: dict[tuple[Any, Any], list[tuple[Any, tuple[str, ...]]]] = {}
+        self.codes = 0  # how many are remembered (at most 64)
 
 
 def _ok_string(value: Any) -> bool:
@@ -379,19 +381,32 @@ _MEMO_CHECKS: tuple[tuple[str, Check], ...] = (
     ("performer", _ok_references), ("interpretation", _ok_concepts))
 
 
+def _concept_key(concept: Any) -> tuple[Any, Any]:
+    """A cheap, hashable summary of a CodeableConcept: its text and first code (None where not a str)."""
+    if type(concept) is not dict:
+        return (None, None)
+    text = concept.get("text")
+    coding = concept.get("coding")
+    first = coding[0] if type(coding) is list and coding and type(coding[0]) is dict else None
+    code = first.get("code") if first is not None else None
+    return (text if type(text) is str else None, code if type(code) is str else None)
+
+
 def _memo_codes(concept: Any, memo: _Memo) -> tuple[str, ...] | None:
     """The LOINC codes of a valid CodeableConcept (None if invalid); equal concepts are checked once (their
     leaves are all str, so equal means the same JSON)."""
-    try:
-        return memo.codes[memo.concepts.index(concept)]
-    except ValueError:
-        pass
+    key = _concept_key(concept)
+    known = memo.concepts.get(key)
+    if known is not None:
+        for seen, codes in known:
+            if seen == concept:
+                return codes
     if not _ok_concept(concept):
         return None
     codes = _loinc_codes(concept)
-    if len(memo.concepts) < 64:
-        memo.concepts.append(concept)
-        memo.codes.append(codes)
+    if memo.codes < 64:
+        memo.codes += 1
+        memo.concepts.setdefault(key, []).append((concept, codes))
     return codes
 
 
