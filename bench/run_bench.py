@@ -834,6 +834,13 @@ def scenario_4(tmp: Path, opts: Options) -> dict[str, Any]:
 # --- machine, JWT, report ----------------------------------------------------------------------------
 
 
+def _floor_decoder() -> str:
+    """The function the floor decodes bodies with (the service's own: same library, same GC handling)."""
+    from bench.floor_app import DECODE
+
+    return f"{DECODE.__module__}.{DECODE.__qualname__}"
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
@@ -1025,7 +1032,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"other jobs used {results.get('foreign_cpu_pct_median', 0):.0f} % of a CPU during the wrk runs (median). "
         f"Run {results['started']}"
         f"{' (--quick)' if results['options']['quick'] else ''}; gunicorn `nms-cds serve --workers {WORKERS}` "
-        "(sync workers) for both apps; wrk on 127.0.0.1; auth off.",
+        "(sync workers) for both apps; wrk on 127.0.0.1; auth off"
+        + (f"; the floor decodes with `{results['options']['floor_decoder']}` (the service's own decoder)."
+           if results["options"].get("floor_decoder") else "."),
         "",
         "| scenario | service req/s at saturation (c=" + "/".join(str(c) for c in results["options"]["levels"])
         + ") | floor req/s | ratio to floor | p50 / p95 / p99 ms at fixed rate (req/s) | floor p50 / p95 / p99 ms "
@@ -1200,6 +1209,7 @@ def main(argv: list[str] | None = None) -> int:
                     "fhir_latency_ms": FHIR_LATENCY_MS, "scaling_sizes": opts.scaling_sizes,
                     "scaling_requests": opts.scaling_requests, "sequential_requests": opts.sequential,
                     "variant_levels": opts.variant_levels, "only": [t for t in SCENARIOS if t in opts.only],
+                    "floor_decoder": _floor_decoder(),
                     "latency_method": "wrk delay() pacing at 50% of the service's best saturation rate "
                                       "(closed loop with think time, 1-4 connections)"},
     }

@@ -374,3 +374,17 @@ def test_bench_targets_never_round_in_the_services_favour() -> None:
     assert s2["met"] is False and s2["measured"].endswith("+10.1 %")
     assert targets["s2_memory_per_worker"]["met"] is True
     assert "s2_single_p50" not in targets  # the old "<= 100 ms" target was replaced by the issue
+
+
+def test_the_floor_decodes_as_the_service_does() -> None:
+    """Issue 16: the floor parses with the service's own decoder (library and GC handling), so decoding
+    speed-ups lower both apps alike."""
+    from bench import floor_app
+    from cds_service.hooks import request
+
+    assert floor_app.DECODE is request._loads_without_gc
+    body = scenarios.dumps(scenarios.admission_request())
+    assert floor_app.DECODE(body) == load_json(body, max_depth=64)
+    client = floor_app.create_floor_app(b'{"cards":[]}').test_client()
+    response = client.post("/cds-services/nms-patient-view", data=body, content_type="application/json")
+    assert response.status_code == 200 and response.data == b'{"cards":[]}'
