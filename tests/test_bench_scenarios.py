@@ -1,7 +1,9 @@
 """The benchmark's scenario generators, and the fast paths the benchmark led to.
 
 - ``bench/scenarios.py`` is deterministic, builds what its docstring promises, and the service's answer on
-  the generated scenario-1 request is the expected critical card (the same on the long record);
+  the generated scenario-1 request is the expected critical card (the same on the long record, and for the
+  patient-view and order-select variants, whose requests follow the service's wire models);
+- ``bench/run_bench.py``'s targets are met or not on unrounded figures; the floor decodes as the service does;
 - the plain-JSON paths of ``cds_service.fhir.extract`` give exactly the records the R4B-model paths give,
   on every fixture resource and on seeded mutations of them;
 - ``load_json``'s C-speed depth check answers exactly like the original order of checks.
