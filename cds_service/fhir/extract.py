@@ -80,10 +80,10 @@ def _has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
     Observation of the record, so no set is built)."""
     concept = resource.get("code")
     if isinstance(concept, dict):
-        for coding in concept.get("coding") or []:
-            if isinstance(coding, dict) and coding.get("system") in (LOINC, None):
-                code = coding.get("code")
-                if isinstance(code, str) and code in wanted:
+        for coding in concept.get("coding") or ():
+            if isinstance(coding, dict):
+                code = coding.get("code")  # the code first: in a long record most are not wanted
+                if isinstance(code, str) and code in wanted and coding.get("system") in (LOINC, None):
                     return True
     return False
 

@@ -28,6 +28,7 @@ log = logging.getLogger("cds_service.scope")
 
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([^/?#]+)(?:/_history/[^/]*)?$")
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,39}")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def _type(resource: Mapping[str, Any]) -> str:
@@ -87,10 +88,15 @@ def restrict(data: MutableMapping[str, KeyData], drafts: list[dict[str, Any]], p
                          f"{lim['draft_orders_per_request']:,} are accepted", field="context.draftOrders")
     scope = Scope()
     per_key = lim["resources_per_key"]
+    # The usual case, checked first at a dict lookup per resource: subject.reference is exactly
+    # "Patient/<id>" (what belongs() would find too, for an id in FHIR's id syntax).
+    own = f"Patient/{patient_id}" if _FHIR_ID.fullmatch(patient_id) else None
     for key, item in data.items():
         kept = []
         for resource in item.resources:
-            if belongs(resource, patient_id):
+            subject = resource.get("subject")
+            if (own is not None and type(subject) is dict and subject.get("reference") == own
+                    and resource.get("resourceType") != "Patient") or belongs(resource, patient_id):
                 kept.append(resource)
             else:
                 scope.dropped[_type(resource)] += 1

@@ -25,7 +25,7 @@ from cds_service.errors import (
 from cds_service.hooks.request import load_json, parse_feedback, parse_hook_request, reject_lone_surrogates
 from cds_service.openapi import openapi_document
 from cds_service.runtime import Runtime
-from cds_service.serving import RequestWatchdog
+from cds_service.serving import GcPause, RequestWatchdog
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.http")
@@ -180,6 +180,8 @@ def _unexpected(exc: Exception) -> tuple[Response, int]:
 
 
 def _start() -> None:
+    current_app.extensions["nms_cds_gc_pause"].enter()
+    g.gc_paused = True
     g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
     g.started = time.perf_counter()
     current_app.extensions["nms_cds_watchdog"].arm()
@@ -202,6 +204,8 @@ def _access(response: Response) -> Response:
 
 def _disarm(exc: BaseException | None) -> None:
     current_app.extensions["nms_cds_watchdog"].disarm()
+    if g.pop("gc_paused", False):
+        current_app.extensions["nms_cds_gc_pause"].exit()
 
 
 def _view_done(response: Response) -> Response:
@@ -241,6 +245,7 @@ def register(app: Flask) -> None:
     app.register_blueprint(bp)
     app.register_blueprint(metrics.bp)
     app.extensions["nms_cds_watchdog"] = RequestWatchdog(runtime_of(app).settings.request_timeout_seconds)
+    app.extensions["nms_cds_gc_pause"] = GcPause()
     app.before_request(_start)
     app.after_request(_access)
     app.after_request(_cors)
