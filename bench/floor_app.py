@@ -30,9 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The service's body decoder (cds_service.hooks.request.load_json's fast path, after its checks). If the service
-# changes its JSON library or decoding, this name must follow: the floor has to parse as the service parses.
-from cds_service.hooks.request import _loads_without_gc as DECODE  # noqa: E402
+# The service's body decoder (cds_service.hooks.request.load_json's fast path, after its checks) and its
+# request-long pause of the cyclic collector (cds_service.serving.GcPause). If the service changes its JSON
+# library or decoding, these must follow: the floor has to parse, and hold the parsed body, as the service does.
+from cds_service.hooks.request import loads_without_gc as DECODE  # noqa: E402
+from cds_service.serving import GcPause  # noqa: E402
 
 BODY_ENV = "NMS_CDS_BENCH_FLOOR_BODY"
 DEFAULT_ANSWER = b'{"cards":[]}'
@@ -41,6 +43,9 @@ DEFAULT_ANSWER = b'{"cards":[]}'
 def create_floor_app(answer: bytes = DEFAULT_ANSWER) -> Flask:
     """Flask app: POST /cds-services/<id> → parse the JSON body, return ``answer`` (fixed bytes)."""
     app = Flask("nms_cds_floor")
+    pause = GcPause()
+    app.before_request(pause.enter)
+    app.teardown_request(lambda exc: pause.exit())
 
     @app.post("/cds-services/<service_id>")
     def call(service_id: str) -> Response:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import json
 import random
 from collections import Counter
@@ -384,9 +385,12 @@ def test_the_floor_decodes_as_the_service_does() -> None:
     from bench import floor_app
     from cds_service.hooks import request
 
-    assert floor_app.DECODE is request._loads_without_gc
+    assert floor_app.DECODE is request.loads_without_gc
     body = scenarios.dumps(scenarios.admission_request())
     assert floor_app.DECODE(body) == load_json(body, max_depth=64)
-    client = floor_app.create_floor_app(b'{"cards":[]}').test_client()
-    response = client.post("/cds-services/nms-patient-view", data=body, content_type="application/json")
+    app = floor_app.create_floor_app(b'{"cards":[]}')
+    seen: list[bool] = []
+    app.before_request(lambda: seen.append(gc.isenabled()))  # runs after the floor's own pause
+    response = app.test_client().post("/cds-services/nms-patient-view", data=body, content_type="application/json")
     assert response.status_code == 200 and response.data == b'{"cards":[]}'
+    assert seen == [False] and gc.isenabled(), "the floor pauses the collector for the request, like the service"

@@ -79,7 +79,7 @@ def _well_formed_depth(body: bytes, limit: int) -> int | None:
     return depth
 
 
-def _loads_without_gc(body: bytes) -> Any:
+def loads_without_gc(body: bytes) -> Any:
     """``json.loads`` with the cyclic garbage collector paused.
 
     Decoding only builds new acyclic containers, so a collection during it cannot free anything; it only
@@ -104,7 +104,7 @@ def load_json(body: bytes, *, max_depth: int) -> Any:
     fast = _well_formed_depth(body, max_depth)
     if fast is not None and fast <= max_depth:
         try:
-            return _loads_without_gc(body)
+            return loads_without_gc(body)
         except (ValueError, RecursionError):  # ValueError: also a number of more than 4300 digits
             pass
     if json_depth(body) > max_depth:
