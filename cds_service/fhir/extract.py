@@ -91,9 +91,8 @@ def _has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
 def observations(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
     wanted = relevant_loinc()
     memo = _Memo()
-    for raw in resources:
-        if raw.get("resourceType") != "Observation" or not _has_code(raw, wanted):
-            continue
+    # one comprehension over the record (a long one is mostly other codes), then the work on what is left
+    for raw in [r for r in resources if r.get("resourceType") == "Observation" and _has_code(r, wanted)]:
         plain = plain_observation(raw, wanted, memo)
         if plain is not None:
             out.observations.extend(plain)

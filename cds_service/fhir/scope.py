@@ -92,14 +92,15 @@ def restrict(data: MutableMapping[str, KeyData], drafts: list[dict[str, Any]], p
     # "Patient/<id>" (what belongs() would find too, for an id in FHIR's id syntax).
     own = f"Patient/{patient_id}" if _FHIR_ID.fullmatch(patient_id) else None
     for key, item in data.items():
-        kept = []
-        for resource in item.resources:
-            subject = resource.get("subject")
-            if (own is not None and type(subject) is dict and subject.get("reference") == own
-                    and resource.get("resourceType") != "Patient") or belongs(resource, patient_id):
-                kept.append(resource)
-            else:
-                scope.dropped[_type(resource)] += 1
+        kept = [r for r in item.resources if type(subject := r.get("subject")) is dict
+                and subject.get("reference") == own and r.get("resourceType") != "Patient"] if own else []
+        if len(kept) != len(item.resources):  # some need the full check
+            kept = []
+            for resource in item.resources:
+                if belongs(resource, patient_id):
+                    kept.append(resource)
+                else:
+                    scope.dropped[_type(resource)] += 1
         if len(kept) > per_key:
             scope.capped.append(f"{key}: {len(kept) - per_key:,} resources beyond the limit of {per_key:,}")
             kept = kept[:per_key]
