@@ -134,6 +134,17 @@ def test_non_object_bodies_get_400_json(client: FlaskClient, raw: bytes) -> None
     assert response.get_json()["error"] == "invalid"
 
 
+@pytest.mark.parametrize("spelling", [b'"\\ud800"', b'"\\uDFFF tail"', b'"\xed\xa0\x80"', b'"x\xed\xbf\xbf"'])
+def test_a_lone_surrogate_in_either_spelling_gets_400(client: FlaskClient, spelling: bytes) -> None:
+    """As a JSON escape or as raw (surrogatepass) bytes, anywhere in a large body: the quick one-byte
+    pre-checks in hooks/request.py must never skip the search."""
+    body = json.dumps(hook_request()).encode()
+    body = body[:-1] + b', "note": ' + spelling + b"}"
+    response = client.post(URL, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert "surrogate" in response.get_json()["message"]
+
+
 def test_unknown_service_is_404_and_unknown_route_is_json(client: FlaskClient) -> None:
     assert client.post("/cds-services/nope", json=hook_request()).status_code == 404
     response = client.get("/nothing-here")

@@ -240,7 +240,9 @@ def _has_lone_surrogate(value: Any) -> bool:
 def reject_lone_surrogates(body: bytes, data: Any) -> None:
     """400 for a string holding an unpaired UTF-16 surrogate (``"\\ud800"``): not text, cannot be answered in
     UTF-8 (RFC 8259 section 8.2). The parsed value is walked only when the raw body hints at one."""
-    hinted = (_SURROGATE_ESCAPE.search(body) or _SURROGATE_BYTES.search(body)
+    # Each regex only when its pattern's first byte occurs: a one-byte ``in`` runs at memchr speed (8.5 MB:
+    # 0.16 ms), a search ~2.8 ms (and a two-byte ``in`` is slower than the search: 8.5 ms).
+    hinted = ((b"\\" in body and _SURROGATE_ESCAPE.search(body)) or (b"\xed" in body and _SURROGATE_BYTES.search(body))
               or json.detect_encoding(body) not in ("utf-8", "utf-8-sig"))
     if hinted and _has_lone_surrogate(data):
         raise BadRequest("request body has a string with an unpaired UTF-16 surrogate (\\ud800-\\udfff)")
