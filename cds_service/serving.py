@@ -17,7 +17,7 @@ watchdog. The design and its measured figures are in docs/reliability.md ("Servi
   JSON error; gunicorn's own ``timeout`` (which kills the worker and sends an HTML page) is set 10 s later.
 - **Collector pause** (:class:`GcPause`): the cyclic garbage collector is paused while requests run, so that it
   never walks a request's decoded JSON (a 10,000-Observation prefetch is about a million objects, all new, so
-  every young-generation collection during the request walked them; −48 ms of 230 ms per call, bench/README.md).
+  every young-generation collection during the request walked them: about 50 ms of 235 ms, bench/README.md).
   Reference counting frees the request's data as usual; the collector runs again when no request is running.
 """
 
@@ -127,6 +127,7 @@ class GcPause:
             self._running += 1
 
     def exit(self) -> None:
+        collect = False
         with self._lock:
             if self._running == 0:  # pragma: no cover - an exit without its enter
                 return
@@ -135,8 +136,10 @@ class GcPause:
                 if self._resume:
                     gc.enable()
             elif self._resume and time.monotonic() - self._since > self.max_seconds:
-                gc.collect()
+                collect = True
                 self._since = time.monotonic()
+        if collect:  # outside the lock: other requests start and end meanwhile
+            gc.collect()
 
 
 # --- nginx front --------------------------------------------------------------------------------------------
