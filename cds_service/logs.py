@@ -59,16 +59,25 @@ class _NotOurs(logging.Filter):
         return not record.name.startswith(("cds_service", "gunicorn"))
 
 
+def _json_handler(record_filter: logging.Filter) -> logging.Handler:
+    """A stderr handler printing JSON lines, marked as ours so that configuring twice adds nothing."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(record_filter)
+    handler._nms_cds = True  # type: ignore[attr-defined]
+    return handler
+
+
+def _has_json_handler(logger: logging.Logger) -> bool:
+    return any(getattr(h, "_nms_cds", False) for h in logger.handlers)
+
+
 def configure_process(level: str = "WARNING") -> None:
     """For server processes (``nms-cds serve``): every other logger, Python warnings and uncaught exceptions
     (main thread and other threads) become JSON lines too, tracebacks as the exception type only."""
     root = logging.getLogger()
-    if not any(getattr(h, "_nms_cds", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler.addFilter(_NotOurs())
-        handler._nms_cds = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    if not _has_json_handler(root):
+        root.addHandler(_json_handler(_NotOurs()))
         root.setLevel(level.upper())
     logging.captureWarnings(True)
     crash = logging.getLogger("cds_service.crash")
@@ -89,10 +98,6 @@ def configure(level: str = "INFO") -> None:
     """Install the JSON handler on the package logger (idempotent)."""
     logger = logging.getLogger("cds_service")
     logger.setLevel(level.upper())
-    if not any(getattr(h, "_nms_cds", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        handler.addFilter(RequestContextFilter())
-        handler._nms_cds = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    if not _has_json_handler(logger):
+        logger.addHandler(_json_handler(RequestContextFilter()))
     logger.propagate = True

@@ -931,16 +931,7 @@ export class LocalFhirApp {
       result.cost = { kind: 'search', matches: total };
       return result;
     }
-    const page = matches.slice(offset, offset + count);
-    const fullUrl = (type, id) => `${ctx.baseUrl}/${type}/${id}`;
-    const entry = page.map((resource) => ({
-      fullUrl: fullUrl(resource.resourceType, resource.id),
-      resource: elements ? applyElements(resource, elements) : resource,
-      search: { mode: 'match' },
-    }));
-    if ((request.include || request.revInclude) && page.length) {
-      await getExtraEntries(this.repo, request, page, entry, { fullUrl });
-    }
+    const entry = await this.#pageEntries(matches.slice(offset, offset + count), elements, request, ctx);
     const link = [{ relation: 'self', url: searchLink(ctx.baseUrl, resourceType, kept, count, offset) }];
     if (offset > 0) {
       link.push({ relation: 'first', url: searchLink(ctx.baseUrl, resourceType, kept, count, 0) });
@@ -960,6 +951,20 @@ export class LocalFhirApp {
       ...(entry.length ? { entry } : {}),
     };
     return { status: 200, headers: {}, body: bundle, cost: { kind: 'search', matches: total } };
+  }
+
+  /** The searchset entries of one page of matches (`_elements` applied), with `_include`/`_revinclude`. */
+  async #pageEntries(page, elements, request, ctx) {
+    const fullUrl = (type, id) => `${ctx.baseUrl}/${type}/${id}`;
+    const entry = page.map((resource) => ({
+      fullUrl: fullUrl(resource.resourceType, resource.id),
+      resource: elements ? applyElements(resource, elements) : resource,
+      search: { mode: 'match' },
+    }));
+    if ((request.include || request.revInclude) && page.length) {
+      await getExtraEntries(this.repo, request, page, entry, { fullUrl });
+    }
+    return entry;
   }
 
   #keepSearch(search) {
@@ -992,16 +997,7 @@ export class LocalFhirApp {
     const size = count ?? search.count;
     const { matches, kept, resourceType, elements, request } = search;
     const total = matches.length;
-    const page = matches.slice(offset, offset + size);
-    const fullUrl = (type, rid) => `${ctx.baseUrl}/${type}/${rid}`;
-    const entry = page.map((resource) => ({
-      fullUrl: fullUrl(resource.resourceType, resource.id),
-      resource: elements ? applyElements(resource, elements) : resource,
-      search: { mode: 'match' },
-    }));
-    if ((request.include || request.revInclude) && page.length) {
-      await getExtraEntries(this.repo, request, page, entry, { fullUrl });
-    }
+    const entry = await this.#pageEntries(matches.slice(offset, offset + size), elements, request, ctx);
     const link = [
       {
         relation: 'self',

@@ -163,7 +163,7 @@ _INT32 = 2**31 - 1
 class _Memo:
     """Per-call memory: element values already found valid, and date-times already read."""
 
-    __slots__ = ("codes", "concepts", "contexts", "times", "values")
+    __slots__ = ("concepts", "contexts", "kept_concepts", "times", "values")
 
     def __init__(self) -> None:
         self.values: dict[str, list[Any]] = {}
@@ -172,7 +172,7 @@ class _Memo:
         # Observation.code values found valid and their LOINC codes, by (text, first code): one comparison
         # finds a repeated concept instead of one per concept seen (a record has a dozen or more)
         self.concepts: dict[tuple[Any, Any], list[tuple[Any, tuple[str, ...]]]] = {}
-        self.codes = 0  # how many are remembered (at most 64)
+        self.kept_concepts = 0  # how many are remembered (at most 64)
 
 
 def _ok_string(value: Any) -> bool:
@@ -403,8 +403,8 @@ def _memo_codes(concept: Any, memo: _Memo) -> tuple[str, ...] | None:
     if not _ok_concept(concept):
         return None
     codes = _loinc_codes(concept)
-    if memo.codes < 64:
-        memo.codes += 1
+    if memo.kept_concepts < 64:
+        memo.kept_concepts += 1
         memo.concepts.setdefault(key, []).append((concept, codes))
     return codes
 

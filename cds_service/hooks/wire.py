@@ -173,40 +173,37 @@ _CDS_R_1: JsonDict = {"dependentSchemas": {"fhirAuthorization": {
     "then": {"required": ["fhirServer"], "properties": {"fhirServer": {"type": "string"}}}}}}
 
 
-class PatientViewRequest(Wire):
+class _HookRequest(Wire):
+    """What every CDS Hooks 2.0 service request carries; each hook's model fixes ``hook`` and ``context``."""
+
+    model_config = ConfigDict(json_schema_extra=_CDS_R_1)
+    hook: str
+    hookInstance: HookInstance
+    context: Wire
+    fhirServer: NonBlank | None = Field(None, description=_FHIR_SERVER)
+    fhirAuthorization: FhirAuthorization | None = None
+    prefetch: dict[str, Any] | None = Field(None, description=_PREFETCH)
+
+
+class PatientViewRequest(_HookRequest):
     """CDS Hooks 2.0 service request for the ``patient-view`` hook."""
 
-    model_config = ConfigDict(json_schema_extra=_CDS_R_1)
     hook: Literal["patient-view"]
-    hookInstance: HookInstance
     context: PatientViewContext
-    fhirServer: NonBlank | None = Field(None, description=_FHIR_SERVER)
-    fhirAuthorization: FhirAuthorization | None = None
-    prefetch: dict[str, Any] | None = Field(None, description=_PREFETCH)
 
 
-class OrderSelectRequest(Wire):
+class OrderSelectRequest(_HookRequest):
     """CDS Hooks 2.0 service request for the ``order-select`` hook."""
 
-    model_config = ConfigDict(json_schema_extra=_CDS_R_1)
     hook: Literal["order-select"]
-    hookInstance: HookInstance
     context: OrderSelectContext
-    fhirServer: NonBlank | None = Field(None, description=_FHIR_SERVER)
-    fhirAuthorization: FhirAuthorization | None = None
-    prefetch: dict[str, Any] | None = Field(None, description=_PREFETCH)
 
 
-class OrderSignRequest(Wire):
+class OrderSignRequest(_HookRequest):
     """CDS Hooks 2.0 service request for the ``order-sign`` hook."""
 
-    model_config = ConfigDict(json_schema_extra=_CDS_R_1)
     hook: Literal["order-sign"]
-    hookInstance: HookInstance
     context: OrderSignContext
-    fhirServer: NonBlank | None = Field(None, description=_FHIR_SERVER)
-    fhirAuthorization: FhirAuthorization | None = None
-    prefetch: dict[str, Any] | None = Field(None, description=_PREFETCH)
 
 
 AnyHookRequest = PatientViewRequest | OrderSelectRequest | OrderSignRequest

@@ -32,6 +32,7 @@ from cds_service.fhir.prefetch import KeyData, resolve
 from cds_service.fhir.scope import restrict
 from cds_service.hooks.request import HookRequest
 from cds_service.hooks.wire import ServiceDefinition
+from cds_service.services.templates import prefetch_templates
 
 log = logging.getLogger("cds_service.engine")
 
@@ -86,9 +87,10 @@ class HookPolicy(ABC):
     usage_requirements: str
 
     @property
-    @abstractmethod
     def templates(self) -> Mapping[str, str]:
-        """Prefetch templates (CDS Hooks 2.0 tokens only); they also drive the fallback queries."""
+        """Prefetch templates (CDS Hooks 2.0 tokens only); they also drive the fallback queries. Every hook
+        reads the same record today (:func:`~cds_service.services.templates.prefetch_templates`)."""
+        return prefetch_templates()
 
     @abstractmethod
     def exposure_drafts(self, req: HookRequest) -> list[dict[str, Any]]:

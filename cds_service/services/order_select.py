@@ -14,7 +14,6 @@ Card uuids come from the evidence and the selection (:mod:`cds_service.services.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from cds_service.clinical import Assessment
@@ -23,7 +22,6 @@ from cds_service.hooks.request import HookRequest
 from cds_service.services.cards import build_cards
 from cds_service.services.engine import Gathered, HookPolicy
 from cds_service.services.repeat import evidence_key
-from cds_service.services.templates import prefetch_templates
 
 
 def selected_drafts(req: HookRequest) -> list[dict[str, Any]]:
@@ -51,10 +49,6 @@ class OrderSelectPolicy(HookPolicy):
 
     def __init__(self, settings: Settings) -> None:
         self.id = settings.order_select_service_id
-
-    @property
-    def templates(self) -> Mapping[str, str]:
-        return prefetch_templates()
 
     def exposure_drafts(self, req: HookRequest) -> list[dict[str, Any]]:
         return selected_drafts(req)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from cds_service.clinical import Assessment
@@ -10,7 +9,6 @@ from cds_service.config import Settings
 from cds_service.hooks.request import HookRequest
 from cds_service.services.cards import build_cards
 from cds_service.services.engine import CallReport, Gathered, HookPolicy
-from cds_service.services.templates import prefetch_templates
 
 __all__ = ["CallReport", "OrderSignPolicy"]
 
@@ -33,10 +31,6 @@ class OrderSignPolicy(HookPolicy):
 
     def __init__(self, settings: Settings) -> None:
         self.id = settings.service_id
-
-    @property
-    def templates(self) -> Mapping[str, str]:
-        return prefetch_templates()
 
     def exposure_drafts(self, req: HookRequest) -> list[dict[str, Any]]:
         return req.draft_resources()  # every order being signed

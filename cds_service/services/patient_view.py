@@ -36,7 +36,6 @@ from cds_service.services.cards import build_cards, card_uuid
 from cds_service.services.engine import Gathered, HookPolicy
 from cds_service.services.markup import plain, ref
 from cds_service.services.repeat import evidence_key
-from cds_service.services.templates import prefetch_templates
 
 MAX_HOLDS = 3
 HOLD_REASON = ("Possible neuroleptic malignant syndrome (nms-cds card): held pending bedside assessment of "
@@ -92,10 +91,6 @@ class PatientViewPolicy(HookPolicy):
 
     def __init__(self, settings: Settings) -> None:
         self.id = settings.patient_view_service_id
-
-    @property
-    def templates(self) -> Mapping[str, str]:
-        return prefetch_templates()
 
     def exposure_drafts(self, req: HookRequest) -> list[dict[str, Any]]:
         return []  # the chart: only what the record holds
