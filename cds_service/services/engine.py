@@ -32,7 +32,7 @@ from cds_service.fhir.prefetch import KeyData, resolve
 from cds_service.fhir.scope import restrict
 from cds_service.hooks.request import HookRequest
 from cds_service.hooks.wire import ServiceDefinition
-from cds_service.services.templates import prefetch_templates
+from cds_service.services.templates import fhir_reads, prefetch_templates
 
 log = logging.getLogger("cds_service.engine")
 
@@ -84,7 +84,14 @@ class HookPolicy(ABC):
     id: str
     title: str
     description: str
-    usage_requirements: str
+    usage_note: str = ""  # what the hook adds to the usage requirements every service shares
+
+    @property
+    def usage_requirements(self) -> str:
+        """The discovery entry's usageRequirements: the FHIR reads of the templates, then the hook's note."""
+        return " ".join(filter(None, [
+            f"Works from prefetch alone; without prefetch it needs fhirServer (read access to "
+            f"{', '.join(fhir_reads(self.templates))}) within the operator's FHIR allowlist.", self.usage_note]))
 
     @property
     def templates(self) -> Mapping[str, str]:

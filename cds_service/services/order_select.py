@@ -41,11 +41,7 @@ class OrderSelectPolicy(HookPolicy):
         "before, or has a finding that makes the drug risky; shows the evidence and the structured IEC "
         "criteria. Selections that are not dopamine antagonists give no card."
     )
-    usage_requirements = (
-        "Works from prefetch alone; without prefetch it needs fhirServer (read access to Patient, "
-        "MedicationRequest, Medication, Observation, Condition, AllergyIntolerance) within the "
-        "operator's FHIR allowlist. Only the orders in context.selections are assessed as new."
-    )
+    usage_note = "Only the orders in context.selections are assessed as new."
 
     def __init__(self, settings: Settings) -> None:
         self.id = settings.order_select_service_id

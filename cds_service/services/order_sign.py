@@ -22,12 +22,6 @@ class OrderSignPolicy(HookPolicy):
         "syndrome: fever, creatine kinase rise, falling serum iron, autonomic instability and the "
         "acute-phase response. Scores the structured IEC consensus criteria and shows its evidence."
     )
-    usage_requirements = (
-        "Works from prefetch alone; without prefetch it needs fhirServer (read access to Patient, "
-        "MedicationRequest, MedicationAdministration, MedicationStatement, Medication, Observation, Condition, "
-        "AllergyIntolerance) within the "
-        "operator's FHIR allowlist."
-    )
 
     def __init__(self, settings: Settings) -> None:
         self.id = settings.service_id

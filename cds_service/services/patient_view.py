@@ -83,11 +83,7 @@ class PatientViewPolicy(HookPolicy):
         "withdrawn from a dopaminergic drug: fever, creatine kinase rise, low serum iron, autonomic "
         "instability. Quiet unless there is a finding; shows its evidence and the structured IEC criteria."
     )
-    usage_requirements = (
-        "Works from prefetch alone; without prefetch it needs fhirServer (read access to Patient, "
-        "MedicationRequest, Medication, Observation, Condition, AllergyIntolerance) within the "
-        "operator's FHIR allowlist. No card unless a finding is present."
-    )
+    usage_note = "No card unless a finding is present."
 
     def __init__(self, settings: Settings) -> None:
         self.id = settings.patient_view_service_id

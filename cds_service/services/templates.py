@@ -7,6 +7,7 @@ own FHIR queries when a prefetch key is absent, so both paths ask for exactly th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cache
 
 from cds_service.clinical.valuesets import LOINC, load
@@ -39,3 +40,13 @@ def prefetch_templates() -> dict[str, str]:
         "conditions": f"Condition?patient={PATIENT}&_count=100",
         "allergies": f"AllergyIntolerance?patient={PATIENT}&_count=100",
     }
+
+
+def fhir_reads(templates: Mapping[str, str]) -> list[str]:
+    """The resource types ``templates`` read, in template order, with Medication after the medication records
+    (orders naming their drug by reference are followed to it): what a FHIR server must allow."""
+    types = list(dict.fromkeys(t.split("?", 1)[0].split("/", 1)[0] for t in templates.values()))
+    medication_records = [i for i, t in enumerate(types) if t.startswith("Medication")]
+    if medication_records and "Medication" not in types:
+        types.insert(medication_records[-1] + 1, "Medication")
+    return types
