@@ -21,7 +21,7 @@ from fhir_core.types import DateTime as _FhirDateTime
 from fhir_core.types import Decimal as _FhirDecimal
 from fhir_core.types import Instant as _FhirInstant
 
-from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, ObservationInput
+from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, MedicationKind, ObservationInput
 from cds_service.clinical.rules import LAB_CONCEPTS, VITAL_CONCEPTS
 from cds_service.clinical.valuesets import LOINC, RXNORM, load
 from cds_service.fhir.models import parse
@@ -643,47 +643,48 @@ def parsed_medication_request(raw: Mapping[str, Any], *, is_draft: bool, patient
     if mr is None:
         out.unreadable += 1
         return None
-    codings: tuple[Coding, ...] = ()
-    names: list[str] = []
-    if mr.medicationCodeableConcept is not None:
-        codings = _codings(mr.medicationCodeableConcept)
-        names = _texts(mr.medicationCodeableConcept)
-    elif mr.medicationReference is not None:
-        reference = mr.medicationReference.reference or ""
-        target: Any = None
-        if reference.startswith("#"):
-            target = next((c for c in (mr.contained or []) if getattr(c, "id", None) == reference[1:]), None)
-        elif reference:
-            found = medications.get(reference.split("/_history")[0])
-            target = parse(found).model if found else None
-        if target is not None and getattr(target, "code", None) is not None:
-            codings, names = _medication_names(target)
-        if mr.medicationReference.display:
-            names.append(mr.medicationReference.display)
+    codings, names = _medication_concept(mr, medications)
     dosage = (mr.dosageInstruction or [None])[0]
-    route = dosage.route if dosage is not None else None
-    dose_value = dose_unit = None
     ended = when(mr.dispenseRequest.validityPeriod.end) if (
         mr.dispenseRequest and mr.dispenseRequest.validityPeriod) else None
     if dosage is not None:
-        if dosage.doseAndRate and dosage.doseAndRate[0].doseQuantity is not None:
-            dq = dosage.doseAndRate[0].doseQuantity
-            dose_value, dose_unit = _num(dq.value), dq.code or dq.unit
         bounds = dosage.timing.repeat.boundsPeriod if (dosage.timing and dosage.timing.repeat) else None
         if bounds is not None and bounds.end is not None:
             ended = ended or when(bounds.end)
+    return _from_model(mr, "request", is_draft=is_draft, codings=codings, names=names, dosage=dosage,
+                       authored=when(mr.authoredOn), ended=ended, dose=_dose_quantity(dosage))
+
+
+def _dose_quantity(dosage: Any) -> tuple[float | None, str | None]:
+    """(value, unit) of a Dosage's first ``doseAndRate.doseQuantity``; (None, None) without one."""
+    if dosage is not None and dosage.doseAndRate and dosage.doseAndRate[0].doseQuantity is not None:
+        dq = dosage.doseAndRate[0].doseQuantity
+        return _num(dq.value), dq.code or dq.unit
+    return None, None
+
+
+_RESOURCE_OF_KIND = {"request": "MedicationRequest", "administration": "MedicationAdministration",
+                     "statement": "MedicationStatement"}
+
+
+def _from_model(model: Any, kind: MedicationKind, *, is_draft: bool, codings: tuple[Coding, ...], names: list[str],
+                dosage: Any, authored: datetime | None, ended: datetime | None,
+                dose: tuple[float | None, str | None]) -> MedicationInput:
+    """The record of a parsed (R4B) order, administration or statement; ``dosage`` gives the route."""
+    route = dosage.route if dosage is not None else None
     return MedicationInput(
-        ref=f"MedicationRequest/{mr.id}" if mr.id else None,
+        ref=f"{_RESOURCE_OF_KIND[kind]}/{model.id}" if model.id else None,
         is_draft=is_draft,
-        status=mr.status,
+        status=model.status,
         codings=codings,
         names=tuple(dict.fromkeys(n for n in names if n)),
         route=_codings(route),
         route_text=route.text if route is not None else None,
-        authored=when(mr.authoredOn),
+        authored=authored,
         ended=ended,
-        dose_value=dose_value,
-        dose_unit=dose_unit,
+        dose_value=dose[0],
+        dose_unit=dose[1],
+        kind=kind,
     )
 
 
@@ -732,23 +733,10 @@ def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[st
         return None
     codings, names = _medication_concept(ma, medications)
     start, end = _effective(ma)
-    dosage = ma.dosage
-    route = dosage.route if dosage is not None else None
-    dose = dosage.dose if dosage is not None else None
-    return MedicationInput(
-        ref=f"MedicationAdministration/{ma.id}" if ma.id else None,
-        is_draft=False,
-        status=ma.status,
-        codings=codings,
-        names=tuple(dict.fromkeys(n for n in names if n)),
-        route=_codings(route),
-        route_text=route.text if route is not None else None,
-        authored=start,
-        ended=end or start,
-        dose_value=_num(dose.value) if dose is not None else None,
-        dose_unit=(dose.code or dose.unit) if dose is not None else None,
-        kind="administration",
-    )
+    dose = ma.dosage.dose if ma.dosage is not None else None
+    return _from_model(ma, "administration", is_draft=False, codings=codings, names=names, dosage=ma.dosage,
+                       authored=start, ended=end or start,
+                       dose=(_num(dose.value), dose.code or dose.unit) if dose is not None else (None, None))
 
 
 def medication_statement(raw: Mapping[str, Any], *, medications: Mapping[str, Any],
@@ -765,25 +753,8 @@ def medication_statement(raw: Mapping[str, Any], *, medications: Mapping[str, An
     if start is None and end is None:
         start = when(ms.dateAsserted)
     dosage = (ms.dosage or [None])[0]
-    route = dosage.route if dosage is not None else None
-    dose_value = dose_unit = None
-    if dosage is not None and dosage.doseAndRate and dosage.doseAndRate[0].doseQuantity is not None:
-        dq = dosage.doseAndRate[0].doseQuantity
-        dose_value, dose_unit = _num(dq.value), dq.code or dq.unit
-    return MedicationInput(
-        ref=f"MedicationStatement/{ms.id}" if ms.id else None,
-        is_draft=False,
-        status=ms.status,
-        codings=codings,
-        names=tuple(dict.fromkeys(n for n in names if n)),
-        route=_codings(route),
-        route_text=route.text if route is not None else None,
-        authored=start,
-        ended=end,
-        dose_value=dose_value,
-        dose_unit=dose_unit,
-        kind="statement",
-    )
+    return _from_model(ms, "statement", is_draft=False, codings=codings, names=names, dosage=dosage,
+                       authored=start, ended=end, dose=_dose_quantity(dosage))
 
 
 @dataclass
