@@ -3,61 +3,18 @@
 // Spawns real server processes (the CLI) on free ports.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
 import { simulatedCostMs } from '../server.mjs';
+import { startServer as spawnServer } from '../spawn-server.mjs';
 
-const SERVER = fileURLToPath(new URL('../server.mjs', import.meta.url));
-const NODE_FLAGS = Number(process.versions.node.split('.')[0]) < 22 ? ['--experimental-websocket'] : [];
+const startServer = (args) => spawnServer(['--quiet', ...args]);
+
 const N_OBS = 450; // more than two maximal HAPI pages
 const START = Date.UTC(2026, 0, 1);
-
-function startServer(args) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...NODE_FLAGS, SERVER, '--port', '0', '--quiet', ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`server not ready after 30 s; stderr:\n${stderr}`));
-    }, 30_000);
-    child.stdout.setEncoding('utf8');
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    child.stdout.on('data', (d) => {
-      stdout += d;
-      const m = /^READY (\S+)$/m.exec(stdout);
-      if (m) {
-        clearTimeout(timer);
-        resolve({
-          base: m[1],
-          stop: () =>
-            new Promise((r) => {
-              if (child.exitCode !== null) {
-                r();
-                return;
-              }
-              child.once('exit', () => r());
-              child.kill('SIGTERM');
-            }),
-        });
-      }
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code} before READY; stderr:\n${stderr}`));
-    });
-  });
-}
 
 function writeFixtures(dir) {
   const entry = [

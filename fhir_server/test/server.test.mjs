@@ -3,67 +3,15 @@
 // Each test file spawns real server processes (the CLI), so the READY line and the flags are covered too.
 
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
-const SERVER = fileURLToPath(new URL('../server.mjs', import.meta.url));
-const NODE_FLAGS = Number(process.versions.node.split('.')[0]) < 22 ? ['--experimental-websocket'] : [];
+import { startServer } from '../spawn-server.mjs';
+
 const LOINC_TEMP = 'http://loinc.org|8310-5';
 const N_TEMPS = 12;
-
-function startServer(args, { expectFailure = false } = {}) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [...NODE_FLAGS, SERVER, '--port', '0', ...args], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`server not ready after 30 s; stderr:\n${stderr}`));
-    }, 30_000);
-    child.stdout.setEncoding('utf8');
-    child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (d) => {
-      stderr += d;
-    });
-    child.stdout.on('data', (d) => {
-      stdout += d;
-      const m = /^READY (\S+)$/m.exec(stdout);
-      if (m && !expectFailure) {
-        clearTimeout(timer);
-        resolve({
-          child,
-          base: m[1],
-          origin: m[1].replace(/\/fhir$/, ''),
-          stderr: () => stderr,
-          stdout: () => stdout,
-          stop: () =>
-            new Promise((r) => {
-              if (child.exitCode !== null) {
-                r();
-                return;
-              }
-              child.once('exit', () => r());
-              child.kill('SIGTERM');
-            }),
-        });
-      }
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      if (expectFailure) {
-        resolve({ code, stderr, stdout });
-      } else {
-        reject(new Error(`server exited with ${code} before READY; stderr:\n${stderr}`));
-      }
-    });
-  });
-}
 
 function temperature(i) {
   return {
