@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -23,6 +24,14 @@ FHIR_BASE = "https://fhir.example.org/r4"
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 # Apps built from the environment (Settings()) in tests keep their SQLite store in a throw-away directory.
 os.environ.setdefault("NMS_CDS_DATA_DIR", tempfile.mkdtemp(prefix="nms-cds-tests-"))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (bound once and released; servers started by tests listen on it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def dataset_json(relative: str) -> Any:

@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from bench.run_bench import child_pids
+from tests.conftest import free_port
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
@@ -34,13 +34,6 @@ def unavailable(message: str) -> None:
     if IN_CI:
         pytest.fail(f"{message} (CI=true: a real component that cannot start fails the test)")
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _pg_bindir() -> Path | None:

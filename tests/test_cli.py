@@ -25,20 +25,13 @@ from cds_service import cli
 from cds_service.app import create_app
 from cds_service.devtools import localfhir
 from cds_service.errors import UsageError
-from tests.conftest import make_settings
+from tests.conftest import free_port, make_settings
 from tests.jwt_helpers import ec_key, jwks, write_trusted_clients
 
 REPO = Path(__file__).resolve().parents[1]
 NMS_CDS = str(Path(sys.executable).with_name("nms-cds"))
 CTRL_C_LIMIT_SECONDS = 2.0
 START_TIMEOUT_SECONDS = 90.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def env(**extra: str) -> dict[str, str]:

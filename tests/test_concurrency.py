@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -32,7 +31,7 @@ import requests
 
 from cds_service.devtools import fixtures, localfhir
 from cds_service.services.cards import card_uuid
-from tests.conftest import REPO, require_local_fhir
+from tests.conftest import REPO, free_port, require_local_fhir
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +48,6 @@ MODES = ("prefetch", "prefetch", "fhir", "fhir-latency", "fhir-slow-allergies")
 HOOKS = fixtures.HOOKS
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @dataclass
 class Servers:
     fast: localfhir.LocalFhirServer
@@ -69,7 +61,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     log = tmp_path_factory.mktemp("concurrency") / "gunicorn.log"
     with localfhir.LocalFhirServer(load=[root], quiet=True) as fast, \
             localfhir.LocalFhirServer(load=[root], latency_ms=200, quiet=True) as latency:
-        port = _free_port()
+        port = free_port()
         env = {
             **os.environ,
             "NMS_CDS_ENVIRONMENT": "production",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import free_port, run, wait_healthy
+from tests.conftest import free_port
+from tests.test_cli import run, wait_healthy
 
 NMS_CDS = str(Path(sys.executable).with_name("nms-cds"))
 

@@ -156,7 +156,7 @@ def test_redis_concurrent_claims_admit_exactly_one(guard: RedisReplayGuard) -> N
 
 
 def test_redis_down_is_503_not_a_skipped_check(tmp_path: Path) -> None:
-    from tests.dbservers import free_port
+    from tests.conftest import free_port
 
     g = RedisReplayGuard(f"redis://127.0.0.1:{free_port()}/0", timeout=0.5)
     from cds_service.errors import StoreUnavailable
@@ -183,7 +183,7 @@ def test_in_process_cache_is_bounded_per_issuer_too() -> None:
 def test_report_with_the_store_unavailable_exits_1_naming_the_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     from cds_service import cli
-    from tests.dbservers import free_port
+    from tests.conftest import free_port
 
     monkeypatch.setenv("NMS_CDS_DATABASE_URL", f"postgresql://u:secret-pw@127.0.0.1:{free_port()}/db")
     monkeypatch.setenv("NMS_CDS_STORE_TIMEOUT_SECONDS", "1")

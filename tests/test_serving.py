@@ -32,6 +32,7 @@ import requests
 
 from cds_service import serving
 from cds_service.devtools import fixtures
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NMS_CDS = REPO / ".venv" / "bin" / "nms-cds"
@@ -43,13 +44,6 @@ def _require_nginx() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail("nginx is not installed (make test installs the Debian package nginx-light)")
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @dataclass
