@@ -24,7 +24,7 @@ from fhir_core.types import Instant as _FhirInstant
 from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, MedicationKind, ObservationInput
 from cds_service.clinical.rules import LAB_CONCEPTS, VITAL_CONCEPTS
 from cds_service.clinical.valuesets import LOINC, RXNORM, load
-from cds_service.fhir.models import parse
+from cds_service.fhir.models import ParseResult, parse
 
 
 @dataclass
@@ -88,6 +88,14 @@ def _has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
     return False
 
 
+def _model(result: ParseResult, out: Extracted) -> Any:
+    """The parsed model, counting repairs; None (counted as unreadable) when the resource could not be read."""
+    out.repairs += bool(result.repairs)
+    if result.model is None:
+        out.unreadable += 1
+    return result.model
+
+
 def observations(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
     wanted = relevant_loinc()
     memo = _Memo()
@@ -102,11 +110,8 @@ def observations(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None
 
 def parsed_observation(raw: Mapping[str, Any], wanted: frozenset[str], out: Extracted) -> None:
     """The reference path: parse with the R4B model (repairing what it can), then flatten."""
-    result = parse(raw)
-    out.repairs += bool(result.repairs)
-    obs = result.model
+    obs = _model(parse(raw), out)
     if obs is None:
-        out.unreadable += 1
         return
     time = when(obs.effectiveDateTime) or when(obs.effectiveInstant) or (
         when(obs.effectivePeriod.start) if obs.effectivePeriod else None) or when(obs.issued)
@@ -637,11 +642,8 @@ def parsed_medication_request(raw: Mapping[str, Any], *, is_draft: bool, patient
         defaults["status"] = "draft"
     if patient_id:
         defaults["subject"] = {"reference": f"Patient/{patient_id}"}
-    result = parse(raw, defaults)
-    out.repairs += bool(result.repairs)
-    mr = result.model
+    mr = _model(parse(raw, defaults), out)
     if mr is None:
-        out.unreadable += 1
         return None
     codings, names = _medication_concept(mr, medications)
     dosage = (mr.dosageInstruction or [None])[0]
@@ -725,11 +727,8 @@ def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[st
                               out: Extracted) -> MedicationInput | None:
     """A dose given: ``effective[x]`` is when (start and end of an infusion); the status decides whether it
     counts (the rules drop ``not-done`` and ``entered-in-error``)."""
-    result = parse(raw)
-    out.repairs += bool(result.repairs)
-    ma = result.model
+    ma = _model(parse(raw), out)
     if ma is None:
-        out.unreadable += 1
         return None
     codings, names = _medication_concept(ma, medications)
     start, end = _effective(ma)
@@ -742,11 +741,8 @@ def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[st
 def medication_statement(raw: Mapping[str, Any], *, medications: Mapping[str, Any],
                          out: Extracted) -> MedicationInput | None:
     """Home or reported medication: ``effective[x]`` (period or date), else ``dateAsserted``, is when."""
-    result = parse(raw)
-    out.repairs += bool(result.repairs)
-    ms = result.model
+    ms = _model(parse(raw), out)
     if ms is None:
-        out.unreadable += 1
         return None
     codings, names = _medication_concept(ms, medications)
     start, end = _effective(ms)
