@@ -28,7 +28,7 @@ from cds_service.clinical.model import (
     OtherCause,
     Reading,
 )
-from cds_service.clinical.valuesets import ICD10CM, RXNORM, SNOMED, ObservationConcept, ValueSets, load
+from cds_service.clinical.valuesets import RXNORM, SNOMED, ObservationConcept, ValueSets, load
 
 USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
 EXCLUDED_ORDER_STATUSES = frozenset({"entered-in-error", "cancelled"})
@@ -518,22 +518,20 @@ def _findings(series: dict[str, list[Reading]], lab_start: datetime, now: dateti
 
 
 def _history(inp: ClinicalInput, vs: ValueSets) -> list[HistoryItem]:
-    nms_codes = set(vs.condition_codes("nms"))
     snomed_nms = vs.thresholds["history"]["snomed_nms"]
     out: list[HistoryItem] = []
     for item in inp.history:
         if (item.verification or "").lower() in {"entered-in-error", "refuted"}:
             continue
-        coded = any((c.system, c.code) in nms_codes or (c.system == SNOMED and c.code == snomed_nms)
+        coded = any(vs.is_condition("nms", c.system, c.code) or (c.system == SNOMED and c.code == snomed_nms)
                     for c in item.codings)
         text = " ".join(filter(None, [item.text, *(c.display or "" for c in item.codings)])).lower()
         named = "neuroleptic malignant" in text or "malignant neuroleptic" in text
         if coded or named:
             what = "Condition" if item.kind == "condition" else "AllergyIntolerance"
             label = item.text or next((c.display for c in item.codings if c.display), None) or "NMS"
-            code = next((f"{'SNOMED' if c.system == SNOMED else 'ICD-10-CM' if c.system == ICD10CM else c.system} "
-                         f"{c.code}" for c in item.codings if (c.system, c.code) in nms_codes
-                         or c.code == snomed_nms), None)
+            code = next((f"{vs.system_name(c.system)} {(c.code or '').strip()}" for c in item.codings
+                         if vs.is_condition("nms", c.system, c.code) or c.code == snomed_nms), None)
             out.append(HistoryItem(item.kind, f"{what}: {label}" + (f" ({code})" if code else ""),
                                    item.recorded, item.ref))
     return out

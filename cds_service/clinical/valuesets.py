@@ -20,6 +20,8 @@ RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"  # WHO ICD-10
+ICD10GM = "http://fhir.de/CodeSystem/bfarm/icd-10-gm"  # BfArM ICD-10-GM (German modification)
 UCUM = "http://unitsofmeasure.org"
 ATC = "http://www.whocc.no/atc"
 
@@ -101,6 +103,12 @@ class ValueSets:
     culture_results: dict[tuple[str, str], str] = field(default_factory=dict)  # -> positive/negative/...
     unit_spellings: dict[str, str] = field(default_factory=dict)  # spelling -> UCUM code
     name_keys: dict[str, dict[str, Any]] = field(default_factory=dict)  # "drug"/"other": normalised -> name
+    # condition code systems ([terminology] in thresholds.toml): older URIs read as the current one, the ICD-10
+    # editions whose codes are normalised (case, role markers, missing dot), and the short names cards show
+    system_aliases: dict[str, str] = field(default_factory=dict)
+    icd10_systems: frozenset[str] = frozenset()
+    icd10_markers: str = ""
+    system_names: dict[str, str] = field(default_factory=dict)
 
     def atc(self, system: str | None, code: str) -> DrugConcept | None:
         return self.drugs_by_atc.get(code) if system in self.atc_systems else None
@@ -121,17 +129,50 @@ class ValueSets:
     def _drug_keys(self) -> dict[str, Any]:
         return self.name_keys["drug"]
 
+    def condition_key(self, system: str | None, code: str | None) -> tuple[str, str]:
+        """(system, code) as the condition tables list it: an older URI of a code system becomes the current one
+        (DIMDI's ICD-10-GM URI -> BfArM's), and an ICD-10 code (CM, WHO or GM) is read in upper case without
+        surrounding space, without the ICD-10-GM role markers that may trail it (Kreuz ``†``/``+``, Stern ``*``,
+        Ausrufezeichen ``!``: ``U07.1!`` -> ``U07.1``) and with its dot (``A419`` -> ``A41.9``)."""
+        sys = (system or "").strip()
+        sys = self.system_aliases.get(sys, sys)
+        text = (code or "").strip()
+        if sys in self.icd10_systems:
+            text = text.upper().rstrip(self.icd10_markers + " ").strip()
+            if len(text) > 3 and "." not in text and _ICD10_CATEGORY.match(text[:3]):
+                text = f"{text[:3]}.{text[3:]}"
+        return sys, text
+
     def cause_of(self, system: str | None, code: str | None) -> str | None:
         """The differential group (sepsis, pneumonia, heat-illness, ...) of a condition code, if any."""
         if not system or not code:
             return None
-        group = self.cause_conditions.get((system, code))
+        key = self.condition_key(system, code)
+        group = self.cause_conditions.get(key)
         if group is not None:
             return group
-        for sys, prefix, grp in self.cause_prefixes:
-            if sys == system and code.startswith(prefix):
+        sys, text = key
+        for table_system, prefix, grp in self.cause_prefixes:
+            if table_system == sys and text.startswith(prefix):
                 return grp
         return None
+
+    def condition(self, system: str | None, code: str | None) -> ConditionConcept | None:
+        """The conditions.tsv concept (nms, sepsis, heat-stroke, ...) of a condition code, read as condition_key
+        reads it."""
+        if not system or not code:
+            return None
+        return self.conditions.get(self.condition_key(system, code))
+
+    def is_condition(self, concept: str, system: str | None, code: str | None) -> bool:
+        found = self.condition(system, code)
+        return found is not None and found.concept == concept
+
+    def system_name(self, system: str | None) -> str:
+        """The short name of a code system for a card ("ICD-10-GM"), or its URI when it has none."""
+        sys = (system or "").strip()
+        sys = self.system_aliases.get(sys, sys)
+        return self.system_names.get(sys, sys or "code")
 
     def drug(self, code: str) -> DrugConcept | None:
         return self.drugs_by_code.get(code)
@@ -167,6 +208,7 @@ class ValueSets:
 # "st john s wort"); the first word n-gram (longest first at each position) that is a known name wins. The same
 # answer as a word-bounded regular expression over all names, in O(words) dictionary look-ups, cached per text.
 _WORD = re.compile(r"[^\W_]+")
+_ICD10_CATEGORY = re.compile(r"[A-Z][0-9][0-9A-Z]")
 _MAX_WORDS = 4
 
 
@@ -372,6 +414,7 @@ def load() -> ValueSets:
     other_pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in sorted(other_names, key=lambda n: -len(n)))
                                + r")\b")
     exact, prefixes = _cause_conditions(thresholds)
+    terminology = thresholds["terminology"]
     spellings = {row["unit"]: row["canonical"] for row in _rows("ucum-variants.tsv")}
     return ValueSets(
         drugs_by_code=drugs,
@@ -394,6 +437,10 @@ def load() -> ValueSets:
         culture_results=culture_results,
         unit_spellings=spellings,
         name_keys={"drug": _keys([*(n[0] for n in ordered), *aliases]), "other": _keys(other_names)},
+        system_aliases=dict(terminology.get("system_aliases", {})),
+        icd10_systems=frozenset(terminology.get("icd10_systems", ())),
+        icd10_markers=str(terminology.get("icd10_markers", "")),
+        system_names=dict(terminology.get("system_names", {})),
     )
 
 
