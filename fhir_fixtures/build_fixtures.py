@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from cds_service.clinical.valuesets import ATC, ICD10CM, LOINC, RXNORM, SNOMED, UCUM, load  # noqa: E402
+from cds_service.clinical.valuesets import ATC, ICD10, ICD10CM, ICD10GM, LOINC, RXNORM, SNOMED, UCUM, load  # noqa: E402
 from cds_service.devtools.fixtures import ANCHOR, fill_prefetch  # noqa: E402
 from cds_service.services.templates import prefetch_templates  # noqa: E402
 
@@ -453,7 +453,15 @@ class Builder:
 
     # -- conditions and allergies -----------------------------------------------------------------
     def condition(self, system: str, code: str, *, clinical_status: str, onset: str,
-                  abatement: str | None = None) -> JsonDict:
+                  abatement: str | None = None, display: str | None = None, text: str | None = None) -> JsonDict:
+        """A Condition; ``display`` (with ``text``) names a code that a prefix row or another edition's row
+        lists, as the site would write it (the code must still be one the condition tables recognise)."""
+        if display is not None and VS.cause_of(system, code) is None and VS.condition(system, code) is None:
+            raise KeyError(f"{system}|{code} is not recognised by the condition tables")
+        code_concept: JsonDict = {"coding": [coding(system, code, display) if display is not None
+                                             else condition_coding(system, code)]}
+        if text is not None:
+            code_concept["text"] = text
         cond: JsonDict = {
             "resourceType": "Condition",
             "clinicalStatus": {"coding": [coding("http://terminology.hl7.org/CodeSystem/condition-clinical",
@@ -462,7 +470,7 @@ class Builder:
                                                      "confirmed", "Confirmed")]},
             "category": [{"coding": [coding("http://terminology.hl7.org/CodeSystem/condition-category",
                                             "problem-list-item", "Problem List Item")]}],
-            "code": {"coding": [condition_coding(system, code)]},
+            "code": code_concept,
             "subject": self.subject,
             "onsetDateTime": onset,
         }
@@ -581,6 +589,10 @@ PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
     "mimic-neutropenic-fever-german": (None, "never a dopamine antagonist in the record"),
     "mimic-sepsis-haloperidol-draft": (None, "the only dopamine antagonist is the draft"),
     "other-cause-infection": ("warning", "active haloperidol in the record; infection weighed"),
+    # code systems real sites use (ICD-10-GM, WHO ICD-10):
+    "icd10gm-pneumonia": ("warning", "active haloperidol statement in the record; ICD-10-GM pneumonia weighed"),
+    "icd10gm-past-nms-rechallenge": (None, "a previous NMS alone is not a finding; the re-challenge is the draft"),
+    "who-icd10-pneumonia": ("warning", "active haloperidol in the record; WHO ICD-10 pneumonia weighed"),
 }
 
 
@@ -1316,6 +1328,83 @@ def other_cause_infection() -> Built:
         "4 x ULN and the record shows another cause of fever: pneumonia (SNOMED 233604007, active) treated with "
         "ceftriaxone "
         "(ATC J01DD04, given -30 h). Issue 11 item 2: warning, not critical, and the card lists the infection.",
+        evidence={"tmax_cel": 38.9, "iron_min_umol_l": 7.0}, suggest_delete_draft=delete(d)))
+
+
+# --- code systems real sites use: ICD-10-GM (BfArM) and WHO ICD-10 conditions --------------------------
+
+
+@scenario
+def icd10gm_pneumonia() -> Built:
+    b = Builder("icd10gm-pneumonia", "German record: pneumonia coded in ICD-10-GM, fever and low iron on haloperidol",
+                "An infection coded J18.9 in the BfArM ICD-10-GM system is weighed as infection (no antibiotic in "
+                "the record): warning, not the iron-route critical card, and no 'not found: infection'", "female",
+                "1968-06-12")
+    b.stated({"coding": [atc("N05AD01", "Haloperidol", system=BFARM_ATC)], "text": "Haloperidol 5 mg Tabletten"},
+             status="active", start_days=-6)
+    b.condition(ICD10GM, "J18.9", clinical_status="active", onset=at(-34), display="Pneumonie, nicht näher bezeichnet")
+    b.baseline(t=36.8, hr=80, rr=16, bp=(120, 76))
+    b.vitals(-32, t=38.6, hr=92, rr=20, bp=(122, 78))
+    b.vitals(-10, t=38.9, hr=94, rr=20, bp=(124, 78))
+    b.iron(-20, 7.0)
+    b.ck(-20, 300)
+    d = b.draft(None, Dose(5, frequency=2), name="haloperidol",
+                medication={"medicationCodeableConcept": {"coding": [atc("N05AD01", "Haloperidol", system=BFARM_ATC)],
+                                                          "text": "Haloperidol 5 mg Tabletten"}})
+    return Built(b, Expected(
+        "warning", ["exposure", "hyperthermia"], ["haloperidol"],
+        "Haloperidol as an active MedicationStatement since -6 d (ATC N05AD01, BfArM system) -> exposure before "
+        "onset (-32 h) 20. 38.6 and 38.9 -> 18. Iron 7.0 umol/L is in the NMS range and CK 300 (1.5 x ULN) is "
+        "below 4 x ULN. The record codes an active pneumonia as J18.9 in http://fhir.de/CodeSystem/bfarm/icd-10-gm "
+        "(data/infection-conditions.tsv, ICD-10-GM prefix row J18): another cause of fever is found, so the iron "
+        "route does not make the card critical -> warning, and the card lists the infection. No antimicrobial is in "
+        "the record, so the verdict does not depend on how an empiric antibiotic is weighed. Before ICD-10-GM was "
+        "read, the card was critical and said 'not found in the data seen: infection'.",
+        evidence={"tmax_cel": 38.9, "iron_min_umol_l": 7.0}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def icd10gm_past_nms_rechallenge() -> Built:
+    b = Builder("icd10gm-past-nms-rechallenge", "German record: previous NMS coded G21.0 in ICD-10-GM, haloperidol "
+                "drafted", "A resolved Condition G21.0 (Malignes Neuroleptika-Syndrom) in the BfArM ICD-10-GM "
+                "system and a new haloperidol draft: the re-challenge warning with normal vitals", "male", "1975-10-03")
+    b.condition(ICD10GM, "G21.0", clinical_status="resolved", onset=at(days=-540), abatement=at(days=-526),
+                display="Malignes Neuroleptika-Syndrom")
+    b.baseline(t=36.7, hr=72, rr=14, bp=(122, 78))
+    b.vitals(-20, t=36.8, hr=74, rr=15, bp=(124, 78))
+    b.vitals(-4, t=36.9, hr=76, rr=15, bp=(122, 76))
+    b.ck(-20, 130)
+    d = b.draft(None, Dose(5, frequency=2), name="haloperidol",
+                medication={"medicationCodeableConcept": {"coding": [atc("N05AD01", "Haloperidol", system=BFARM_ATC)],
+                                                          "text": "Haloperidol 5 mg Tabletten"}})
+    return Built(b, Expected(
+        "warning", ["exposure"], ["haloperidol"],
+        "The draft haloperidol (ATC N05AD01, BfArM system) is exposure (20); vitals and CK (130, ULN 200) are "
+        "normal. The history rule reads the resolved Condition G21.0 in http://fhir.de/CodeSystem/bfarm/icd-10-gm "
+        "(data/conditions.tsv, ICD-10-GM row verified in the BfArM ClaML) as a previous NMS: a dopamine antagonist "
+        "drafted after a past NMS -> re-challenge warning, as for ICD-10-CM G21.0 (past-nms-rechallenge).",
+        evidence={}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def who_icd10_pneumonia() -> Built:
+    b = Builder("who-icd10-pneumonia", "WHO ICD-10 coded pneumonia, fever and low iron on haloperidol",
+                "An infection coded J15.9 in WHO ICD-10 (http://hl7.org/fhir/sid/icd-10) is weighed as infection: "
+                "warning, not critical", "male", "1959-02-17")
+    b.med("5093", status="active", days_ago=6, dose=Dose(5, frequency=2))
+    b.condition(ICD10, "J15.9", clinical_status="active", onset=at(-34), display="Bacterial pneumonia, unspecified")
+    b.baseline(t=36.8, hr=80, rr=16, bp=(120, 76))
+    b.vitals(-32, t=38.6, hr=92, rr=20, bp=(122, 78))
+    b.vitals(-10, t=38.9, hr=94, rr=20, bp=(124, 78))
+    b.iron(-20, 7.0)
+    b.ck(-20, 300)
+    d = b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "warning", ["exposure", "hyperthermia"], ["haloperidol"],
+        "Haloperidol active for 6 days -> exposure before onset (-32 h) 20. 38.6 and 38.9 -> 18. Iron 7.0 umol/L "
+        "(NMS range), CK 300 (1.5 x ULN). Active pneumonia coded J15.9 in WHO ICD-10 (data/infection-conditions.tsv, "
+        "WHO prefix row J15, checked against the WHO 2019 tabular): another cause of fever is found -> warning, "
+        "not the iron-route critical card. No antimicrobial in the record.",
         evidence={"tmax_cel": 38.9, "iron_min_umol_l": 7.0}, suggest_delete_draft=delete(d)))
 
 

@@ -8,10 +8,14 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 
 import pytest
+from flask.testing import FlaskClient
 
 from cds_service.clinical import ClinicalInput, assess
 from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, ObservationInput
 from cds_service.clinical.valuesets import ATC, ICD10, ICD10CM, ICD10GM, RXNORM, SNOMED, load
+from cds_service.config import Settings
+from cds_service.devtools import fixtures
+from tests.conftest import make_settings
 
 VS = load()
 DIMDI_GM = "http://fhir.de/CodeSystem/dimdi/icd-10-gm"
@@ -239,3 +243,34 @@ def test_every_antimicrobial_ingredient_is_an_antibacterial_or_antifungal_row() 
     for row in rows("antimicrobials.tsv"):
         for ingredient in (i.strip() for i in row["ingredient"].split(";") if i.strip()):
             assert ingredient in single or ingredient in combination_only, (row["code"], ingredient)
+
+
+# --- the fixture scenarios' cards -------------------------------------------------------------------------------
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings(fixed_now=fixtures.ANCHOR)
+
+
+def _order_sign_card(client: FlaskClient, sid: str) -> dict[str, str]:
+    response = client.post("/cds-services/nms-order-sign", json=fixtures.load_scenario(sid).request_for("order-sign"))
+    assert response.status_code == 200
+    cards: list[dict[str, str]] = response.get_json()["cards"]
+    assert len(cards) == 1
+    return cards[0]
+
+
+@pytest.mark.parametrize(("sid", "code"), [("icd10gm-pneumonia", "J18.9"), ("who-icd10-pneumonia", "J15.9")])
+def test_coded_pneumonia_is_on_the_card_as_infection_found(client: FlaskClient, sid: str, code: str) -> None:
+    card = _order_sign_card(client, sid)
+    assert card["indicator"] == "warning"
+    found = next(line for line in card["detail"].splitlines() if line.startswith("- Infection or sepsis"))
+    assert "**found**" in found and code in found
+    not_found = next(line for line in card["detail"].splitlines() if "Not found in the data seen" in line)
+    assert "infection" not in not_found
+
+
+def test_icd10gm_previous_nms_names_its_edition_on_the_card(client: FlaskClient) -> None:
+    card = _order_sign_card(client, "icd10gm-past-nms-rechallenge")
+    assert card["indicator"] == "warning" and card["summary"].startswith("Previous NMS on record")
+    assert "Condition: Malignes Neuroleptika-Syndrom (ICD-10-GM G21.0)" in card["detail"]
