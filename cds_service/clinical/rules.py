@@ -9,11 +9,23 @@ import statistics
 from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from itertools import pairwise
 from operator import attrgetter
 from typing import Any
 
+from cds_service.clinical.causes import other_causes
+from cds_service.clinical.common import (
+    EARLIEST,
+    ENDED_STATUSES,
+    EXCLUDED_STATUSES,
+    FUTURE_SKEW,
+    ONGOING_STATUSES,
+    USABLE_STATUSES,
+    when_text,
+)
+from cds_service.clinical.episodes import find_episode, uln_fallback
 from cds_service.clinical.model import (
     Assessment,
     ClinicalInput,
@@ -22,38 +34,16 @@ from cds_service.clinical.model import (
     Exposure,
     Finding,
     HistoryItem,
-    Indicator,
     MedicationInput,
     ObservationInput,
-    OtherCause,
     Reading,
 )
+from cds_service.clinical.policy import Facts, decide
+from cds_service.clinical.reconcile import reconcile
 from cds_service.clinical.valuesets import ICD10CM, RXNORM, SNOMED, ObservationConcept, ValueSets, load
 
-USABLE_STATUSES = frozenset({"final", "amended", "corrected"})
-EXCLUDED_ORDER_STATUSES = frozenset({"entered-in-error", "cancelled"})
-ONGOING_ORDER_STATUSES = frozenset({"active", "on-hold"})
-ENDED_ORDER_STATUSES = frozenset({"stopped", "completed"})
-# Per kind of record: statuses that mean "never taken / not a record", and those that mean "ongoing".
-EXCLUDED_STATUSES = {
-    "request": EXCLUDED_ORDER_STATUSES,
-    "administration": frozenset({"not-done", "entered-in-error"}),
-    "statement": frozenset({"entered-in-error", "not-taken", "intended"}),
-}
-ONGOING_STATUSES = {
-    "request": ONGOING_ORDER_STATUSES,
-    "administration": frozenset({"in-progress", "on-hold"}),
-    "statement": frozenset({"active", "on-hold"}),
-}
-ENDED_STATUSES = {
-    "request": ENDED_ORDER_STATUSES,
-    "administration": frozenset({"completed", "stopped"}),
-    "statement": frozenset({"completed", "stopped"}),
-}
 VITAL_CONCEPTS = ("body-temperature", "heart-rate", "respiratory-rate", "systolic-bp", "diastolic-bp")
 LAB_CONCEPTS = ("creatine-kinase", "serum-iron", "wbc", "crp", "albumin", "creatinine", "potassium")
-# Future-dated values are clock errors, not observations. Small skew between systems is tolerated.
-_FUTURE_SKEW = timedelta(minutes=10)
 
 
 # --- medications ------------------------------------------------------------------------------------
@@ -158,7 +148,7 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets, at: datetime | None = None
             if drafts and role == "antagonist":
                 counted.append(exposure)
             continue
-        started_before = med.authored is None or med.authored <= at + _FUTURE_SKEW
+        started_before = med.authored is None or med.authored <= at + FUTURE_SKEW
         if not started_before:
             continue  # begun after the reference time: it cannot explain what came before it
         ongoing = status in ONGOING_STATUSES[med.kind] and (med.ended is None or med.ended > at)
@@ -191,11 +181,8 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets, at: datetime | None = None
     return counted, recognised
 
 
-_EARLIEST = datetime.min.replace(tzinfo=UTC)
-
-
 def _exposure_order(e: Exposure) -> tuple[bool, datetime, str, str]:
-    return (not e.is_draft, e.authored or _EARLIEST, e.ref or "", e.label)
+    return (not e.is_draft, e.authored or EARLIEST, e.ref or "", e.label)
 
 
 def risk_factors(exposures: Sequence[Exposure], recognised: Sequence[Exposure], inp: ClinicalInput,
@@ -273,7 +260,7 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
     spellings = vs.unit_spellings
     implied = vs.thresholds["units"]["implied_when_missing"]
     by_codes: dict[tuple[str, ...], ObservationConcept | None] = {}  # the same code lists recur
-    latest = now + _FUTURE_SKEW
+    latest = now + FUTURE_SKEW
     used = 0
     for obs in observations:
         try:
@@ -361,15 +348,6 @@ def fmt_reading(reading: Reading) -> str:
 # --- criteria ---------------------------------------------------------------------------------------
 
 
-def _uln_fallback(sex: str | None, vs: ValueSets) -> float:
-    th = vs.thresholds["ck"]
-    if sex == "female":
-        return float(th["uln_fallback_female"])
-    if sex == "male":
-        return float(th["uln_fallback_male"])
-    return float(th["uln_fallback_unknown"])
-
-
 def _hyperthermia(temps: list[Reading], vs: ValueSets) -> tuple[Criterion, list[Reading]]:
     th = vs.thresholds["hyperthermia"]
     febrile = [r for r in temps if r.value > th["threshold_cel"]]
@@ -388,13 +366,17 @@ def _hyperthermia(temps: list[Reading], vs: ValueSets) -> tuple[Criterion, list[
                      febrile or temps[-3:]), febrile
 
 
-def _ck(cks: list[Reading], sex: str | None, vs: ValueSets) -> tuple[Criterion, Reading | None, float | None]:
+def _ck(cks: list[Reading], sex: str | None, vs: ValueSets, set_aside: Sequence[Reading] = ()
+        ) -> tuple[Criterion, Reading | None, float | None]:
     th = vs.thresholds["ck"]
     label = f"Creatine kinase ≥ {th['uln_multiple']:g} × upper limit of normal"
     if not cks:
-        return Criterion("ck", label, th["points"], None, 0, "no CK result in the window"), None, None
+        summary = "no CK result in this episode" if set_aside else "no CK result in the window"
+        if set_aside:
+            summary += " (the CK rise before the exposure, without fever, is not counted)"
+        return Criterion("ck", label, th["points"], None, 0, summary), None, None
     peak = max(cks, key=lambda r: r.value)
-    uln = peak.uln or _uln_fallback(sex, vs)
+    uln = peak.uln or uln_fallback(sex, vs)
     source = "lab reference range" if peak.uln else f"fallback ULN for {sex or 'unknown sex'} (Mayo)"
     ratio = peak.value / uln if uln else 0.0
     met = ratio >= th["uln_multiple"]
@@ -539,150 +521,6 @@ def _history(inp: ClinicalInput, vs: ValueSets) -> list[HistoryItem]:
     return out
 
 
-# --- time order ------------------------------------------------------------------------------------
-
-
-def episode_onset(temps: Sequence[Reading], febrile: Sequence[Reading], cks: Sequence[Reading],
-                  sex: str | None, vs: ValueSets) -> tuple[datetime | None, str | None]:
-    """Onset = the first finding of the episode: its first febrile reading (reaching back through febrile
-    readings at most ``onset.episode_gap_hours`` apart), or the first CK >= 4 x ULN when that comes first."""
-    gap = timedelta(hours=vs.thresholds["onset"]["episode_gap_hours"])
-    threshold = vs.thresholds["hyperthermia"]["threshold_cel"]
-    fever: datetime | None = None
-    if febrile:
-        fever = febrile[0].time
-        earlier = [r for r in temps if r.value > threshold and r.time < fever]
-        for reading in reversed(earlier):
-            if fever - reading.time > gap:
-                break
-            fever = reading.time
-    multiple = vs.thresholds["ck"]["uln_multiple"]
-    fallback = _uln_fallback(sex, vs)
-    ck = next((r.time for r in cks if r.value >= multiple * (r.uln or fallback)), None)
-    if ck is not None and (fever is None or ck < fever):
-        return ck, "ck"
-    return (fever, "fever") if fever is not None else (None, None)
-
-
-# --- other causes (the IEC's negative work-up, from structured data) -----------------------------------
-
-_CAUSE_LABELS = {
-    "infection": "Infection or sepsis",
-    "serotonin-syndrome": "Serotonin syndrome",
-    "malignant-hyperthermia": "Malignant hyperthermia",
-    "heat-illness": "Heat illness",
-    "anticholinergic": "Anticholinergic toxicity",
-    "rhabdomyolysis": "Rhabdomyolysis from another cause (trauma, exertion)",
-}
-_KIND_WORDS = {"request": "order", "administration": "given", "statement": "reported"}
-_ACTIVE_CONDITION = frozenset({"active", "recurrence", "relapse"})
-
-
-def _when(dt: datetime | None) -> str:
-    return dt.strftime("%Y-%m-%d %H:%M") + " UTC" if dt else "time unknown"
-
-
-def other_causes(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -> list[OtherCause]:
-    """Evidence in the record for the other causes of fever or CK rise; found=None where the data needed
-    to look were not available."""
-    th = vs.thresholds["other_causes"]
-    now = inp.now
-    evidence: dict[str, list[str]] = {cause: [] for cause in _CAUSE_LABELS}
-    antagonist_names = {n for n, role, _ in vs.drug_names if role in ("antagonist", "lithium")} | {"lithium"}
-    serotonergic: dict[str, datetime | None] = {}
-    for med in inp.medications:
-        status = (med.status or "").lower()
-        if status in EXCLUDED_STATUSES[med.kind]:
-            continue
-        groups: dict[str, set[str]] = {}
-        for coding in med.codings:
-            hit = vs.other_drug(coding.system, (coding.code or "").strip())
-            if hit is not None:
-                for group in hit.groups:
-                    groups.setdefault(group, set()).add(hit.ingredient)
-        for name in med.names:
-            for hit in vs.match_other_drug(name):
-                for group in hit.groups:
-                    groups.setdefault(group, set()).add(hit.ingredient)
-        if not groups:
-            continue
-        start, last = med.authored, med.ended or (med.authored if med.kind == "administration" else None)
-        ongoing = status in ONGOING_STATUSES[med.kind] and (med.ended is None or med.ended > now)
-        started = start is None or start <= now + _FUTURE_SKEW
-
-        def within(delta: timedelta, start: datetime | None = start, last: datetime | None = last,
-                   ongoing: bool = ongoing, started: bool = started) -> bool:
-            return started and (ongoing or (start is not None and start >= now - delta)
-                                or (last is not None and last >= now - delta))
-
-        what = f"{_KIND_WORDS[med.kind]}{' (draft)' if med.is_draft else ''}, {_when(start)}"
-        antimicrobial = groups.get("antibacterial", set()) | groups.get("antifungal", set())
-        if antimicrobial and (med.is_draft or within(timedelta(days=th["antimicrobial_days"]))):
-            evidence["infection"].append(f"antimicrobial {', '.join(sorted(antimicrobial))} ({what})")
-        if med.is_draft:
-            continue
-        if groups.get("mh-trigger") and within(timedelta(hours=th["mh_trigger_hours"])):
-            evidence["malignant-hyperthermia"].append(
-                f"malignant-hyperthermia trigger {', '.join(sorted(groups['mh-trigger']))} ({what})")
-        if groups.get("anticholinergic") and within(timedelta(hours=vs.thresholds["exposure"]["window_hours"])):
-            evidence["anticholinergic"].append(
-                f"strongly anticholinergic drug (ACB 3) {', '.join(sorted(groups['anticholinergic']))} ({what})")
-        for ingredient in groups.get("serotonergic", set()) - antagonist_names:
-            if within(timedelta(hours=vs.thresholds["exposure"]["window_hours"])):
-                known = serotonergic.get(ingredient, start)
-                serotonergic[ingredient] = min(known, start) if known and start else (known or start)
-    recent_start = now - timedelta(days=th["serotonergic_start_days"])
-    started_recently = sorted(i for i, t in serotonergic.items() if t is not None and t >= recent_start)
-    if len(serotonergic) >= 2:
-        evidence["serotonin-syndrome"].append("serotonergic drugs combined: " + ", ".join(sorted(serotonergic)))
-    elif started_recently:
-        evidence["serotonin-syndrome"].append(
-            f"serotonergic drug started in the last {th['serotonergic_start_days']} days: "
-            + ", ".join(started_recently))
-    condition_window = timedelta(days=th["condition_days"])
-    condition_groups: dict[str, str] = th["condition_groups"]
-    for item in inp.history:
-        if item.kind != "condition" or (item.verification or "").lower() in {"entered-in-error", "refuted"}:
-            continue
-        causes = (condition_groups.get(vs.cause_of(coding.system, (coding.code or "").strip()) or "")
-                  for coding in item.codings)
-        cause = next((c for c in causes if c), None)
-        if cause is None or (item.recorded is not None and item.recorded > now + _FUTURE_SKEW):
-            continue
-        status = (item.clinical_status or "").lower()
-        if item.abated is not None:
-            current = item.abated >= now - condition_window
-        else:
-            current = status in _ACTIVE_CONDITION or (
-                not status and (item.recorded is None or item.recorded >= now - condition_window))
-            if status and status not in _ACTIVE_CONDITION:
-                current = item.recorded is not None and item.recorded >= now - condition_window
-        if current:
-            code = next((f"{c.code}" for c in item.codings if vs.cause_of(c.system, (c.code or "").strip())), "")
-            text = item.text or next((c.display for c in item.codings if c.display), None) or "condition"
-            evidence[cause].append(f"Condition {text} ({code}; {status or 'status not given'}, recorded "
-                                   f"{_when(item.recorded)})")
-    for obs in inp.observations:
-        if not set(obs.codes) & vs.culture_codes or obs.time is None or not lab_start <= obs.time <= now:
-            continue
-        if (obs.status or "").lower() not in USABLE_STATUSES:
-            continue
-        results = [vs.culture_results.get((c.system or "", c.code or "")) for c in obs.value_codes]
-        organism = any(r is None and c.system == SNOMED for r, c in zip(results, obs.value_codes, strict=True))
-        if "positive" in results or organism:
-            evidence["infection"].append(f"positive blood culture {_when(obs.time)}")
-    missing = " ".join(inp.missing).lower()
-    no_drugs = "medication" in missing
-    no_conditions = "condition" in missing
-    out: list[OtherCause] = []
-    for cause, label in _CAUSE_LABELS.items():
-        found: bool | None = bool(evidence[cause])
-        if not found and (no_drugs or (no_conditions and cause in ("heat-illness", "rhabdomyolysis"))):
-            found = None
-        out.append(OtherCause(cause, label, found, evidence[cause][:6]))
-    return out
-
-
 # --- assessment -------------------------------------------------------------------------------------
 
 
@@ -691,6 +529,8 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
     vs = vs or load()
     now = inp.now
     th: dict[str, Any] = vs.thresholds
+    medications, conflicts = reconcile(inp.medications, lambda m: _ingredient(m, vs), now)
+    inp = replace(inp, medications=medications)
     acute_start = now - timedelta(hours=th["window"]["acute_hours"])
     lab_start = now - timedelta(days=th["window"]["lab_days"])
 
@@ -700,48 +540,29 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
     labs = {c: _in(series.get(c, []), lab_start, now) for c in LAB_CONCEPTS}
 
     hyper, febrile = _hyperthermia(acute["body-temperature"], vs)
-    onset, onset_kind = episode_onset(series.get("body-temperature", []), febrile, labs["creatine-kinase"],
-                                      inp.sex, vs)
-    # Time order: with an episode under way, only exposures in effect before its onset explain it; the
-    # draft never does. Without one, the exposures of now (the draft included) are the ones that count.
-    if onset is not None:
-        prior, _ = find_exposures(inp, vs, onset, drafts=False)
-    else:
-        prior = [e for e in exposures if not e.is_draft]
+    # Time order (README "Time order"): with an episode under way, only exposures in effect before its onset
+    # explain it; the draft never does. Without one, the record's exposures of now are the ones that count.
+    episode = find_episode(series.get("body-temperature", []), febrile, labs["creatine-kinase"], inp.sex, vs,
+                           lambda t: _explaining(find_exposures(inp, vs, t, drafts=False)[0]))
+    onset = episode.onset
+    explaining = episode.explaining if onset is not None else _explaining(e for e in exposures if not e.is_draft)
     anchor = febrile[0].time if febrile else acute_start
     base = {c: _baseline(series.get(c, []), anchor, vs)
             for c in ("heart-rate", "respiratory-rate", "systolic-bp", "diastolic-bp")}
-    ck, ck_peak, ck_uln = _ck(labs["creatine-kinase"], inp.sex, vs)
+    episode_cks = [r for r in labs["creatine-kinase"] if episode.ck_from is None or r.time >= episode.ck_from]
+    ck, ck_peak, ck_uln = _ck(episode_cks, inp.sex, vs, episode.set_aside)
     ck_ratio = ck_peak.value / ck_uln if ck_peak is not None and ck_uln else 0.0
     autonomic = _autonomic(acute["systolic-bp"], acute["diastolic-bp"], base["systolic-bp"],
                            base["diastolic-bp"], vs)
     hypermet = _hypermetabolism(acute["heart-rate"], acute["respiratory-rate"], base["heart-rate"],
                                 base["respiratory-rate"], vs)
-    explaining = [e for e in prior if e.role in ("antagonist", "withdrawal")]
-    scored = explaining if onset is not None else [e for e in exposures if e.role in ("antagonist", "withdrawal")]
-    ex_th = th["exposure"]
-    if scored:
-        names = sorted({e.ingredient + (" (stopped: withdrawal)" if e.role == "withdrawal" else "")
-                        for e in scored})
-        when_text = " before onset" if onset is not None else ""
-        exposure = Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h "
-                             f"{'before onset ' if onset is not None else ''}(depot: dosing interval)",
-                             ex_th["points"], True, ex_th["points"], ", ".join(names) + when_text)
-    elif onset is not None and any(e.role == "antagonist" for e in exposures):
-        exposure = Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h before onset",
-                             ex_th["points"], False, 0, f"none in effect before onset ({_when(onset)}); "
-                             "the draft or later orders cannot explain findings that precede them")
-    else:
-        exposure = Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h",
-                             ex_th["points"], False, 0, "no dopamine antagonist or dopaminergic withdrawal found")
-    criteria = [exposure, hyper, ck, autonomic, hypermet]
+    criteria = [_exposure_criterion(explaining, exposures, onset, th), hyper, ck, autonomic, hypermet]
     findings = _findings(series, lab_start, now, vs)
     history = _history(inp, vs)
     risks = risk_factors(exposures, recognised, inp, vs)
     if history:
         risks.insert(0, "previous episode of NMS on record (recurrence 15-20 %)")
     causes = other_causes(inp, vs, lab_start)
-    other_found = [c for c in causes if c.found]
 
     present = {f.name for f in findings if f.present}
     im_window = timedelta(hours=th["indicator"]["im_ck_artefact_hours"])
@@ -750,98 +571,102 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
             e.route == "im" and e.authored is not None and ck_peak.time - im_window <= e.authored <= ck_peak.time
             for e in explaining)
     )
-    lab_change = bool(ck_ratio > 1.0 or present & {"iron-low-or-falling", "leukocytosis", "crp-raised"})
-    draft_antagonist = any(e.is_draft and e.role == "antagonist" for e in exposures)
-
-    indicator: Indicator | None = None
-    reasons: list[str] = []
-    if explaining:
-        if hyper.met and ck.met:
-            indicator = "critical"
-            reasons.append("exposure before onset + hyperthermia + CK ≥ 4×ULN")
-        elif hyper.met and "iron-nms-range" in present and not other_found:
-            indicator = "critical"
-            reasons.append("exposure before onset + hyperthermia + serum iron in NMS range")
-        else:
-            if hyper.met and "iron-nms-range" in present:
-                reasons.append("exposure before onset + hyperthermia + serum iron in NMS range, with another "
-                               "possible cause in the record (" + ", ".join(c.label.lower() for c in other_found)
-                               + ") and CK below 4×ULN")
-            elif hyper.met:
-                reasons.append("exposure + hyperthermia on ≥ 2 occasions")
-            if ck.met:
-                reasons.append("exposure + CK ≥ 4×ULN" + (" (possibly from IM injection, afebrile)"
-                                                          if im_artefact else ""))
-            if len(febrile) == 1 and lab_change:
-                reasons.append("exposure + one febrile reading with laboratory changes")
-            if autonomic.met and hypermet.met:
-                reasons.append("exposure + autonomic lability + hypermetabolism")
-            if draft_antagonist and history:
-                reasons.append("draft dopamine antagonist after a previous NMS episode (re-challenge)")
-            if reasons:
-                indicator = "warning"
-            elif inp.missing and draft_antagonist:
-                indicator = "info"
-                reasons.append("draft dopamine antagonist; NMS check incomplete: " + ", ".join(inp.missing))
-    elif draft_antagonist:
-        # Only the draft: it cannot explain findings already there (README "Indicator policy": no card for an
-        # abnormal baseline), but a previous NMS episode or an incomplete check is still worth saying.
-        if history:
-            indicator = "warning"
-            reasons.append("draft dopamine antagonist after a previous NMS episode (re-challenge)")
-        elif inp.missing:
-            indicator = "info"
-            reasons.append("draft dopamine antagonist; NMS check incomplete: " + ", ".join(inp.missing))
+    extreme = _extreme_hyperthermia(acute["body-temperature"], vs)
+    ck_state = _ck_state(inp, vs, episode.ck_from or lab_start) if extreme and ck.met is None else None
+    indicator, reasons = decide(Facts(
+        explaining=bool(explaining), antagonist_explaining=any(e.role == "antagonist" for e in explaining),
+        draft_antagonist=any(e.is_draft and e.role == "antagonist" for e in exposures),
+        hyper=hyper, ck=ck, autonomic=autonomic, hypermet=hypermet, febrile=len(febrile),
+        iron_nms="iron-nms-range" in present,
+        lab_change=bool(ck_ratio > 1.0 or present & {"iron-low-or-falling", "leukocytosis", "crp-raised"}),
+        im_artefact=im_artefact, history=bool(history), extreme=extreme, ck_state=ck_state,
+        other_found=[c for c in causes if c.found], missing=list(inp.missing)))
 
     seen_concepts = {c for c in LAB_CONCEPTS if labs[c]} | _resulted_concepts(inp, vs, lab_start)
-    missing_labs = []
-    for code in th["suggestions"]["order_loinc"]:
-        concept = vs.observation(code)
-        if concept is not None and concept.concept not in seen_concepts:
-            missing_labs.append(code)
-
-    first = min((e for e in explaining if e.authored), key=lambda e: e.authored or now, default=None)
-    hours_to_fever = None
-    if onset is not None and first is not None and first.authored is not None:
-        hours_to_fever = (onset - first.authored).total_seconds() / 3600
-
+    missing_labs = [code for code in th["suggestions"]["order_loinc"]
+                    if (concept := vs.observation(code)) is not None and concept.concept not in seen_concepts]
+    first = min((e for e in explaining if _started(e)), key=lambda e: _started(e) or now, default=None)
+    started = _started(first) if first is not None else None
     readings = {c: v for c, v in {**acute, **labs}.items() if v}
     capped = list(inp.capped) + [f"{n:,} older {concept} readings beyond the limit of "
                                  f"{th['limits']['readings_per_concept']:,} per concept"
                                  for concept, n in sorted(quality.capped.items())]
     return Assessment(
-        now=now,
-        indicator=indicator,
-        reasons=reasons,
-        exposures=exposures,
-        criteria=criteria,
-        findings=findings,
-        history=history,
-        risk_factors=risks,
-        readings=readings,
-        quality=quality,
-        missing=list(inp.missing),
-        missing_labs=missing_labs,
-        ignored_orders=inp.ignored_orders,
-        hours_exposure_to_fever=hours_to_fever,
-        im_ck_artefact=im_artefact,
-        ck_peak=ck_peak,
-        ck_uln=ck_uln,
-        onset=onset,
-        onset_kind=onset_kind,  # type: ignore[arg-type]
-        first_exposure=first,
-        findings_before_exposure=onset is not None and not explaining,
-        other_causes=causes,
-        other_patient=list(inp.other_patient),
-        capped=capped,
+        now=now, indicator=indicator, reasons=reasons, exposures=exposures, criteria=criteria, findings=findings,
+        history=history, risk_factors=risks, readings=readings, quality=quality, missing=list(inp.missing),
+        missing_labs=missing_labs, ignored_orders=inp.ignored_orders,
+        hours_exposure_to_fever=(onset - started).total_seconds() / 3600 if onset and started else None,
+        im_ck_artefact=im_artefact, ck_peak=ck_peak, ck_uln=ck_uln, onset=onset,
+        onset_kind=episode.kind,  # type: ignore[arg-type]
+        first_exposure=first, findings_before_exposure=onset is not None and not explaining, other_causes=causes,
+        other_patient=list(inp.other_patient), capped=capped, conflicts=conflicts,
+        ck_set_aside=list(episode.set_aside), ck_state=ck_state,  # type: ignore[arg-type]
     )
+
+
+def _ingredient(med: MedicationInput, vs: ValueSets) -> str | None:
+    hit = classify(med, vs)
+    return hit[0] if hit is not None else None
+
+
+def _explaining(exposures: Iterable[Exposure]) -> list[Exposure]:
+    return [e for e in exposures if e.role in ("antagonist", "withdrawal")]
+
+
+def _started(e: Exposure) -> datetime | None:
+    """When an exposure began to act: an antagonist when started; a withdrawal when the drug was stopped."""
+    return e.ended if e.role == "withdrawal" else e.authored
+
+
+def _exposure_criterion(explaining: list[Exposure], exposures: list[Exposure], onset: datetime | None,
+                        th: dict[str, Any]) -> Criterion:
+    ex_th = th["exposure"]
+    scored = explaining if onset is not None else _explaining(exposures)
+    if scored:
+        names = sorted({e.ingredient + (" (stopped: withdrawal)" if e.role == "withdrawal" else "")
+                        for e in scored})
+        return Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h "
+                         f"{'before onset ' if onset is not None else ''}(depot: dosing interval)",
+                         ex_th["points"], True, ex_th["points"],
+                         ", ".join(names) + (" before onset" if onset is not None else ""))
+    if onset is not None and any(e.role == "antagonist" for e in exposures):
+        return Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h before onset",
+                         ex_th["points"], False, 0, f"none in effect before onset ({when_text(onset)}); "
+                         "the draft or later orders cannot explain findings that precede them")
+    return Criterion("exposure", "Dopamine antagonist, or dopaminergic withdrawal, within 72 h",
+                     ex_th["points"], False, 0, "no dopamine antagonist or dopaminergic withdrawal found")
+
+
+def _extreme_hyperthermia(temps: Sequence[Reading], vs: ValueSets) -> str | None:
+    """``hyperthermia.extreme_min_readings`` readings >= ``extreme_cel`` or one >= ``extreme_single_cel``, in
+    words; None otherwise."""
+    th = vs.thresholds["hyperthermia"]
+    if any(r.value >= th["extreme_single_cel"] for r in temps):
+        return f"{_fmt(max(r.value for r in temps), 'Cel')} ≥ {th['extreme_single_cel']:.1f} °C"
+    high = [r for r in temps if r.value >= th["extreme_cel"]]
+    if len(high) >= th["extreme_min_readings"]:
+        return f"{len(high)} readings ≥ {th['extreme_cel']:.1f} °C"
+    return None
+
+
+_PENDING = frozenset({"registered", "preliminary"})
+
+
+def _ck_state(inp: ClinicalInput, vs: ValueSets, since: datetime) -> str:
+    """"pending" when a CK of the episode is registered or preliminary (not yet final), else "missing"."""
+    for obs in inp.observations:
+        if obs.time is not None and since <= obs.time <= inp.now + FUTURE_SKEW and \
+                (obs.status or "").strip().lower() in _PENDING and any(
+                    (c := vs.observation(code)) is not None and c.concept == "creatine-kinase" for code in obs.codes):
+            return "pending"
+    return "missing"
 
 
 def _resulted_concepts(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -> set[str]:
     """Lab concepts with any result in the lab window, under any of their codes, usable or not (a test
     that was done is never suggested again)."""
     out: set[str] = set()
-    latest = inp.now + _FUTURE_SKEW
+    latest = inp.now + FUTURE_SKEW
     by_codes: dict[tuple[str, ...], tuple[str, ...]] = {}  # the same code lists recur: look each up once
     for obs in inp.observations:
         if obs.time is None or not lab_start <= obs.time <= latest:
