@@ -140,7 +140,8 @@ def _other_causes(a: Assessment) -> list[str]:
     for cause in a.other_causes:
         negative = ("; " + "; ".join(md(e, 120) for e in cause.negative)) if cause.negative else ""
         if cause.found:
-            lines.append(f"- {cause.label}: **found** — " + "; ".join(md(e, 200) for e in cause.evidence) + negative)
+            lines.append(f"- {cause.label}: **found** — "
+                         + "; ".join(md(e, 200) for e in [*cause.evidence, *cause.possible]) + negative)
         elif cause.possible:
             lines.append(f"- {cause.label}: **possible** — " + "; ".join(md(e, 200) for e in cause.possible)
                          + negative + " (not counted as another cause)")
