@@ -37,6 +37,18 @@ class _Evidence:
         self.found: dict[str, list[str]] = {cause: [] for cause in CAUSE_LABELS}
         self.possible: dict[str, list[str]] = {cause: [] for cause in CAUSE_LABELS}
         self.negative: dict[str, list[str]] = {cause: [] for cause in CAUSE_LABELS}
+        self.antimicrobials: dict[str, list[str]] = {}  # ingredient -> its records, in words
+
+    def antimicrobial_line(self) -> str | None:
+        """The antimicrobials, one entry per drug: "treated with" when an infection is documented, else a
+        possible infection that documents nothing."""
+        if not self.antimicrobials:
+            return None
+        drugs = "; ".join(f"{name} ({records[-1]}" + (f", {len(records)} records)" if len(records) > 1 else ")")
+                          for name, records in sorted(self.antimicrobials.items()))
+        if self.found["infection"]:
+            return "treated with " + drugs
+        return "antimicrobial without a documented infection: " + drugs
 
 
 def _groups(med: MedicationInput, vs: ValueSets) -> dict[str, set[str]]:
@@ -80,8 +92,8 @@ def _drug_evidence(inp: ClinicalInput, vs: ValueSets, ev: _Evidence) -> None:
         what = f"{_KIND_WORDS[med.kind]}{' (draft)' if med.is_draft else ''}, {when_text(start)}"
         antimicrobial = groups.get("antibacterial", set()) | groups.get("antifungal", set())
         if antimicrobial and (med.is_draft or within(timedelta(days=th["antimicrobial_days"]))):
-            ev.possible["infection"].append(f"antimicrobial without a documented infection: "
-                                            f"{', '.join(sorted(antimicrobial))} ({what})")
+            for name in antimicrobial:
+                ev.antimicrobials.setdefault(name, []).append(what)
         if med.is_draft:
             continue
         if groups.get("mh-trigger") and within(timedelta(hours=th["mh_trigger_hours"])):
@@ -174,6 +186,8 @@ def other_causes(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -> list
     _drug_evidence(inp, vs, ev)
     _condition_evidence(inp, vs, ev)
     _culture_evidence(inp, vs, lab_start, ev)
+    if (line := ev.antimicrobial_line()) is not None:
+        ev.possible["infection"].append(line)
     missing = " ".join(inp.missing).lower()
     no_drugs = "medication" in missing
     no_conditions = "condition" in missing

@@ -6,6 +6,7 @@ points, names what the record cannot show, and never claims a diagnosis or data 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -58,8 +59,9 @@ def summary(a: Assessment) -> str:
         parts.append(f"T {peak:.1f} °C" + (f" ×{len(febrile)}" if len(febrile) > 1 else ""))
     if a.ck_peak is not None and a.ck_uln and a.ck_peak.value > a.ck_uln:
         ratio = a.ck_peak.value / a.ck_uln
-        parts.append(f"CK {a.ck_peak.value:,.0f} U/L ({ratio:.0f}×ULN)" if ratio >= 2 else
-                     f"CK {a.ck_peak.value:,.0f} U/L ({ratio:.1f}×ULN)")
+        # whole multiples from 10, else one decimal rounded down: 3.96 is never shown as "4×ULN"
+        shown = f"{ratio:.0f}" if ratio >= 10 else f"{math.floor(ratio * 10) / 10:.1f}".removesuffix(".0")
+        parts.append(f"CK {a.ck_peak.value:,.0f} U/L ({shown}×ULN)")
     if a.ck_state is not None and a.indicator == "critical":
         parts.append("CK pending" if a.ck_state == "pending" else "CK not measured: order stat")
     iron = next((f for f in a.findings if f.name == "iron-low-or-falling" and f.present), None)
