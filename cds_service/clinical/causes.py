@@ -11,7 +11,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from cds_service.clinical.common import EXCLUDED_STATUSES, FUTURE_SKEW, ONGOING_STATUSES, USABLE_STATUSES, when_text
+from cds_service.clinical.common import (
+    EARLIEST,
+    EXCLUDED_STATUSES,
+    FUTURE_SKEW,
+    ONGOING_STATUSES,
+    USABLE_STATUSES,
+    when_text,
+)
 from cds_service.clinical.model import ClinicalInput, HistoryInput, MedicationInput, OtherCause
 from cds_service.clinical.valuesets import ICD10CM, SNOMED, ValueSets
 
@@ -37,14 +44,14 @@ class _Evidence:
         self.found: dict[str, list[str]] = {cause: [] for cause in CAUSE_LABELS}
         self.possible: dict[str, list[str]] = {cause: [] for cause in CAUSE_LABELS}
         self.negative: dict[str, list[str]] = {cause: [] for cause in CAUSE_LABELS}
-        self.antimicrobials: dict[str, list[str]] = {}  # ingredient -> its records, in words
+        self.antimicrobials: dict[str, list[tuple[datetime, str]]] = {}  # ingredient -> (time, record in words)
 
     def antimicrobial_line(self) -> str | None:
         """The antimicrobials, one entry per drug: "treated with" when an infection is documented, else a
         possible infection that documents nothing."""
         if not self.antimicrobials:
             return None
-        drugs = "; ".join(f"{name} ({records[-1]}" + (f", {len(records)} records)" if len(records) > 1 else ")")
+        drugs = "; ".join(f"{name} ({max(records)[1]}" + (f", {len(records)} records)" if len(records) > 1 else ")")
                           for name, records in sorted(self.antimicrobials.items()))
         if self.found["infection"]:
             return "treated with " + drugs
@@ -93,7 +100,7 @@ def _drug_evidence(inp: ClinicalInput, vs: ValueSets, ev: _Evidence) -> None:
         antimicrobial = groups.get("antibacterial", set()) | groups.get("antifungal", set())
         if antimicrobial and (med.is_draft or within(timedelta(days=th["antimicrobial_days"]))):
             for name in antimicrobial:
-                ev.antimicrobials.setdefault(name, []).append(what)
+                ev.antimicrobials.setdefault(name, []).append((start or EARLIEST, what))
         if med.is_draft:
             continue
         if groups.get("mh-trigger") and within(timedelta(hours=th["mh_trigger_hours"])):
@@ -197,5 +204,5 @@ def other_causes(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -> list
         if not found and (no_drugs or (no_conditions and cause in ("infection", "heat-illness", "rhabdomyolysis"))):
             found = None
         out.append(OtherCause(cause, label, found, ev.found[cause][:6], ev.possible[cause][:6],
-                              ev.negative[cause][:6]))
+                              sorted(ev.negative[cause], reverse=True)[:6]))
     return out

@@ -48,10 +48,9 @@ def reconcile(medications: Iterable[MedicationInput], ingredient_of: Callable[[M
         moment = record_time(med)
         if ingredient is None or moment is None or moment > now + FUTURE_SKEW:
             continue
-        # ties: the not-taking statement wins (it is the later word on the same day's record)
-        rank = (moment, 1 if _not_taking(med) else 0)
+        # ties: the not-taking statement wins (the later word on the same record), then the id (any order in)
         best = newest.get(ingredient)
-        if best is None or rank > (best[0], 1 if _not_taking(meds[best[1]]) else 0):
+        if best is None or _rank(med, moment) > _rank(meds[best[1]], best[0]):
             newest[ingredient] = (moment, index)
     conflicts: list[str] = []
     for ingredient, (_, index) in sorted(newest.items()):
@@ -71,7 +70,11 @@ def reconcile(medications: Iterable[MedicationInput], ingredient_of: Callable[[M
                 f"{' (from ' + when_text(med.authored) + ')' if med.authored else ''}, but the newer "
                 f"{statement.ref or 'MedicationStatement'} says {statement.status} on {when_text(stop)}: "
                 f"the newer record is used (taken as stopped then)")
-    return tuple(meds), conflicts
+    return tuple(meds), sorted(conflicts)
+
+
+def _rank(med: MedicationInput, moment: datetime) -> tuple[datetime, bool, str]:
+    return moment, _not_taking(med), med.ref or ""
 
 
 def _not_taking(med: MedicationInput) -> bool:
