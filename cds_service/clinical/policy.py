@@ -55,8 +55,8 @@ def _critical(f: Facts) -> str | None:
 def _partial(f: Facts) -> list[str]:
     reasons: list[str] = []
     if f.hyper.met and f.iron_nms:
-        reasons.append("exposure before onset + hyperthermia + serum iron in NMS range, with another possible "
-                       "cause in the record (" + ", ".join(c.label.lower() for c in f.other_found)
+        reasons.append("exposure before onset + hyperthermia + serum iron in NMS range, with another cause "
+                       "found in the record (" + ", ".join(c.label.lower() for c in f.other_found)
                        + ") and CK below 4×ULN")
     elif f.hyper.met:
         reasons.append("exposure + hyperthermia on ≥ 2 occasions")
