@@ -40,11 +40,12 @@ def reconcile(medications: Iterable[MedicationInput], ingredient_of: Callable[[M
     """The records with every ongoing record that a newer not-taking statement of the same drug contradicts
     ended at that statement's stop (status ``stopped``), and one sentence per contradiction."""
     meds = list(medications)
+    ingredients = [None if med.is_draft else ingredient_of(med) for med in meds]  # each record classified once
     newest: dict[str, tuple[datetime, int]] = {}
     for index, med in enumerate(meds):
         if med.is_draft or ((med.status or "").lower() in EXCLUDED_STATUSES[med.kind] and not _not_taking(med)):
             continue  # a draft is not taken yet; a record in error or never given says nothing
-        ingredient = ingredient_of(med)
+        ingredient = ingredients[index]
         moment = record_time(med)
         if ingredient is None or moment is None or moment > now + FUTURE_SKEW:
             continue
@@ -59,7 +60,7 @@ def reconcile(medications: Iterable[MedicationInput], ingredient_of: Callable[[M
         if not _not_taking(statement) or stop is None:
             continue
         for i, med in enumerate(meds):
-            if i == index or med.is_draft or ingredient_of(med) != ingredient:
+            if i == index or ingredients[i] != ingredient:
                 continue
             status = (med.status or "").lower()
             if status not in ONGOING_STATUSES[med.kind] or (med.ended is not None and med.ended <= stop):

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from itertools import pairwise
@@ -256,7 +256,7 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
     # Time order (README "Time order"): with an episode under way, only exposures in effect before its onset
     # explain it; the draft never does. Without one, the record's exposures of now are the ones that count.
     episode = find_episode(series.get("body-temperature", []), febrile, labs["creatine-kinase"], inp.sex, vs,
-                           lambda t: _explaining(find_exposures(inp, vs, t, drafts=False)[0]))
+                           _explaining_at(inp, vs, recognised))
     onset = episode.onset
     explaining = episode.explaining if onset is not None else _explaining(e for e in exposures if not e.is_draft)
     anchor = febrile[0].time if febrile else acute_start
@@ -320,6 +320,23 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
 def _ingredient(med: MedicationInput, vs: ValueSets) -> str | None:
     hit = classify(med, vs)
     return hit[0] if hit is not None else None
+
+
+def _explaining_at(inp: ClinicalInput, vs: ValueSets, recognised: list[Exposure]
+                   ) -> Callable[[datetime], list[Exposure]]:
+    """The exposures (no drafts) in effect before a time; nothing before the first record of one began. Only the
+    records of antagonists and dopaminergic drugs are looked at again (one look per CK rise before the fever)."""
+    starts = [e.authored for e in recognised if not e.is_draft and e.role != "lithium"]
+    first = None if any(t is None for t in starts) else min((t for t in starts if t is not None), default=None)
+    relevant = replace(inp, medications=tuple(
+        m for m in inp.medications if not m.is_draft and (hit := classify(m, vs)) is not None and hit[1] != "lithium"))
+
+    def explaining_at(at: datetime) -> list[Exposure]:
+        if not starts or (first is not None and at + FUTURE_SKEW < first):
+            return []
+        return _explaining(find_exposures(relevant, vs, at, drafts=False)[0])
+
+    return explaining_at
 
 
 def _explaining(exposures: Iterable[Exposure]) -> list[Exposure]:
