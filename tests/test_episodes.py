@@ -145,7 +145,8 @@ def test_not_taken_statement_also_ends_the_order() -> None:
     active = order(LEVODOPA, 3 * 365 * 24)
     not_taken = statement(LEVODOPA, status="not-taken", start=48, end=None)
     a = run([active, not_taken], PD_COURSE)
-    assert a.indicator == "critical" and a.exposures[0].role == "withdrawal" and a.conflicts
+    assert a.indicator == "critical" and a.exposures[0].role == "withdrawal"
+    assert "not-taken as of" in a.conflicts[0] and "no stop date given" in a.conflicts[0]
 
 
 def test_the_newest_record_wins_either_way() -> None:

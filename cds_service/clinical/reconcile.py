@@ -69,8 +69,10 @@ def reconcile(medications: Iterable[MedicationInput], ingredient_of: Callable[[M
             conflicts.append(
                 f"{ingredient}: {med.ref or 'a ' + _KIND_NAMES[med.kind]} says {status}"
                 f"{' (from ' + when_text(med.authored) + ')' if med.authored else ''}, but the newer "
-                f"{statement.ref or 'MedicationStatement'} says {statement.status} on {when_text(stop)}: "
-                f"the newer record is used (taken as stopped then)")
+                f"{statement.ref or 'MedicationStatement'} says {statement.status} "
+                + (f"on {when_text(stop)}: the newer record is used (taken as stopped then)" if statement.ended else
+                   f"as of {when_text(stop)} (no stop date given): the newer record is used (taken as stopped by "
+                   "then)"))
     return tuple(meds), sorted(conflicts)
 
 
