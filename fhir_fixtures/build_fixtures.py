@@ -593,6 +593,14 @@ PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
     "icd10gm-pneumonia": ("warning", "active haloperidol statement in the record; ICD-10-GM pneumonia weighed"),
     "icd10gm-past-nms-rechallenge": (None, "a previous NMS alone is not a finding; the re-challenge is the draft"),
     "who-icd10-pneumonia": ("warning", "active haloperidol in the record; WHO ICD-10 pneumonia weighed"),
+    # clinical policy: episodes, reconciliation, hyperthermia without a lab, other causes as evidence
+    "episode-post-surgery-metoclopramide": ("critical", "IV metoclopramide in the record before the fever"),
+    "episode-alcohol-withdrawal-haloperidol": ("critical", "the haloperidol dose given before the fever"),
+    "reconciliation-levodopa-stopped": ("critical", "levodopa stopped 3 days ago per the newer statement"),
+    "hyperthermia-without-ck": ("critical", "active IV haloperidol in the record"),
+    "modest-ck-empiric-antibiotic": ("critical", "active haloperidol in the record"),
+    "olanzapine-iron-pattern": ("critical", "active olanzapine in the record"),
+    "recurrence-after-coded-nms": ("critical", "active haloperidol in the record after a coded NMS"),
 }
 
 
@@ -1406,6 +1414,207 @@ def who_icd10_pneumonia() -> Built:
         "WHO prefix row J15, checked against the WHO 2019 tabular): another cause of fever is found -> warning, "
         "not the iron-route critical card. No antimicrobial in the record.",
         evidence={"tmax_cel": 38.9, "iron_min_umol_l": 7.0}, suggest_delete_draft=delete(d)))
+
+
+# --- clinical policy: episodes, reconciliation, hyperthermia without a lab, other causes as evidence -----
+
+IV = "47625008"
+NO_GROWTH = coding(SNOMED, "264868006", "No growth (qualifier value)")
+
+
+@scenario
+def episode_post_surgery_metoclopramide() -> Built:
+    b = Builder("episode-post-surgery-metoclopramide", "Redo cardiac surgery: post-operative CK, then IV "
+                "metoclopramide, then fever and a new CK rise",
+                "An afebrile CK rise before the first dose (post-operative, 4.9 x ULN) does not anchor the later "
+                "febrile episode: critical", "male", "1957-04-12")
+    b.baseline(t=36.8, hr=78, rr=16, bp=(124, 76))
+    b.ck(-92, 700, uln=195)
+    b.ck(-80, 955, uln=195)
+    b.med("6915", status="active", days_ago=3, dose=Dose(10, frequency=3, route=IV, text="10 mg IV every 8 h"))
+    for hours in (-71, -63, -55, -47):
+        b.given({"coding": [rxnorm("6915")], "text": "metoclopramide 10 mg IV"}, hours, dose=(10, "mg"),
+                route_code=IV)
+    b.vitals(-40, t=38.3, hr=104, rr=20, bp=(132, 80))
+    b.vitals(-30, t=38.7, hr=110, rr=22, bp=(150, 92))
+    b.vitals(-20, t=39.0, hr=112, rr=22, bp=(128, 78))
+    b.vitals(-7, t=39.4, hr=116, rr=24, bp=(146, 90))
+    b.ck(-30, 2900, uln=195)
+    b.ck(-8, 5100, uln=195)
+    d = b.draft("6915", Dose(10, frequency=3, route=IV, text="10 mg IV every 8 h"), name="metoclopramide")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck", "hypermetabolism"], ["metoclopramide"],
+        "After redo cardiac surgery: CK 700 (-92 h, 3.6 x ULN 195) and 955 U/L (-80 h, 4.9 x ULN) without fever, "
+        "then IV metoclopramide from -72 h (active order, doses given -71 to -47 h), then fever 38.3 (-40 h) -> "
+        "39.4 degC (-7 h), 33 h, and CK 2,900 -> 5,100 U/L (26 x ULN). The post-operative CK rise precedes every "
+        "exposure and has no fever: it is set aside and does not anchor the episode (it used to make the drug "
+        "'come after onset': no card at any hook). The fever after the exposure opens the episode (onset -40 h, "
+        "32 h after the first dose): exposure 20, 4 readings > 38.0 -> 18, CK from onset 5,100 / 195 = 26 x ULN "
+        "-> 10. HR 116 vs 78 (+49 %) with RR 24 vs 16 (+50 %) at -7 h -> hypermetabolism 5. BP 150/92 = +21 % "
+        "(no elevation) -> no autonomic item. Total 53.",
+        evidence={"tmax_cel": 39.4, "ck_peak_u_l": 5100, "ck_uln_u_l": 195}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def episode_alcohol_withdrawal_haloperidol() -> Built:
+    b = Builder("episode-alcohol-withdrawal-haloperidol", "Alcohol withdrawal: CK 4.5 x ULN, one dose of IV "
+                "haloperidol, then a febrile NMS course",
+                "A CK rise before the only dose (withdrawal, agitation) does not anchor the NMS course that follows "
+                "the dose: critical", "male", "1970-10-03")
+    b.baseline(t=37.2, hr=96, rr=18, bp=(138, 86))
+    b.ck(-66, 900)
+    b.given({"coding": [rxnorm("204416")], "text": "haloperidol 5 mg IV"}, -60, dose=(5, "mg"), route_code=IV)
+    b.vitals(-40, t=38.5, hr=112, rr=22, bp=(150, 92))
+    b.vitals(-28, t=39.3, hr=124, rr=26, bp=(176, 104))
+    b.vitals(-14, t=40.0, hr=130, rr=28, bp=(132, 78))
+    b.vitals(-4, t=39.8, hr=128, rr=28, bp=(168, 100))
+    b.ck(-30, 3800)
+    b.ck(-10, 8600)
+    d = b.draft("204416", Dose(5, route=IV, text="5 mg IV once"), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck", "autonomic", "hypermetabolism"], ["haloperidol"],
+        "CK 900 U/L (4.5 x ULN 200) at -66 h without fever, before the one dose of haloperidol 5 mg IV (-60 h, "
+        "MedicationAdministration). The pre-dose CK is set aside (it used to be the onset, so the dose 'came "
+        "after onset': no card). Fever 38.5 (-40 h) to 40.0 opens the episode 20 h after the dose: exposure 20, "
+        "4 readings > 38.0 -> 18, CK 8,600 = 43 x ULN -> 10, BP 176/104 = +28 %/+21 % and SBP 176 -> 132 within "
+        "14 h -> 10, HR 130 vs 96 (+35 %) with RR 28 vs 18 (+56 %) -> 5. Total 63.",
+        evidence={"tmax_cel": 40.0, "ck_peak_u_l": 8600, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def reconciliation_levodopa_stopped() -> Built:
+    b = Builder("reconciliation-levodopa-stopped", "Parkinson's disease: levodopa order still active, a newer "
+                "statement says stopped 3 days ago",
+                "The newest record of what the patient takes wins: withdrawal from the stop, with the conflict on "
+                "the card: critical", "male", "1948-02-21")
+    b.condition(ICD10CM, "G20.A1", clinical_status="active", onset=at(days=-8 * 365))
+    levodopa = rxnorm("197443")
+    b.med("197443", status="active", days_ago=3 * 365, dose=Dose(1, unit="{tbl}", frequency=3,
+                                                                 text="1 tablet three times daily"),
+          extra={"category": [{"coding": [coding(
+              "http://terminology.hl7.org/CodeSystem/medicationrequest-category", "outpatient", "Outpatient")]}]})
+    stop = b.stated({"coding": [levodopa], "text": levodopa["display"]}, status="stopped", start_days=-3 * 365,
+                    end_days=-3)
+    stop["dateAsserted"] = at(days=-1)
+    b.baseline(t=36.7, hr=76, rr=16, bp=(128, 78))
+    b.vitals(-40, t=38.9, hr=124, rr=22, bp=(150, 90))
+    b.vitals(-26, t=39.6, hr=150, rr=26, bp=(168, 100))
+    b.vitals(-10, t=40.1, hr=166, rr=28, bp=(132, 80))
+    b.ck(-16, 3400)
+    b.draft(ACETAMINOPHEN_500[0], Dose(1000, frequency=4, as_needed=True), name="acetaminophen", listed=False,
+            display=ACETAMINOPHEN_500[1])
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck", "autonomic", "hypermetabolism"], ["levodopa"],
+        "Carbidopa/levodopa (RxNorm 197443): an outpatient MedicationRequest still 'active' (authored 3 years "
+        "ago) and a newer MedicationStatement (reconciliation, asserted -1 d) 'stopped', effectivePeriod.end "
+        "-3 d. The newest record of what the patient takes wins: the order is taken as stopped at -72 h, the "
+        "card states the conflict, and the stop is a dopaminergic withdrawal counted from the stop (onset -40 h, "
+        "32 h after it), not from the first levodopa years ago. Used to give no card (the active order cancelled "
+        "the withdrawal). 38.9/39.6/40.1 -> 18; CK 3,400 = 17 x ULN -> 10; BP 168/100 = +31 % and SBP 168 -> 132 "
+        "within 16 h -> 10; HR 166 vs 76 (+118 %), RR 28 vs 16 (+75 %) -> 5. Total 63. No delete suggestion "
+        "(the draft, acetaminophen, is no dopamine antagonist).",
+        evidence={"tmax_cel": 40.1, "ck_peak_u_l": 3400, "ck_uln_u_l": 200}))
+
+
+@scenario
+def hyperthermia_without_ck() -> Built:
+    b = Builder("hyperthermia-without-ck", "IV haloperidol, 41.7 degC, labile BP, tachycardia, no CK yet",
+                "Extreme hyperthermia with autonomic signs after the exposure is critical before any lab: the card "
+                "asks for CK stat", "female", "1985-06-30")
+    b.med("204416", status="active", days_ago=1.5, dose=Dose(5, frequency=4, route=IV, text="5 mg IV every 6 h"))
+    b.given({"coding": [rxnorm("204416")], "text": "haloperidol 5 mg IV"}, -34, dose=(5, "mg"), route_code=IV)
+    b.baseline(t=36.8, hr=84, rr=16, bp=(122, 76))
+    b.vitals(-9, t=38.9, hr=118, rr=22, bp=(150, 90))
+    b.vitals(-6, t=40.2, hr=130, rr=26, bp=(172, 104))
+    b.vitals(-4, t=40.8, hr=138, rr=28, bp=(96, 58))
+    b.vitals(-1, t=41.7, hr=142, rr=30, bp=(160, 96))
+    d = b.draft("204416", Dose(5, route=IV, text="5 mg IV once"), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "autonomic", "hypermetabolism"], ["haloperidol"],
+        "Haloperidol IV, ordered -36 h (active) and given -34 h: exposure before onset (-9 h) 20. 38.9, 40.2, "
+        "40.8, 41.7 degC, >= 40 degC for 5 h -> 18. SBP 172 = +41 % and 172 <-> 96 within 2 h -> 10; HR 142 vs "
+        "84 (+69 %) with RR 30 vs 16 (+88 %) -> 5. No CK anywhere (cannot judge). Used to be a warning until a CK "
+        "result arrived; now extreme hyperthermia (>= 40 degC twice, or one >= 41 degC) with autonomic lability or "
+        "hypermetabolism gives a critical card that says no CK was measured and asks for it stat. Total 53.",
+        evidence={"tmax_cel": 41.7}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def modest_ck_empiric_antibiotic() -> Built:
+    b = Builder("modest-ck-empiric-antibiotic", "Three febrile days on haloperidol, CK 3.5 x ULN, iron 4.1, "
+                "cultures negative, empiric ceftriaxone",
+                "An empiric antimicrobial without a documented infection does not close the iron route: critical",
+                "male", "1965-12-01")
+    b.med("5093", status="active", days_ago=6, dose=Dose(5, frequency=2))
+    b.baseline(t=36.8, hr=80, rr=16, bp=(120, 76))
+    for hours, t, bp in ((-70, 38.8, (128, 80)), (-58, 39.1, (165, 100)), (-46, 39.6, (118, 72)),
+                         (-34, 39.2, (170, 104)), (-22, 39.4, (124, 76)), (-10, 38.9, (158, 96))):
+        b.vitals(hours, t=t, hr=94, rr=18, bp=bp)
+    for hours in (-66, -42):
+        b.add({"resourceType": "Observation", "status": "final",
+               "category": [{"coding": [coding(OBS_CATEGORY, "laboratory", "Laboratory")]}],
+               "code": {"coding": [coding(LOINC, "600-7", "Bacteria identified in Blood by Culture")]},
+               "subject": b.subject, "effectiveDateTime": at(hours), "issued": at(hours + 48),
+               "valueCodeableConcept": {"coding": [NO_GROWTH], "text": "No growth"}}, "culture")
+    for hours in (-64, -40, -16):
+        b.given({"coding": [atc("J01DD04", "ceftriaxone")], "text": "ceftriaxone 2 g IV"}, hours, route_code=IV)
+    b.ck(-40, 700)
+    b.iron(-40, 4.1)
+    d = b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "autonomic"], ["haloperidol"],
+        "Haloperidol active for 6 days -> exposure before onset (-70 h) 20. Six readings 38.8-39.6 degC over "
+        "three days -> 18. CK 700 = 3.5 x ULN (not met). BP 170/104 = +42 % and 165 -> 118 within 12 h -> 10. "
+        "Serum iron 4.1 umol/L is in the NMS range. Ceftriaxone given empirically, blood cultures (600-7) negative "
+        "twice, no infection coded: 'possible infection: antimicrobial without a documented infection', which no "
+        "longer counts as another cause, so the iron route gives critical (it used to stay a warning throughout). "
+        "The card shows the negative cultures. Total 48.",
+        evidence={"tmax_cel": 39.6, "iron_min_umol_l": 4.1}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def olanzapine_iron_pattern() -> Built:
+    b = Builder("olanzapine-iron-pattern", "Olanzapine, fever and iron in the NMS range",
+                "Olanzapine is judged like haloperidol: its anticholinergic action is not another cause of its "
+                "own pattern: critical", "female", "1990-03-08")
+    b.med("314154", status="active", days_ago=5, dose=Dose(10))
+    b.baseline(t=36.8, hr=78, rr=16, bp=(118, 74))
+    b.vitals(-30, t=38.7, hr=90, rr=18, bp=(122, 76))
+    b.vitals(-12, t=39.0, hr=92, rr=18, bp=(124, 78))
+    b.ck(-20, 500)
+    b.iron(-20, 6.5)
+    d = b.draft("312077", Dose(15), name="olanzapine")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia"], ["olanzapine"],
+        "Olanzapine active for 5 days (+ a draft 15 mg): exposure before onset 20. 38.7 and 39.0 -> 18. CK 500 = "
+        "2.5 x ULN (not met); iron 6.5 umol/L in the NMS range and no other cause -> critical through the iron "
+        "route. Olanzapine is an ACB-3 drug, and used to make 'anticholinergic toxicity: found', which blocked the "
+        "iron route (warning): the drug under assessment never counts as its own other cause. Total 38.",
+        evidence={"tmax_cel": 39.0, "iron_min_umol_l": 6.5}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def recurrence_after_coded_nms() -> Built:
+    b = Builder("recurrence-after-coded-nms", "New febrile episode on haloperidol 3 weeks after a coded NMS",
+                "A previous NMS with a new febrile episode on a dopamine antagonist escalates a partial pattern: "
+                "critical", "male", "1975-05-17")
+    b.condition(ICD10CM, "G21.0", clinical_status="resolved", onset=at(days=-35), abatement=at(days=-21))
+    b.med("5093", status="active", days_ago=4, dose=Dose(2.5, frequency=2))
+    b.baseline(t=36.7, hr=78, rr=16, bp=(122, 78))
+    b.vitals(-30, t=38.5, hr=92, rr=18, bp=(126, 80))
+    b.vitals(-10, t=39.0, hr=100, rr=20, bp=(128, 80))
+    b.ck(-16, 600)
+    b.wbc(-16, 12.5)
+    d = b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia"], ["haloperidol"],
+        "NMS coded (G21.0) 5 weeks ago, resolved 3 weeks ago; haloperidol restarted 4 days ago (active) and a dose "
+        "increase drafted: exposure before onset 20. 38.5 and 39.0 -> 18. CK 600 = 3 x ULN (not met), WBC 12.5: "
+        "laboratory changes; HR 100 vs 78 (+28 %), RR +25 % (no hypermetabolism), BP flat. Without the history "
+        "this is a warning; a new febrile episode on a dopamine antagonist after a documented NMS (recurrence in "
+        "15-20 %, re-challenge risk highest soon after the episode) with a further finding and no other cause "
+        "escalates to critical. Total 38.",
+        evidence={"tmax_cel": 39.0, "ck_peak_u_l": 600, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
 
 
 def dumps(obj: Any) -> str:

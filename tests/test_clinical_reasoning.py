@@ -85,9 +85,18 @@ def test_order_started_after_onset_does_not_explain_it() -> None:
 
 
 def test_ck_rise_before_fever_is_the_onset() -> None:
-    a = run([halo(40)], [ck(50, 3000), temp(30, 38.6), temp(10, 39.2)])
+    a = run([halo(60)], [ck(50, 3000), temp(30, 38.6), temp(10, 39.2)])
     assert (a.onset, a.onset_kind) == (ago(50), "ck")
-    assert a.indicator is None  # raised CK before the first dose
+    assert a.indicator == "critical"
+
+
+def test_afebrile_ck_rise_before_the_first_dose_is_set_aside() -> None:
+    # the raised CK before the first dose is not the drug's doing; the fever after it opens the episode, judged
+    # with its own CK values only (README "Time order")
+    a = run([halo(40)], [ck(50, 3000), temp(30, 38.6), temp(10, 39.2)])
+    assert (a.onset, a.onset_kind) == (ago(30), "fever")
+    assert [r.value for r in a.ck_set_aside] == [3000] and a.criterion("ck").met is None
+    assert a.indicator == "warning"
 
 
 def test_episode_reaches_back_through_febrile_readings() -> None:
@@ -113,11 +122,17 @@ def test_infection_turns_fever_with_low_iron_into_a_warning() -> None:
     meds = [halo(60), MedicationInput("MedicationAdministration/abx", False, "completed", (Coding(ATC, "J01DD04"),),
                                       ("ceftriaxone 2 g",), authored=ago(20), kind="administration")]
     observations = [temp(30, 38.6), temp(10, 39.0), iron(12, 6.0), ck(12, 300)]
-    a = run(meds, observations)
+    pneumonia = HistoryInput("condition", (Coding(SNOMED, "233604007"),), "Pneumonia", ago(34), "confirmed",
+                             clinical_status="active")
+    a = run(meds, observations, history=(pneumonia,))
     assert a.indicator == "warning"
     infection = next(c for c in a.other_causes if c.cause == "infection")
-    assert infection.found is True and "ceftriaxone" in infection.evidence[0]
-    assert run([halo(60)], observations).indicator == "critical"  # without the antibiotic
+    assert infection.found is True and "Pneumonia" in infection.evidence[0] and "ceftriaxone" in infection.possible[0]
+    # an empiric antimicrobial alone is a possible infection: it does not close the iron route
+    a = run(meds, observations)
+    infection = next(c for c in a.other_causes if c.cause == "infection")
+    assert infection.found is False and "without a documented infection" in infection.possible[0]
+    assert a.indicator == "critical"
 
 
 def test_ck_at_four_times_uln_stays_critical_despite_infection() -> None:

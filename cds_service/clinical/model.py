@@ -157,6 +157,9 @@ class OtherCause:
     label: str
     found: bool | None  # None: could not be checked from the data seen
     evidence: list[str] = field(default_factory=list)  # plain descriptions; may quote record text
+    # suggests the cause without documenting it (an empiric antimicrobial): shown, never counted as found
+    possible: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)  # results that speak against it (negative cultures)
 
 
 @dataclass
@@ -195,6 +198,12 @@ class Assessment:
     other_causes: list[OtherCause] = field(default_factory=list)
     other_patient: list[tuple[str, int]] = field(default_factory=list)
     capped: list[str] = field(default_factory=list)
+    # records of one drug that disagree, and which one the rules used (README "Reconciliation")
+    conflicts: list[str] = field(default_factory=list)
+    # CK rises before any exposure, without fever: not this episode's (README "Time order")
+    ck_set_aside: list[Reading] = field(default_factory=list)
+    # extreme hyperthermia with no CK counted in the episode: "pending" (a result not yet final) or "missing"
+    ck_state: Literal["pending", "missing"] | None = None
 
     @property
     def score(self) -> int:

@@ -6,6 +6,7 @@ points, names what the record cannot show, and never claims a diagnosis or data 
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,9 @@ OVERRIDE_REASONS = (
     ("already-managed", "Already recognised and being managed"),
     ("data-incorrect", "The data shown are incorrect or outdated"),
 )
+# A card for dopaminergic withdrawal alone names no dopamine antagonist.
+_WITHDRAWAL_REASONS = {"benefit-outweighs-risk": "Stopping the dopaminergic drug was intended; its withdrawal is "
+                       "being monitored"}
 _LAB_LABELS = {"2157-6": "CK", "2498-4": "serum iron", "6690-2": "WBC", "2160-0": "creatinine",
                "2823-3": "potassium", "14798-3": "serum iron", "1988-5": "CRP"}
 
@@ -55,8 +59,11 @@ def summary(a: Assessment) -> str:
         parts.append(f"T {peak:.1f} °C" + (f" ×{len(febrile)}" if len(febrile) > 1 else ""))
     if a.ck_peak is not None and a.ck_uln and a.ck_peak.value > a.ck_uln:
         ratio = a.ck_peak.value / a.ck_uln
-        parts.append(f"CK {a.ck_peak.value:,.0f} U/L ({ratio:.0f}×ULN)" if ratio >= 2 else
-                     f"CK {a.ck_peak.value:,.0f} U/L ({ratio:.1f}×ULN)")
+        # whole multiples from 10, else one decimal rounded down: 3.96 is never shown as "4×ULN"
+        shown = f"{ratio:.0f}" if ratio >= 10 else f"{math.floor(ratio * 10) / 10:.1f}".removesuffix(".0")
+        parts.append(f"CK {a.ck_peak.value:,.0f} U/L ({shown}×ULN)")
+    if a.ck_state is not None and a.indicator == "critical":
+        parts.append("CK pending" if a.ck_state == "pending" else "CK not measured: order stat")
     iron = next((f for f in a.findings if f.name == "iron-low-or-falling" and f.present), None)
     if iron and iron.evidence:
         low = min(iron.evidence, key=lambda r: r.value)
@@ -112,11 +119,20 @@ def _timeline(a: Assessment) -> list[str]:
     what = "first febrile reading of the episode" if a.onset_kind == "fever" else "first CK ≥ 4×ULN"
     onset = f"onset ({what}) {a.onset.strftime('%Y-%m-%d %H:%M')} UTC"
     first = a.first_exposure
-    if first is None or first.authored is None:
-        return ["", f"**Time line:** {onset}; no start time recorded for the exposure before it."]
-    hours = (a.onset - first.authored).total_seconds() / 3600
-    return ["", f"**Time line:** first exposure {first.ingredient} {first.authored.strftime('%Y-%m-%d %H:%M')} UTC"
-            f" → {onset}: {hours:.0f} h between."]
+    lines = [""]
+    if first is None or a.hours_exposure_to_fever is None:
+        lines.append(f"**Time line:** {onset}; no start time recorded for the exposure before it.")
+    elif first.role == "withdrawal" and first.ended is not None:
+        lines.append(f"**Time line:** {first.ingredient} stopped {first.ended.strftime('%Y-%m-%d %H:%M')} UTC "
+                     f"(dopaminergic withdrawal) → {onset}: {a.hours_exposure_to_fever:.0f} h between.")
+    elif first.authored is not None:
+        lines.append(f"**Time line:** first exposure {first.ingredient} {first.authored.strftime('%Y-%m-%d %H:%M')}"
+                     f" UTC → {onset}: {a.hours_exposure_to_fever:.0f} h between.")
+    if a.ck_set_aside:
+        lines.append("CK rise before the exposure, without fever, set aside (not this episode's): "
+                     + ", ".join(fmt_reading(r) for r in a.ck_set_aside[:3])
+                     + "; the episode opened with the first finding after the exposure.")
+    return lines
 
 
 def _other_causes(a: Assessment) -> list[str]:
@@ -124,16 +140,33 @@ def _other_causes(a: Assessment) -> list[str]:
         return []
     lines = ["", "**Other causes weighed** (IEC: fever and CK rise must not be better explained by another cause):"]
     for cause in a.other_causes:
+        negative = ("; " + "; ".join(md(e, 120) for e in cause.negative)) if cause.negative else ""
         if cause.found:
-            lines.append(f"- {cause.label}: **found** — " + "; ".join(md(e, 200) for e in cause.evidence))
-    checked = [c.label.lower() for c in a.other_causes if c.found is False]
+            lines.append(f"- {cause.label}: **found** — "
+                         + "; ".join(md(e, 200) for e in [*cause.evidence, *cause.possible]) + negative)
+        elif cause.possible:
+            lines.append(f"- {cause.label}: **possible** — " + "; ".join(md(e, 200) for e in cause.possible)
+                         + negative + " (not counted as another cause)")
+        elif cause.negative:
+            lines.append(f"- {cause.label}: not found — " + "; ".join(md(e, 120) for e in cause.negative))
+    checked = [c.label.lower() for c in a.other_causes if c.found is False and not c.possible and not c.negative]
     if checked:
         lines.append("- Not found in the data seen: " + ", ".join(checked) + ".")
     unchecked = [c.label.lower() for c in a.other_causes if c.found is None]
-    lines.append("- Could not be checked: " + ", ".join(
-        [*unchecked, "illicit drugs and toxins, neurological causes (imaging, CSF), heat exposure not coded, "
-         "rigidity and mental status"]) + ".")
+    heat_found = any(c.cause == "heat-illness" and c.found for c in a.other_causes)
+    never = "illicit drugs and toxins, neurological causes (imaging, CSF), " + (
+        "" if heat_found else "heat exposure not coded, ") + "rigidity and mental status"
+    lines.append("- Could not be checked: " + ", ".join([*unchecked, never]) + ".")
     return lines
+
+
+def _ck_stat(a: Assessment) -> list[str]:
+    if a.ck_state is None or a.indicator != "critical":
+        return []
+    state = "a CK result is **pending**" if a.ck_state == "pending" else "**no CK has been measured** in this episode"
+    return ["", f"**CK stat:** extreme hyperthermia with autonomic signs on a dopamine antagonist; {state}. "
+            "Do not wait for it to act: the pattern is already critical. Order CK (and creatinine, potassium) "
+            "stat; CK peaks about day 2 after fever onset and can be normal early."]
 
 
 def detail(a: Assessment) -> str:
@@ -165,6 +198,9 @@ def detail(a: Assessment) -> str:
     if a.exposures:
         lines += ["", "**Drug exposure:**"]
         lines += [_exposure_line(e) for e in a.exposures if e.role in ("antagonist", "withdrawal")]
+    if a.conflicts:
+        lines += ["", "**Records disagree:** " + "; ".join(md(c, 300) for c in a.conflicts[:4]) + "."]
+    lines += _ck_stat(a)
     if a.indicator != "info":  # an incomplete check claims no finding, so it weighs no cause either
         lines += _timeline(a)
         lines += _other_causes(a)
@@ -270,7 +306,10 @@ def build_cards(a: Assessment, hook_instance: str, patient_id: str,
         ],
     }
     if a.indicator != "info":
-        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": c, "display": d} for c, d in OVERRIDE_REASONS]
+        withdrawal_only = bool(a.exposures) and all(e.role != "antagonist" for e in a.exposures)
+        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": c,
+                                    "display": _WITHDRAWAL_REASONS.get(c, d) if withdrawal_only else d}
+                                   for c, d in OVERRIDE_REASONS]
     suggested = suggestions(a, hook_instance, patient_id) + list(extra_suggestions)
     if suggested:
         card["suggestions"] = suggested
