@@ -59,7 +59,10 @@ _FUTURE_SKEW = timedelta(minutes=10)
 # --- medications ------------------------------------------------------------------------------------
 
 
-def _route(med: MedicationInput, vs: ValueSets, hint: str) -> str | None:
+def _route(med: MedicationInput, vs: ValueSets, hint: str, long_acting: bool = False) -> str | None:
+    """The route the order states (coded, then in words); without one, the product's route only where the
+    product allows no other (an oral form, a long-acting injectable: intramuscular only). A short-acting
+    injection may be given IM or IV, so its route stays unknown (README "Clinical rules")."""
     for coding in med.route:
         if coding.system and coding.code and (coding.system, coding.code) in vs.routes:
             return vs.routes[(coding.system, coding.code)]
@@ -72,7 +75,9 @@ def _route(med: MedicationInput, vs: ValueSets, hint: str) -> str | None:
         return "oral"
     if "subcutaneous" in text:
         return "sc"
-    return None if hint == "unknown" else hint
+    if hint == "unknown" or (hint == "im" and not long_acting):
+        return None
+    return hint
 
 
 def classify(med: MedicationInput, vs: ValueSets) -> tuple[str, str, str, bool, str, str] | None:
@@ -133,8 +138,8 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets, at: datetime | None = None
     for med in inp.medications:
         hit = classify(med, vs)
         status = (med.status or "").lower() or None
-        if hit is None or (status or "") in EXCLUDED_STATUSES[med.kind]:
-            continue
+        if hit is None or (status or "") in EXCLUDED_STATUSES[med.kind] or med.do_not_perform:
+            continue  # a prohibition (doNotPerform) is never exposure
         ingredient, role, drug_class, lai, hint, matched_by = hit
         exposure = Exposure(
             ingredient=ingredient,
@@ -146,7 +151,7 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets, at: datetime | None = None
             status=status,
             authored=med.authored,
             ended=med.ended,
-            route=_route(med, vs, hint),
+            route=_route(med, vs, hint, lai),
             long_acting=lai,
             matched_by=matched_by,  # type: ignore[arg-type]
             dose_value=med.dose_value,
@@ -272,6 +277,7 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
     lookup = vs.observations_by_code.get  # = vs.observation, without a method call per code
     spellings = vs.unit_spellings
     implied = vs.thresholds["units"]["implied_when_missing"]
+    plausible: dict[str, list[float]] = vs.thresholds.get("plausible", {})
     by_codes: dict[tuple[str, ...], ObservationConcept | None] = {}  # the same code lists recur
     latest = now + _FUTURE_SKEW
     used = 0
@@ -303,6 +309,10 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
             quality.unusable += 1
             continue
         value = conversion.apply(obs.value)
+        bounds = plausible.get(concept.concept)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            quality.implausible.setdefault(concept.concept, []).append((obs.value, unit))
+            continue
         uln = None
         if obs.ref_high is not None:
             ref_unit = obs.ref_unit or unit or ""
@@ -834,6 +844,8 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
         other_causes=causes,
         other_patient=list(inp.other_patient),
         capped=capped,
+        unreadable=list(inp.unreadable),
+        duplicates=inp.duplicates,
     )
 
 
