@@ -79,6 +79,8 @@ def _reason(errors: list[Any], original: dict[str, Any]) -> str:
     for err in errors:
         loc = [p for p in err.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))]
         name = loc[0] if loc and isinstance(loc[0], str) else ""
+        if not name and "'medicationCodeableConcept'" in str(err.get("msg", "")):  # the choice [x] validator
+            name = "medicationCodeableConcept"
         if name.startswith(("effective", "issued", "authoredOn", "dateAsserted")):
             return "invalid time"
         if name.startswith("value"):

@@ -255,7 +255,7 @@ def _implausible(a: Assessment) -> list[str]:
     out = []
     for concept, values in sorted(a.quality.implausible.items()):
         low, high = plausible.get(concept, (None, None))
-        shown = ", ".join(f"{v:g} {md(u, 16)}" for v, u in values[:6]) + (" …" if len(values) > 6 else "")
+        shown = ", ".join(f"{v:g} {md(u, 16)}" for v, u in sorted(values)[:6]) + (" …" if len(values) > 6 else "")
         unit = "°C" if concept == "body-temperature" else ""
         bounds = f" ({low:g}–{high:g} {unit})".replace(" )", ")") if low is not None else ""
         words = "temperature" if concept == "body-temperature" else concept.replace("-", " ")
