@@ -375,3 +375,44 @@ def test_an_injection_order_without_route_is_not_called_im(client: FlaskClient) 
         assert card["indicator"] == "warning"
         text = card["detail"]
         assert "; IM;" not in text and "intramuscular" not in text and "injections raise CK" not in text
+
+
+# --- the leniency on the whole fixture library: both paths alike ---------------------------------------
+
+
+def _library(kind: str) -> list[dict[str, Any]]:
+    return [r for s in fixtures.load_scenarios() for r in [*s.resources, *s.draft_orders]
+            if isinstance(r, dict) and r.get("resourceType") == kind]
+
+
+def test_library_observations_read_alike_with_whitespace_status_or_urlless_extensions() -> None:
+    checked = 0
+    for clean in _library("Observation"):
+        reference = extract.plain_observation(clean, WANTED)
+        if reference is None or clean["status"].strip() != clean["status"]:
+            continue
+        spaced = {**clean, "status": f" {clean['status']} "}
+        plain, parsed, out = both_paths(spaced)
+        assert plain == parsed == reference and out.unreadable == 0, clean["id"]
+        extended = {**copy.deepcopy(clean), "extension": [{"valueString": "x"}]}
+        _, parsed, out = both_paths(extended)
+        assert parsed == reference and out.unreadable == 0, clean["id"]
+        checked += 1
+    assert checked > 300
+
+
+def test_library_orders_read_alike_with_whitespace_status() -> None:
+    checked = 0
+    for clean in _library("MedicationRequest"):
+        is_draft = clean.get("status") == "draft"
+        reference = extract.plain_medication_request(clean, is_draft=is_draft)
+        if reference is None:
+            continue
+        spaced = {**clean, "status": clean["status"] + " ", "intent": " " + clean["intent"]}
+        plain = extract.plain_medication_request(spaced, is_draft=is_draft)
+        out = extract.Extracted()
+        parsed = extract.parsed_medication_request(spaced, is_draft=is_draft, patient_id="p1" if is_draft else None,
+                                                   medications={}, out=out)
+        assert plain == parsed == reference and out.unreadable == 0, clean.get("id")
+        checked += 1
+    assert checked > 40
