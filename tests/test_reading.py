@@ -416,3 +416,19 @@ def test_library_orders_read_alike_with_whitespace_status() -> None:
         assert plain == parsed == reference and out.unreadable == 0, clean.get("id")
         checked += 1
     assert checked > 40
+
+
+def test_a_prohibited_antibiotic_is_no_evidence_of_infection() -> None:
+    from cds_service.clinical.rules import other_causes
+
+    ceftriaxone = MedicationInput("MedicationRequest/abx", False, "active", (Coding("http://www.whocc.no/atc",
+                                                                                     "J01DD04"),),
+                                  names=("ceftriaxone",), authored=NOW - timedelta(days=1), do_not_perform=True)
+    causes = {c.cause: c for c in other_causes(ClinicalInput(now=NOW, medications=(ceftriaxone,)), VS,
+                                               NOW - timedelta(days=5))}
+    assert causes["infection"].found is False
+    given = MedicationInput("MedicationRequest/abx", False, "active", ceftriaxone.codings, names=("ceftriaxone",),
+                            authored=NOW - timedelta(days=1))
+    causes = {c.cause: c for c in other_causes(ClinicalInput(now=NOW, medications=(given,)), VS,
+                                               NOW - timedelta(days=5))}
+    assert causes["infection"].found is True

@@ -602,7 +602,7 @@ def other_causes(inp: ClinicalInput, vs: ValueSets, lab_start: datetime) -> list
     serotonergic: dict[str, datetime | None] = {}
     for med in inp.medications:
         status = (med.status or "").lower()
-        if status in EXCLUDED_STATUSES[med.kind]:
+        if status in EXCLUDED_STATUSES[med.kind] or med.do_not_perform:  # a prohibition is no drug taken
             continue
         groups: dict[str, set[str]] = {}
         for coding in med.codings:
