@@ -20,7 +20,7 @@ import hmac
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -68,6 +68,9 @@ def _m() -> dict[str, Any]:
                               ["service", "hook", "indicator"]),
                 auth_failures=Counter("nms_cds_auth_failures", "Refused CDS client authentications by reason",
                                       ["reason"]),
+                unreadable=Counter("nms_cds_unreadable_resources",
+                                   "FHIR resources that could not be read, by kind and reason (bounded labels)",
+                                   ["kind", "reason"]),
                 overruns=Counter("nms_cds_request_overruns",
                                  "Requests stopped at NMS_CDS_REQUEST_TIMEOUT_SECONDS (answered 503)"),
             )
@@ -101,6 +104,18 @@ def reason_label(reason: str) -> str:
 
 def auth_failure(reason: str) -> None:
     _m()["auth_failures"].labels(reason_label(reason)).inc()
+
+
+def unreadable_resources(counts: Mapping[tuple[str, str], int]) -> None:
+    """Count what one call could not read, by (kind, reason). Both come from fixed sets (extract.UNREAD_KINDS,
+    models.REASONS); anything else is counted as "other", so the label values stay bounded."""
+    from cds_service.fhir.extract import UNREAD_KINDS
+    from cds_service.fhir.models import REASONS
+
+    for (kind, reason), n in counts.items():
+        if n > 0:
+            _m()["unreadable"].labels(kind if kind in UNREAD_KINDS else "other",
+                                      reason if reason in REASONS else "other").inc(n)
 
 
 def overrun() -> None:

@@ -14,6 +14,7 @@ below, each with the public file it was taken from.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -601,6 +602,15 @@ PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
     "modest-ck-empiric-antibiotic": ("critical", "active haloperidol in the record"),
     "olanzapine-iron-pattern": ("critical", "active olanzapine in the record"),
     "recurrence-after-coded-nms": ("critical", "active haloperidol in the record after a coded NMS"),
+    # reading the record (malformations, prohibitions, duplicates, implausible values, drafts):
+    "status-final-with-space": ("critical", "active haloperidol in the record; the 'Final ' statuses are read"),
+    "extension-without-url": ("critical", "active haloperidol in the record; the url-less extensions are dropped"),
+    "do-not-perform-haloperidol": (None, "the only haloperidol order is a prohibition (doNotPerform)"),
+    "duplicate-observation-id": ("warning", "active haloperidol in the record; one febrile reading after the "
+                                 "correction"),
+    "implausible-temperatures": ("warning", "active haloperidol in the record; 102.9 and 4.1 Cel not used"),
+    "future-authored-draft": (None, "a previous NMS alone is not a finding; the re-challenge is the draft"),
+    "iv-draft-without-route": ("warning", "active haloperidol injection in the record; afebrile CK rise"),
 }
 
 
@@ -1615,6 +1625,165 @@ def recurrence_after_coded_nms() -> Built:
         "15-20 %, re-challenge risk highest soon after the episode) with a further finding and no other cause "
         "escalates to critical. Total 38.",
         evidence={"tmax_cel": 39.0, "ck_peak_u_l": 600, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+# --- reading the record: harmless malformations read, prohibitions, duplicates, implausible values, drafts --
+
+
+def _febrile_course(b: Builder, *, status: str = "final") -> list[JsonDict]:
+    """Haloperidol for 3 days, a normal baseline, five temperatures from -40 h (38.3 -> 39.6 Cel) and CK
+    4,000 U/L (20 x ULN): the critical picture the malformation scenarios below must keep."""
+    b.med("5093", status="active", days_ago=3, dose=Dose(5, frequency=2))
+    b.baseline(t=36.8, hr=78, rr=15, bp=(122, 76))
+    temps = [b.temp(at(hours), t, status=status)
+             for hours, t in ((-40, 38.3), (-30, 38.7), (-20, 39.1), (-10, 39.4), (-4, 39.6))]
+    b.ck(-12, 4000)
+    return temps
+
+
+@scenario
+def status_final_with_space() -> Built:
+    b = Builder("status-final-with-space", "Five temperatures with status 'Final ' (trailing space)",
+                "A status with stray whitespace changes no meaning: the five temperatures are read and the card "
+                "stays critical", "female", "1977-05-12")
+    _febrile_course(b, status="Final ")
+    d = b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["haloperidol"],
+        "Haloperidol active since -3 d -> exposure before onset (-40 h) 20. The five temperatures 38.3, 38.7, "
+        "39.1, 39.4, 39.6 carry status 'Final ' (trailing space), which is not a valid FHIR code: they used to "
+        "be dropped without a word (warning: 'no temperature recorded'). The whitespace is trimmed on both "
+        "reading paths -> 5 readings > 38.0 -> 18. CK 4,000 with ULN 200 = 20 x ULN -> 10. Total 48. Through "
+        "the local FHIR server: the server stores the status as sent and returns it, so the verdict is the same.",
+        evidence={"tmax_cel": 39.6, "ck_peak_u_l": 4000, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def extension_without_url() -> Built:
+    b = Builder("extension-without-url", "Five temperatures with an extension that lacks its url",
+                "An extension without url changes no meaning: it is dropped, the readings are used and the card "
+                "stays critical", "male", "1983-10-02")
+    for temp in _febrile_course(b):
+        temp["extension"] = [{"valueString": "tympanic"}]
+        temp["valueQuantity"]["extension"] = [{"valueString": "device 7"}]
+    d = b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck"], ["haloperidol"],
+        "As status-final-with-space, but every temperature carries an extension without 'url' (on the "
+        "Observation and on its valueQuantity). Extension.url is required, so the R4B model rejected the whole "
+        "Observation; an extension never changes the meaning of the rest (a modifierExtension would, and stays "
+        "unreadable), so the url-less extensions are dropped and the readings used: 5 readings > 38.0 -> 18, "
+        "CK 20 x ULN -> 10, exposure 20: total 48, critical. The local FHIR server stores and returns the "
+        "url-less extensions as sent, so both modes read the same data.",
+        evidence={"tmax_cel": 39.6, "ck_peak_u_l": 4000, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def do_not_perform_haloperidol() -> Built:
+    b = Builder("do-not-perform-haloperidol", "An order NOT to give haloperidol (doNotPerform)",
+                "A prohibition is never exposure: fever and CK rise with a doNotPerform haloperidol order (record "
+                "and draft) as the only antagonist: no card", "female", "1962-12-01")
+    b.add(b.med_request("5093", status="active", authored=at(days=-3), dose=None,
+                        extra={"doNotPerform": True}), "mr")
+    b.baseline(t=36.8, hr=78, rr=15, bp=(122, 76))
+    b.vitals(-30, t=38.6, hr=84, rr=16, bp=(124, 78))
+    b.vitals(-8, t=39.1, hr=86, rr=17, bp=(124, 78))
+    b.ck(-12, 3000)
+    draft = b.draft("5093", None, name="haloperidol-not")
+    draft["doNotPerform"] = True
+    return Built(b, Expected(
+        None, ["hyperthermia", "ck"], [],
+        "The record's only haloperidol order has doNotPerform true (an order NOT to give it, e.g. after a "
+        "previous reaction), and so has the draft: neither is exposure, in any hook or mode. 38.6 and 39.1 -> "
+        "hyperthermia 18, CK 3,000 = 15 x ULN -> 10, but no dopamine antagonist -> no card (it used to be "
+        "critical).", evidence={}))
+
+
+@scenario
+def duplicate_observation_id() -> Built:
+    b = Builder("duplicate-observation-id", "One temperature listed twice under one id (two versions)",
+                "One resource per type and id, the newest version wins: a corrected temperature does not count "
+                "as a second febrile reading", "male", "1990-02-14")
+    b.med("5093", status="active", days_ago=3, dose=Dose(5, frequency=2))
+    b.baseline(t=36.8, hr=78, rr=15, bp=(122, 76))
+    first = b.temp(at(-20), 38.7)
+    tag = first["meta"]["tag"]
+    first["meta"] = {"versionId": "1", "lastUpdated": at(-19.5), "tag": tag}
+    corrected = copy.deepcopy(first)
+    corrected["meta"] = {"versionId": "2", "lastUpdated": at(-15), "tag": tag}
+    corrected["valueQuantity"]["value"] = 37.9
+    b.resources.append(corrected)
+    b.temp(at(-8), 38.9)
+    b.ck(-12, 1800)
+    d = b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "warning", ["exposure", "ck"], ["haloperidol"],
+        "Observation duplicate-observation-id-temp-1 is listed twice: version 1 (38.7 at -20 h, lastUpdated "
+        "-19.5 h) and version 2 (corrected to 37.9, lastUpdated -15 h). Only the newest version is used, so the "
+        "only febrile reading is 38.9 at -8 h -> hyperthermia not met (used to count 38.7 too: 2 readings, "
+        "critical). Exposure 20, CK 1,800 = 9 x ULN -> 10 -> warning. Through the local FHIR server the second "
+        "PUT replaces the first, so the server returns version 2 only: the same verdict.",
+        evidence={"tmax_cel": 38.9, "ck_peak_u_l": 1800, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def implausible_temperatures() -> Built:
+    b = Builder("implausible-temperatures", "Temperatures of 102.9 and 4.1 labelled Cel",
+                "Values outside the plausible range (13-47 Cel, data/thresholds.toml [plausible]) are not used "
+                "and are listed on the card as implausible", "female", "1986-06-30")
+    b.med("5093", status="active", days_ago=3, dose=Dose(5, frequency=2))
+    b.baseline(t=36.8, hr=78, rr=15, bp=(122, 76))
+    b.temp(at(-30), 38.6)
+    b.temp(at(-20), 102.9)
+    b.temp(at(-10), 4.1)
+    b.ck(-12, 1800)
+    d = b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        "warning", ["exposure", "ck"], ["haloperidol"],
+        "102.9 labelled Cel (a Fahrenheit value with the wrong unit) and 4.1 Cel are outside the plausible "
+        "13-47 Cel range: not used, listed as implausible. The only febrile reading left is 38.6 -> "
+        "hyperthermia not met (102.9 used to count as a second one: critical, 'T 102.9 °C'). Exposure 20, CK "
+        "1,800 = 9 x ULN -> 10 -> warning.",
+        evidence={"tmax_cel": 38.6, "ck_peak_u_l": 1800, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def future_authored_draft() -> Built:
+    b = Builder("future-authored-draft", "Draft haloperidol with authoredOn tomorrow after a past NMS",
+                "A draft is exposure about to start whatever its authoredOn: the re-challenge warning stays",
+                "male", "1972-08-19")
+    b.condition(ICD10CM, "G21.0", clinical_status="resolved", onset=at(days=-400), abatement=at(days=-386))
+    b.baseline(t=36.7, hr=72, rr=14, bp=(122, 78))
+    b.vitals(-6, t=36.9, hr=74, rr=15, bp=(124, 78))
+    b.ck(-20, 120)
+    d = b.draft("310672", Dose(5, frequency=2), name="haloperidol")
+    d["authoredOn"] = at(hours=20)
+    return Built(b, Expected(
+        "warning", ["exposure"], ["haloperidol"],
+        "The draft haloperidol (authoredOn 20 h in the future, as some order forms stamp the planned start) "
+        "is exposure about to start -> 20; with the resolved NMS episode on record (G21.0) the re-challenge "
+        "warning applies. Vitals and CK 120 are normal. Patient-view has no draft: no card.",
+        evidence={}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def iv_draft_without_route() -> Built:
+    b = Builder("iv-draft-without-route", "Haloperidol injection orders without a route element",
+                "The route comes from the order or stays unknown: an injection order without a route is not "
+                "called IM (it may be IV), so an afebrile CK rise is not explained as an IM artefact",
+                "female", "1980-03-03")
+    b.med("204416", status="active", days_ago=2, dose=Dose(5, frequency=2, route=None, text="5 mg"))
+    b.baseline(t=36.8, hr=78, rr=15, bp=(122, 76))
+    b.vitals(-6, t=37.2, hr=80, rr=15, bp=(122, 78))
+    b.ck(-12, 2000)
+    d = b.draft("204416", Dose(5, frequency=2, route=None, text="5 mg slow IV push"), name="haloperidol")
+    return Built(b, Expected(
+        "warning", ["exposure", "ck"], ["haloperidol"],
+        "Haloperidol 5 mg/mL injectable solution (RxNorm 204416) ordered -2 d and drafted again, neither with a "
+        "route element (the draft's text says IV). The product can be given IM or IV, so the route stays "
+        "unknown: the card names no IM route, no 'intramuscular' risk factor and no IM-injection CK artefact "
+        "(it used to call both IM). Afebrile CK 2,000 = 10 x ULN with exposure -> warning.",
+        evidence={"ck_peak_u_l": 2000, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
 
 
 def dumps(obj: Any) -> str:

@@ -220,6 +220,11 @@ def _variants(kind: str, per_resource: int, seed: int) -> Iterator[dict[str, Any
             yield _mutate(resource, rng)
 
 
+def _tidied(resource: dict[str, Any]) -> int:
+    """1 when the R4B path must trim a status or intent first (``"Final "``: read by both paths alike), else 0."""
+    return int(any(isinstance(v, str) and v.strip() != v for k, v in resource.items() if k in ("status", "intent")))
+
+
 def test_plain_observations_equal_the_r4b_path() -> None:
     every_code = frozenset(c.get("code") for r in _library("Observation")
                            for c in r.get("code", {}).get("coding", []) if isinstance(c, dict))
@@ -236,7 +241,8 @@ def test_plain_observations_equal_the_r4b_path() -> None:
             declined += 1
             continue
         accepted += 1
-        assert (plain, out.repairs, out.unreadable) == (out.observations, 0, 0), json.dumps(variant)[:300]
+        assert (plain, out.repairs, out.unreadable) == (out.observations, _tidied(variant), 0), json.dumps(
+            variant)[:300]
     assert accepted > 700 and declined > 300  # both paths are exercised
 
 
@@ -257,7 +263,7 @@ def test_plain_medication_requests_equal_the_r4b_path() -> None:
                 declined += 1
                 continue
             accepted += 1
-            assert (plain, out.repairs, out.unreadable) == (parsed, 0, 0), json.dumps(variant)[:300]
+            assert (plain, out.repairs, out.unreadable) == (parsed, _tidied(variant), 0), json.dumps(variant)[:300]
     assert accepted > 150 and declined > 150
 
 

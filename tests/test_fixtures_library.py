@@ -29,6 +29,7 @@ from cds_service.devtools.fixtures import (
     rebase,
     search,
 )
+from cds_service.fhir.models import tidy
 from cds_service.services.templates import prefetch_templates
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,8 +131,25 @@ def _normalise_sandbox_quirks(resource: dict[str, Any]) -> dict[str, Any]:
     return fixed
 
 
+# Scenarios that carry a harmless malformation on purpose (the service reads it, see cds_service.fhir.models.tidy):
+# their bundle is valid R4 once tidied, and really is invalid before.
+READ_LENIENTLY = ("status-final-with-space", "extension-without-url")
+
+
+def _tidied(bundle: dict[str, Any]) -> dict[str, Any]:
+    fixed = copy.deepcopy(bundle)
+    for entry in fixed["entry"]:
+        tidy(entry["resource"])
+    return fixed
+
+
 def test_bundles_and_requests_parse_as_r4b(scenarios: list[Scenario]) -> None:
     for s in scenarios:
+        if s.id in READ_LENIENTLY:
+            with pytest.raises(ValidationError):
+                get_fhir_model_class("Bundle").model_validate(s.bundle)
+            get_fhir_model_class("Bundle").model_validate(_tidied(s.bundle))
+            continue
         get_fhir_model_class("Bundle").model_validate(s.bundle)
         for value in s.request["prefetch"].values():
             if value is not None:
@@ -173,7 +191,9 @@ def test_transaction_bundle_shape_and_unique_ids(scenarios: list[Scenario]) -> N
             assert rid.startswith((s.id, f"nms-{s.id}")), rid
             assert entry["request"] == {"method": "PUT", "url": f"{resource['resourceType']}/{rid}"}
             key = (resource["resourceType"], rid)
-            assert key not in seen, f"{key} in {s.id} and {seen.get(key)}"
+            # one id twice only as two versions of one resource in one scenario (duplicate-observation-id)
+            assert key not in seen or (seen[key] == s.id and resource["meta"].get("versionId")), (
+                f"{key} in {s.id} and {seen.get(key)}")
             seen[key] = s.id
             if resource["resourceType"] != "Patient":
                 ref = resource.get("subject", resource.get("patient", {})).get("reference")
@@ -262,7 +282,10 @@ def test_requests_are_prefetch_only_order_sign(scenarios: list[Scenario]) -> Non
         for resource in s.draft_orders:
             if resource["resourceType"] == "MedicationRequest":
                 assert resource["status"] == "draft"
-                assert resource["authoredOn"] == ANCHOR.date().isoformat()
+                if s.id == "future-authored-draft":  # a planned start stamped on the draft, on purpose
+                    assert _time(resource["authoredOn"]) > ANCHOR
+                else:
+                    assert resource["authoredOn"] == ANCHOR.date().isoformat()
     hook_instances = [s.request["hookInstance"] for s in scenarios]
     assert len(set(hook_instances)) == len(hook_instances)
 
@@ -327,11 +350,18 @@ def _canonical(obs: dict[str, Any]) -> float:
 
 
 def _final(s: Scenario, concept: str, hours: float) -> list[dict[str, Any]]:
+    newest: dict[str, dict[str, Any]] = {}  # one resource per id: the highest versionId
+    for r in s.resources:
+        if r["resourceType"] == "Observation" and int(r["meta"].get("versionId", "0")) >= int(
+                newest.get(r["id"], {"meta": {}})["meta"].get("versionId", "0")):
+            newest[r["id"]] = r
+    plausible = VS.thresholds["plausible"].get(concept, (float("-inf"), float("inf")))
     return [
-        r for r in s.resources
-        if r["resourceType"] == "Observation" and r["status"] in OK_STATUS and "valueQuantity" in r
+        r for r in newest.values()
+        if r["status"].strip().lower() in OK_STATUS and "valueQuantity" in r
         and (c := VS.observation(r["code"]["coding"][0]["code"])) is not None and c.concept == concept
         and ANCHOR - timedelta(hours=hours) <= _time(r["effectiveDateTime"]) <= ANCHOR
+        and plausible[0] <= _canonical(r) <= plausible[1]
     ]
 
 

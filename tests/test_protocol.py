@@ -194,7 +194,7 @@ def test_lenient_draft_orders(client: FlaskClient) -> None:
     assert card_problems(card) == []
     for name in ("clozapine", "haloperidol", "olanzapine", "risperidone"):
         assert name in card["detail"]
-    assert "1 draft order(s) without a readable medication ignored" in card["detail"]
+    assert "1 draft order could not be read: missing medication" in card["detail"]  # counted by kind and reason
     deleted = [a["resourceId"] for s in card["suggestions"] for a in s["actions"] if a["type"] == "delete"]
     assert sorted(deleted) == ["MedicationRequest/ref-contained", "MedicationRequest/ref-server",
                                "MedicationRequest/request-123"]

@@ -78,7 +78,7 @@ def _drug_evidence(inp: ClinicalInput, vs: ValueSets, ev: _Evidence) -> None:
     serotonergic: dict[str, datetime | None] = {}
     for med in inp.medications:
         status = (med.status or "").lower()
-        if status in EXCLUDED_STATUSES[med.kind]:
+        if status in EXCLUDED_STATUSES[med.kind] or med.do_not_perform:  # a prohibition is no drug taken
             continue
         groups = {g: names - assessed for g, names in _groups(med, vs).items()}
         groups = {g: names for g, names in groups.items() if names}

@@ -43,6 +43,7 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
     lookup = vs.observations_by_code.get  # = vs.observation, without a method call per code
     spellings = vs.unit_spellings
     implied = vs.thresholds["units"]["implied_when_missing"]
+    plausible: dict[str, list[float]] = vs.thresholds.get("plausible", {})
     by_codes: dict[tuple[str, ...], ObservationConcept | None] = {}  # the same code lists recur
     latest = now + FUTURE_SKEW
     used = 0
@@ -74,6 +75,10 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
             quality.unusable += 1
             continue
         value = conversion.apply(obs.value)
+        bounds = plausible.get(concept.concept)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            quality.implausible.setdefault(concept.concept, []).append((obs.value, unit))
+            continue
         uln = None
         if obs.ref_high is not None:
             ref_unit = obs.ref_unit or unit or ""

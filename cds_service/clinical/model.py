@@ -38,6 +38,7 @@ class MedicationInput:
     dose_value: float | None = None
     dose_unit: str | None = None
     kind: MedicationKind = "request"
+    do_not_perform: bool = False  # MedicationRequest.doNotPerform: an order NOT to give the drug
 
 
 class ObservationInput(NamedTuple):
@@ -84,6 +85,9 @@ class ClinicalInput:
     # resources dropped because they belong to another patient: (resource type, count)
     other_patient: tuple[tuple[str, int], ...] = ()
     capped: tuple[str, ...] = ()  # what the data-access layer cut at a hard limit, in words
+    # what could not be read: (kind, reason, count), e.g. ("temperature", "invalid status", 5)
+    unreadable: tuple[tuple[str, str, int], ...] = ()
+    duplicates: int = 0  # older versions of a resource listed more than once under one id: not used
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -168,6 +172,8 @@ class DataQuality:
     entered_in_error: int = 0
     not_final: int = 0
     unusable: int = 0  # no value, unknown unit, no time, in the future
+    # concept -> values outside its plausible range (data/thresholds.toml [plausible]), as given: not used
+    implausible: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     capped: dict[str, int] = field(default_factory=dict)  # concept -> older readings left out at the cap
 
 
@@ -204,6 +210,8 @@ class Assessment:
     ck_set_aside: list[Reading] = field(default_factory=list)
     # extreme hyperthermia with no CK counted in the episode: "pending" (a result not yet final) or "missing"
     ck_state: Literal["pending", "missing"] | None = None
+    unreadable: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, reason, count)
+    duplicates: int = 0
 
     @property
     def score(self) -> int:

@@ -43,8 +43,9 @@ def reconcile(medications: Iterable[MedicationInput], ingredient_of: Callable[[M
     ingredients = [None if med.is_draft else ingredient_of(med) for med in meds]  # each record classified once
     newest: dict[str, tuple[datetime, int]] = {}
     for index, med in enumerate(meds):
-        if med.is_draft or ((med.status or "").lower() in EXCLUDED_STATUSES[med.kind] and not _not_taking(med)):
-            continue  # a draft is not taken yet; a record in error or never given says nothing
+        if med.is_draft or med.do_not_perform or (
+                (med.status or "").lower() in EXCLUDED_STATUSES[med.kind] and not _not_taking(med)):
+            continue  # a draft is not taken yet; a prohibition or a record in error or never given says nothing
         ingredient = ingredients[index]
         moment = record_time(med)
         if ingredient is None or moment is None or moment > now + FUTURE_SKEW:

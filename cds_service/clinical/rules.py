@@ -39,7 +39,10 @@ from cds_service.clinical.valuesets import RXNORM, ValueSets, load
 # --- medications ------------------------------------------------------------------------------------
 
 
-def _route(med: MedicationInput, vs: ValueSets, hint: str) -> str | None:
+def _route(med: MedicationInput, vs: ValueSets, hint: str, long_acting: bool = False) -> str | None:
+    """The route the order states (coded, then in words); without one, the product's route only where the
+    product allows no other (an oral form, a long-acting injectable: intramuscular only). A short-acting
+    injection may be given IM or IV, so its route stays unknown (README "Clinical rules")."""
     for coding in med.route:
         if coding.system and coding.code and (coding.system, coding.code) in vs.routes:
             return vs.routes[(coding.system, coding.code)]
@@ -52,7 +55,9 @@ def _route(med: MedicationInput, vs: ValueSets, hint: str) -> str | None:
         return "oral"
     if "subcutaneous" in text:
         return "sc"
-    return None if hint == "unknown" else hint
+    if hint == "unknown" or (hint == "im" and not long_acting):
+        return None
+    return hint
 
 
 def classify(med: MedicationInput, vs: ValueSets) -> tuple[str, str, str, bool, str, str] | None:
@@ -113,8 +118,8 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets, at: datetime | None = None
     for med in inp.medications:
         hit = classify(med, vs)
         status = (med.status or "").lower() or None
-        if hit is None or (status or "") in EXCLUDED_STATUSES[med.kind]:
-            continue
+        if hit is None or (status or "") in EXCLUDED_STATUSES[med.kind] or med.do_not_perform:
+            continue  # a prohibition (doNotPerform) is never exposure
         ingredient, role, drug_class, lai, hint, matched_by = hit
         exposure = Exposure(
             ingredient=ingredient,
@@ -126,7 +131,7 @@ def find_exposures(inp: ClinicalInput, vs: ValueSets, at: datetime | None = None
             status=status,
             authored=med.authored,
             ended=med.ended,
-            route=_route(med, vs, hint),
+            route=_route(med, vs, hint, lai),
             long_acting=lai,
             matched_by=matched_by,  # type: ignore[arg-type]
             dose_value=med.dose_value,
@@ -314,6 +319,7 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
         first_exposure=first, findings_before_exposure=onset is not None and not explaining, other_causes=causes,
         other_patient=list(inp.other_patient), capped=capped, conflicts=conflicts,
         ck_set_aside=list(episode.set_aside), ck_state=ck_state,  # type: ignore[arg-type]
+        unreadable=list(inp.unreadable), duplicates=inp.duplicates,
     )
 
 

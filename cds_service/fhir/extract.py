@@ -10,6 +10,7 @@ R4B models, whose answer the plain path reproduces exactly. Parsing is lenient
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -24,7 +25,7 @@ from fhir_core.types import Instant as _FhirInstant
 from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, MedicationKind, ObservationInput
 from cds_service.clinical.rules import LAB_CONCEPTS, VITAL_CONCEPTS
 from cds_service.clinical.valuesets import LOINC, RXNORM, load
-from cds_service.fhir.models import ParseResult, parse
+from cds_service.fhir.models import ParseResult, parse, tidy_code
 
 
 @dataclass
@@ -35,6 +36,103 @@ class Extracted:
     sex: str | None = None
     unreadable: int = 0  # resources dropped because they could not be parsed
     repairs: int = 0
+    # what could not be read, by (kind, reason): kind is one of UNREAD_KINDS, reason one of models.REASONS
+    unread: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # older versions (or differing repeats) of a resource listed more than once under one type and id: not used
+    duplicates: int = 0
+    # (resource type, id) -> (version key, the raw resource used): one resource per type and id
+    seen: dict[tuple[str, str], tuple[tuple[str, str], Mapping[str, Any]]] = field(default_factory=dict)
+
+    def unread_items(self) -> tuple[tuple[str, str, int], ...]:
+        """(kind, reason, count) of what could not be read, in a stable order."""
+        return tuple((kind, reason, n) for (kind, reason), n in sorted(self.unread.items()))
+
+
+# The kinds of resource counted when unreadable (bounded: they are metrics labels, and the card words them).
+UNREAD_KINDS = ("temperature", "heart-rate", "respiratory-rate", "blood-pressure", "ck", "lab", "culture",
+                "observation", "medication", "draft-order", "condition", "allergy")
+_CONCEPT_KIND = {"body-temperature": "temperature", "heart-rate": "heart-rate", "respiratory-rate": "respiratory-rate",
+                 "systolic-bp": "blood-pressure", "diastolic-bp": "blood-pressure", "bp-panel": "blood-pressure",
+                 "creatine-kinase": "ck"}
+
+
+def observation_kind(raw: Mapping[str, Any]) -> str:
+    """The kind of a (relevant) Observation for the unreadable count, from its first known LOINC code."""
+    vs = load()
+    concept = raw.get("code")
+    for coding in (concept.get("coding") or ()) if isinstance(concept, dict) else ():
+        code = coding.get("code") if isinstance(coding, dict) else None
+        if not isinstance(code, str):
+            continue
+        if code in vs.culture_codes:
+            return "culture"
+        known = vs.observations_by_code.get(code)
+        if known is not None:
+            return _CONCEPT_KIND.get(known.concept, "lab" if known.concept in LAB_CONCEPTS else "observation")
+    return "observation"
+
+
+def _version(raw: Mapping[str, Any]) -> tuple[str, str]:
+    """(lastUpdated, versionId) of ``meta``, "" where absent or not a string."""
+    meta = raw.get("meta")
+    if not isinstance(meta, dict):
+        return ("", "")
+    updated, version = meta.get("lastUpdated"), meta.get("versionId")
+    return (updated if isinstance(updated, str) else "", version if isinstance(version, str) else "")
+
+
+def _instant(value: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(value).astimezone(UTC) if value else None
+    except (ValueError, OverflowError):
+        return None
+
+
+def _newer(version: tuple[str, str], than: tuple[str, str]) -> bool:
+    """Whether ``version`` is a later version than ``than``: by ``meta.lastUpdated`` when both have one and
+    they differ, else by a numeric ``meta.versionId``; when neither tells, not newer (the first listed stays)."""
+    new, old = _instant(version[0]), _instant(than[0])
+    if new is not None and old is not None and new != old:
+        return new > old
+    if version[1].isdigit() and than[1].isdigit() and int(version[1]) != int(than[1]):
+        return int(version[1]) > int(than[1])
+    return False
+
+
+def first_listing(raw: Mapping[str, Any], out: Extracted) -> str:
+    """One resource per type and id, the newest version winning: "first" (the first of its id: use it),
+    "newer" (a later version of one already used: use it instead, the caller removes the older), "older" (an
+    older or undated repeat: not used, counted as a duplicate unless it is the very same JSON) or "no id"."""
+    ident, kind = raw.get("id"), raw.get("resourceType")
+    if not isinstance(ident, str) or not ident or not isinstance(kind, str):
+        return "no id"
+    key = (kind, ident)
+    version = _version(raw)
+    known = out.seen.get(key)
+    if known is None:
+        out.seen[key] = (version, raw)
+        return "first"
+    if known[1] is raw or known[1] == raw:
+        return "older"  # the same resource in two answers (e.g. two overlapping queries): nothing is lost
+    out.duplicates += 1
+    if _newer(version, known[0]):
+        out.seen[key] = (version, raw)
+        return "newer"
+    return "older"
+
+
+def newest(resources: Iterable[Mapping[str, Any]], out: Extracted) -> list[Mapping[str, Any]]:
+    """``resources`` with one resource per type and id (the newest version, at the place of the first
+    listing); resources without an id are all kept."""
+    kept: list[Mapping[str, Any]] = []
+    for raw in resources:
+        verdict = first_listing(raw, out)
+        if verdict == "newer":
+            key = (raw["resourceType"], raw["id"])
+            kept = [r for r in kept if (r.get("resourceType"), r.get("id")) != key]
+        if verdict != "older":
+            kept.append(raw)
+    return kept
 
 
 def when(value: Any) -> datetime | None:
@@ -88,19 +186,29 @@ def _has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
     return False
 
 
-def _model(result: ParseResult, out: Extracted) -> Any:
-    """The parsed model, counting repairs; None (counted as unreadable) when the resource could not be read."""
+def _model(result: ParseResult, out: Extracted, kind: str) -> Any:
+    """The parsed model, counting repairs; None (counted as unreadable, by ``kind`` and reason) when the
+    resource could not be read."""
     out.repairs += bool(result.repairs)
     if result.model is None:
         out.unreadable += 1
+        out.unread[(kind, result.reason or "invalid structure")] += 1
     return result.model
 
 
 def observations(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
+    """The relevant Observations of ``resources`` into ``out.observations``; one per id across calls (the
+    newest version: see :func:`first_listing`)."""
     wanted = relevant_loinc()
     memo = _Memo()
     # one comprehension over the record (a long one is mostly other codes), then the work on what is left
     for raw in [r for r in resources if r.get("resourceType") == "Observation" and _has_code(r, wanted)]:
+        verdict = first_listing(raw, out)
+        if verdict == "older":
+            continue
+        if verdict == "newer":  # a newer version of one already read: it replaces what the older gave
+            ref = f"Observation/{raw['id']}"
+            out.observations = [o for o in out.observations if o.ref != ref]
         plain = plain_observation(raw, wanted, memo)
         if plain is not None:
             out.observations.extend(plain)
@@ -110,7 +218,7 @@ def observations(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None
 
 def parsed_observation(raw: Mapping[str, Any], wanted: frozenset[str], out: Extracted) -> None:
     """The reference path: parse with the R4B model (repairing what it can), then flatten."""
-    obs = _model(parse(raw), out)
+    obs = _model(parse(raw), out, observation_kind(raw))
     if obs is None:
         return
     time = when(obs.effectiveDateTime) or when(obs.effectiveInstant) or (
@@ -245,6 +353,15 @@ def _plain_datetime(value: Any) -> datetime | None:
         return datetime.fromisoformat(value).astimezone(UTC)
     except (ValueError, OverflowError):
         return None
+
+
+def _tidied_code(value: Any) -> str | None:
+    """A code that is plain once stray whitespace around it is removed (``"Final "``), as the R4B path's
+    :func:`~cds_service.fhir.models.tidy` reads it; None for anything else (it is not plain)."""
+    if type(value) is not str or value.strip() == value:
+        return None
+    tidied = tidy_code(value)
+    return tidied if _ok_code(tidied) and tidied == value.strip() else None
 
 
 def _ok_datetime(value: Any) -> bool:
@@ -460,8 +577,11 @@ def plain_observation(raw: Mapping[str, Any], wanted: frozenset[str], memo: _Mem
     get = raw.get
     known_values = memo.values
     # Each element once, by name: absent is fine (except the required status and code), null never is.
-    if not _ok_code(get("status")):
-        return None
+    status = get("status")
+    if not _ok_code(status):
+        status = _tidied_code(status)
+        if status is None:
+            return None
     codes = _memo_codes(get("code", _ABSENT), memo)
     if codes is None:
         return None
@@ -513,7 +633,6 @@ def plain_observation(raw: Mapping[str, Any], wanted: frozenset[str], memo: _Mem
     # Flatten as parsed_observation() does; the checks above make _num(x) == float(x) for present values.
     ident = get("id")
     ref = f"Observation/{ident}" if ident else None
-    status = raw["status"]
     low = high = None
     ref_unit = None
     if ranges is not _ABSENT:
@@ -557,6 +676,7 @@ _PLAIN_MEDICATION_REQUEST: dict[str, Check] = {
     "encounter": _ok_reference,
     "requester": _ok_reference,
     "authoredOn": _ok_datetime,
+    "doNotPerform": _ok_boolean,
     "dosageInstruction": _list_of(_ok_dosage),
     "dispenseRequest": _ok_dispense,
 }
@@ -581,9 +701,13 @@ def plain_medication_request(raw: Mapping[str, Any], *, is_draft: bool) -> Medic
     for name in _MR_REQUIRED:
         if name not in raw:
             return None
+    tidied: dict[str, str] = {}
     for name, value in raw.items():
         if not _PLAIN_MEDICATION_REQUEST[name](value):
-            return None
+            code = _tidied_code(value) if name in ("status", "intent") else None
+            if code is None:
+                return None
+            tidied[name] = code
     concept = raw["medicationCodeableConcept"]
     codings = _raw_codings(concept)
     names: list[str] = [concept["text"]] if concept.get("text") else []
@@ -609,7 +733,7 @@ def plain_medication_request(raw: Mapping[str, Any], *, is_draft: bool) -> Medic
     return MedicationInput(
         ref=f"MedicationRequest/{ident}" if ident else None,
         is_draft=is_draft,
-        status=raw["status"],
+        status=tidied.get("status", raw["status"]),
         codings=codings,
         names=tuple(dict.fromkeys(n for n in names if n)),
         route=_raw_codings(route),
@@ -618,6 +742,7 @@ def plain_medication_request(raw: Mapping[str, Any], *, is_draft: bool) -> Medic
         ended=ended,
         dose_value=dose_value,
         dose_unit=dose_unit,
+        do_not_perform=raw.get("doNotPerform") is True,
     )
 
 
@@ -642,7 +767,7 @@ def parsed_medication_request(raw: Mapping[str, Any], *, is_draft: bool, patient
         defaults["status"] = "draft"
     if patient_id:
         defaults["subject"] = {"reference": f"Patient/{patient_id}"}
-    mr = _model(parse(raw, defaults), out)
+    mr = _model(parse(raw, defaults), out, "draft-order" if is_draft else "medication")
     if mr is None:
         return None
     codings, names = _medication_concept(mr, medications)
@@ -687,6 +812,7 @@ def _from_model(model: Any, kind: MedicationKind, *, is_draft: bool, codings: tu
         dose_value=dose[0],
         dose_unit=dose[1],
         kind=kind,
+        do_not_perform=getattr(model, "doNotPerform", None) is True,  # a prohibition: never exposure
     )
 
 
@@ -727,7 +853,7 @@ def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[st
                               out: Extracted) -> MedicationInput | None:
     """A dose given: ``effective[x]`` is when (start and end of an infusion); the status decides whether it
     counts (the rules drop ``not-done`` and ``entered-in-error``)."""
-    ma = _model(parse(raw), out)
+    ma = _model(parse(raw), out, "medication")
     if ma is None:
         return None
     codings, names = _medication_concept(ma, medications)
@@ -741,7 +867,7 @@ def medication_administration(raw: Mapping[str, Any], *, medications: Mapping[st
 def medication_statement(raw: Mapping[str, Any], *, medications: Mapping[str, Any],
                          out: Extracted) -> MedicationInput | None:
     """Home or reported medication: ``effective[x]`` (period or date), else ``dateAsserted``, is when."""
-    ms = _model(parse(raw), out)
+    ms = _model(parse(raw), out, "medication")
     if ms is None:
         return None
     codings, names = _medication_concept(ms, medications)
@@ -761,6 +887,7 @@ class ExposureRecords:
     administrations: list[dict[str, Any]] = field(default_factory=list)
     statements: list[dict[str, Any]] = field(default_factory=list)
     medications: dict[str, Any] = field(default_factory=dict)  # "Medication/<id>" -> resource
+    duplicates: int = 0  # older versions (or differing repeats) of one order, dose or statement: not used
 
     def all(self) -> list[dict[str, Any]]:
         return self.requests + self.administrations + self.statements
@@ -774,14 +901,16 @@ def exposure_records(data: Mapping[str, Any]) -> ExposureRecords:
     """Sort the resources of the medication keys (``medications``, ``administrations``, ``statements``, any
     that the hook's templates have) by kind; ``data`` maps key -> an object with ``resources``."""
     out = ExposureRecords()
-    for key in ("medications", "administrations", "statements"):
-        item = data.get(key)
-        for raw in item.resources if item is not None else []:
-            kind = raw.get("resourceType")
-            if kind == "Medication":
-                out.medications[f"Medication/{raw.get('id')}"] = raw
-            elif kind in _EXPOSURE_TYPES:
-                getattr(out, _EXPOSURE_TYPES[kind]).append(raw)
+    items = [data.get(key) for key in ("medications", "administrations", "statements")]
+    listed = [raw for item in items if item is not None for raw in item.resources]
+    seen = Extracted()
+    for raw in newest(listed, seen):
+        kind = raw.get("resourceType")
+        if kind == "Medication":
+            out.medications[f"Medication/{raw.get('id')}"] = raw
+        elif kind in _EXPOSURE_TYPES:
+            getattr(out, _EXPOSURE_TYPES[kind]).append(raw)
+    out.duplicates = seen.duplicates
     return out
 
 
@@ -826,13 +955,10 @@ def administrations_and_statements(given: Iterable[Mapping[str, Any]], stated: I
 
 
 def history(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
-    for raw in resources:
+    for raw in newest([r for r in resources if r.get("resourceType") in ("Condition", "AllergyIntolerance")], out):
         kind = raw.get("resourceType")
-        if kind not in ("Condition", "AllergyIntolerance"):
-            continue
-        model = parse(raw).model
+        model = _model(parse(raw), out, "condition" if kind == "Condition" else "allergy")
         if model is None:
-            out.unreadable += 1
             continue
         codings = list(_codings(model.code))
         texts = _texts(model.code)

@@ -28,6 +28,7 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 __all__ = [
+    "REASONS",
     "AllergyIntolerance",
     "Condition",
     "Medication",
@@ -38,6 +39,8 @@ __all__ = [
     "ParseResult",
     "Patient",
     "parse",
+    "tidy",
+    "tidy_code",
 ]
 
 MODELS: dict[str, type[FHIRAbstractModel]] = {
@@ -58,6 +61,89 @@ _MAX_REPAIRS = 12
 class ParseResult:
     model: Any | None
     repairs: list[str] = field(default_factory=list)
+    reason: str | None = None  # why ``model`` is None: one of REASONS (a bounded label, no value)
+
+
+# Why a resource could not be read, in words for the card and as a bounded metrics label.
+REASONS = ("invalid status", "missing status", "invalid code", "missing code", "invalid subject",
+           "missing subject", "invalid intent", "missing intent", "invalid medication", "missing medication",
+           "invalid time", "invalid value", "invalid extension", "invalid structure", "nested too deeply",
+           "unparseable value", "not an object", "unsupported type")
+_ELEMENT_REASON = {"status": "status", "code": "code", "subject": "subject", "patient": "subject",
+                   "intent": "intent", "medicationCodeableConcept": "medication",
+                   "medicationReference": "medication", "extension": "extension", "modifierExtension": "extension"}
+
+
+def _reason(errors: list[Any], original: dict[str, Any]) -> str:
+    """A bounded label for the first error that stopped the repair: the top-level element it names."""
+    for err in errors:
+        loc = [p for p in err.get("loc", ()) if not (isinstance(p, str) and p.startswith("function-"))]
+        name = loc[0] if loc and isinstance(loc[0], str) else ""
+        if not name and "'medicationCodeableConcept'" in str(err.get("msg", "")):  # the choice [x] validator
+            name = "medicationCodeableConcept"
+        if name.startswith(("effective", "issued", "authoredOn", "dateAsserted")):
+            return "invalid time"
+        if name.startswith("value"):
+            return "invalid value"
+        element = _ELEMENT_REASON.get(name)
+        if element is None:
+            continue
+        if element == "extension":
+            return "invalid extension"
+        if name in original and element in ("status", "code", "subject", "intent", "medication"):
+            return f"invalid {element}"
+        return f"missing {element}"
+    return "invalid structure"
+
+
+def tidy_code(value: Any) -> Any:
+    """A code with stray whitespace (``"Final "``, ``" active"``) as the code it plainly is; anything else as
+    given. Case is kept: the rules compare statuses case-insensitively, and an unknown code stays unknown."""
+    if isinstance(value, str) and value and not value.isspace():
+        return " ".join(value.split())
+    return value
+
+
+_TIDY_CODES = ("status", "intent")
+
+
+def _drop_urlless_extensions(node: Any) -> int:
+    """Remove every ``extension`` entry without a ``url`` (it cannot say what it means, and an ``extension``
+    never changes the meaning of the rest); returns how many were removed. ``modifierExtension`` is left
+    alone: a modifier without a url may change the meaning, so such a resource stays unreadable."""
+    removed = 0
+    if isinstance(node, dict):
+        extensions = node.get("extension")
+        if isinstance(extensions, list):
+            kept = [e for e in extensions if not (isinstance(e, dict) and not isinstance(e.get("url"), str))]
+            removed += len(extensions) - len(kept)
+            if kept:
+                node["extension"] = kept
+            else:
+                del node["extension"]
+        for key, value in node.items():
+            if key != "modifierExtension":
+                removed += _drop_urlless_extensions(value)
+    elif isinstance(node, list):
+        for item in node:
+            removed += _drop_urlless_extensions(item)
+    return removed
+
+
+def tidy(data: dict[str, Any]) -> list[str]:
+    """Repair, in place, the harmless malformations that change no meaning: whitespace around ``status`` and
+    ``intent``, and extensions without a ``url``. Returns what was repaired (by path, never by value)."""
+    notes: list[str] = []
+    for name in _TIDY_CODES:
+        value = data.get(name)
+        tidied = tidy_code(value)
+        if tidied != value:
+            data[name] = tidied
+            notes.append(f"trimmed {name}")
+    removed = _drop_urlless_extensions(data)
+    if removed:
+        notes.append(f"dropped {removed} extension(s) without url")
+    return notes
 
 
 def _container(root: Any, loc: tuple[Any, ...]) -> tuple[Any, Any] | None:
@@ -110,21 +196,31 @@ def parse(resource: Any, defaults: dict[str, Any] | None = None) -> ParseResult:
     order: ``intent``, ``status`` and ``subject``); nothing clinical is ever invented.
     """
     if not isinstance(resource, dict):
-        return ParseResult(None, ["not an object"])
+        return ParseResult(None, ["not an object"], "not an object")
     model_cls = MODELS.get(str(resource.get("resourceType")))
     if model_cls is None:
-        return ParseResult(None, [f"unsupported resourceType {resource.get('resourceType')!r}"[:80]])
+        return ParseResult(None, [f"unsupported resourceType {resource.get('resourceType')!r}"[:80]],
+                           "unsupported type")
     try:
         return ParseResult(model_cls.model_validate(resource))
     except ValidationError as exc:
         errors = exc.errors()
     except RecursionError:  # e.g. extensions nested ~130 deep in a FHIR server's answer (prefetch is depth-capped)
-        return ParseResult(None, ["nested too deeply"])
+        return ParseResult(None, ["nested too deeply"], "nested too deeply")
     except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
         # fhir_core validators can raise plain exceptions on odd input (e.g. "_status": 1.5): unreadable, not fatal
-        return ParseResult(None, [f"unparseable ({type(exc).__name__})"])
+        return ParseResult(None, [f"unparseable ({type(exc).__name__})"], "unparseable value")
     data = copy.deepcopy(resource)
-    repairs: list[str] = []
+    repairs: list[str] = tidy(data)
+    if repairs:  # the harmless malformations first: they may be all that was wrong
+        try:
+            return ParseResult(model_cls.model_validate(data), repairs)
+        except ValidationError as exc:
+            errors = exc.errors()
+        except RecursionError:
+            return ParseResult(None, [*repairs, "nested too deeply"], "nested too deeply")
+        except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
+            return ParseResult(None, [*repairs, f"unparseable ({type(exc).__name__})"], "unparseable value")
     for _ in range(_MAX_REPAIRS):
         progressed = False
         for err in errors:
@@ -140,8 +236,8 @@ def parse(resource: Any, defaults: dict[str, Any] | None = None) -> ParseResult:
         except ValidationError as exc:
             errors = exc.errors()
         except RecursionError:
-            return ParseResult(None, [*repairs, "nested too deeply"])
+            return ParseResult(None, [*repairs, "nested too deeply"], "nested too deeply")
         except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
-            return ParseResult(None, [*repairs, f"unparseable ({type(exc).__name__})"])
+            return ParseResult(None, [*repairs, f"unparseable ({type(exc).__name__})"], "unparseable value")
     repairs.append("unrepairable")
-    return ParseResult(None, repairs)
+    return ParseResult(None, repairs, _reason([dict(e) for e in errors], resource))

@@ -231,8 +231,13 @@ def detail(a: Assessment) -> str:
         data.append(f"{q.not_final} not final (preliminary, cancelled…) ignored")
     if q.unusable:
         data.append(f"{q.unusable} without a usable value, unit or time ignored")
-    if a.ignored_orders:
-        data.append(f"{a.ignored_orders} draft order(s) without a readable medication ignored")
+    data += _implausible(a)
+    data += _unreadable(a)
+    unreadable_drafts = sum(n for kind, _, n in a.unreadable if kind == "draft-order")
+    if a.ignored_orders > unreadable_drafts:
+        data.append(f"{a.ignored_orders - unreadable_drafts} draft order(s) without a readable medication ignored")
+    if a.duplicates:
+        data.append(f"{a.duplicates} older version(s) of a resource listed more than once under one id not used")
     if a.other_patient:
         dropped = sum(n for _, n in a.other_patient)
         data.append(f"{dropped} resource(s) of another patient dropped and not used ("
@@ -246,6 +251,52 @@ def detail(a: Assessment) -> str:
     if a.draft_exposures and not any(e.ref for e in a.draft_exposures):
         lines.append("The draft order has no id, so it cannot be removed from here: cancel it in the order form.")
     return "\n".join(lines)
+
+
+# What could not be read, by kind (extract.UNREAD_KINDS): (one, several).
+_UNREAD_WORDS = {
+    "temperature": ("temperature reading", "temperature readings"),
+    "heart-rate": ("heart rate reading", "heart rate readings"),
+    "respiratory-rate": ("respiratory rate reading", "respiratory rate readings"),
+    "blood-pressure": ("blood pressure reading", "blood pressure readings"),
+    "ck": ("CK result", "CK results"),
+    "lab": ("laboratory result", "laboratory results"),
+    "culture": ("culture result", "culture results"),
+    "observation": ("observation", "observations"),
+    "medication": ("medication record", "medication records"),
+    "draft-order": ("draft order", "draft orders"),
+    "condition": ("condition", "conditions"),
+    "allergy": ("allergy record", "allergy records"),
+}
+
+
+def _unreadable(a: Assessment) -> list[str]:
+    """One phrase per kind of resource that could not be read: "5 temperature readings could not be read:
+    invalid status" (several reasons: each with its count)."""
+    by_kind: dict[str, list[tuple[str, int]]] = {}
+    for kind, reason, n in a.unreadable:
+        by_kind.setdefault(kind, []).append((reason, n))
+    out = []
+    for kind, reasons in by_kind.items():
+        total = sum(n for _, n in reasons)
+        one, several = _UNREAD_WORDS.get(kind, ("resource", "resources"))
+        why = md(reasons[0][0], 40) if len(reasons) == 1 else ", ".join(f"{n} {md(r, 40)}" for r, n in reasons)
+        out.append(f"{total} {one if total == 1 else several} could not be read: {why}")
+    return out
+
+
+def _implausible(a: Assessment) -> list[str]:
+    """Values outside the plausible range of their concept (data/thresholds.toml [plausible]), as recorded."""
+    plausible = load().thresholds.get("plausible", {})
+    out = []
+    for concept, values in sorted(a.quality.implausible.items()):
+        low, high = plausible.get(concept, (None, None))
+        shown = ", ".join(f"{v:g} {md(u, 16)}" for v, u in sorted(values)[:6]) + (" …" if len(values) > 6 else "")
+        unit = "°C" if concept == "body-temperature" else ""
+        bounds = f" ({low:g}–{high:g} {unit})".replace(" )", ")") if low is not None else ""
+        words = "temperature" if concept == "body-temperature" else concept.replace("-", " ")
+        out.append(f"{len(values)} {words} value(s) outside the plausible range{bounds} not used: {shown}")
+    return out
 
 
 def _service_request(code: str, patient_id: str) -> dict[str, Any]:

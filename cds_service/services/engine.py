@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from cds_service import metrics
 from cds_service.audit import audit_fields
 from cds_service.clinical import Assessment, ClinicalInput, assess
 from cds_service.config import Settings
@@ -196,6 +197,7 @@ class Engine:
         for key in OBSERVATION_KEYS:
             extract.observations(data[key].resources, out)
         extract.history(data["conditions"].resources + data["allergies"].resources, out)
+        metrics.unreadable_resources(out.unread)
         missing = [KEY_WORDS.get(k, k) for k, v in data.items() if not v.ok and k != "patient"]
         missing += [KEY_WORDS.get(k, k) + " (only partly: " + (v.note or "incomplete") + ")"
                     for k, v in data.items() if v.ok and not v.complete]
@@ -209,6 +211,8 @@ class Engine:
             ignored_orders=ignored,
             other_patient=scope.other_patient,
             capped=tuple(scope.capped),
+            unreadable=out.unread_items(),
+            duplicates=out.duplicates + records.duplicates,
         )
 
     def _fetch_medications(self, requests_raw: list[dict[str, Any]], known: dict[str, Any],
