@@ -84,6 +84,8 @@ class ClinicalInput:
     # resources dropped because they belong to another patient: (resource type, count)
     other_patient: tuple[tuple[str, int], ...] = ()
     capped: tuple[str, ...] = ()  # what the data-access layer cut at a hard limit, in words
+    # medication records naming their drug only by a reference that could not be resolved: (why, count)
+    unidentified_medications: tuple[tuple[str, int], ...] = ()
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -195,6 +197,8 @@ class Assessment:
     other_causes: list[OtherCause] = field(default_factory=list)
     other_patient: list[tuple[str, int]] = field(default_factory=list)
     capped: list[str] = field(default_factory=list)
+    # medication records whose drug could not be identified (the input's, passed through): (why, count)
+    unidentified_medications: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def score(self) -> int:
