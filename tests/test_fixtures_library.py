@@ -241,7 +241,8 @@ def test_codes_come_from_the_project_tables(scenarios: list[Scenario]) -> None:
                 assert ((system, code) in VS.conditions or VS.cause_of(system, code) or code in routes
                         or code in non_listed_snomed), code
             elif system in VS.atc_systems:
-                assert code in VS.drugs_by_atc or VS.other_drug(system, code) is not None or code in non_listed_atc, code
+                assert (code in VS.drugs_by_atc or VS.other_drug(system, code) is not None
+                        or code in non_listed_atc), code
 
 
 # ---------------------------------------------------------------------------------------------------
