@@ -135,11 +135,10 @@ def unproven(resource: Mapping[str, Any], patient_id: str, base: ParsedUrl | Non
         target = parse_url(reference, allow_query=False)
     except UrlRefused:
         return "other server"
-    if base is None or (target.scheme, target.host, target.port) != (base.scheme, base.host, base.port) \
-            or not target.path.startswith(base.path + "/Patient/"):
+    if base is None or not target.is_under(base) or target.path == base.path:
         return "other server"
-    named = target.path.removeprefix(base.path + "/Patient/")
-    return None if named == patient_id else "another patient"
+    match = _PATIENT_REF.fullmatch(target.path.removeprefix(base.path + "/"))
+    return None if match is not None and match.group(1) == patient_id else "another patient"
 
 
 def belongs(resource: Mapping[str, Any], patient_id: str, base: str | None = None) -> bool:
