@@ -212,6 +212,10 @@ class FhirClient:
         except UrlRefused:
             return False
 
+    def within_base(self, url: str) -> bool:
+        """Whether ``url`` is under the fhirServer base (a link the client would follow)."""
+        return self._within_base(url)
+
     # -- HTTP --------------------------------------------------------------------------------------
     @metrics.count_fhir_call  # nms_cds_fhir_requests_total{outcome}
     def get_json(self, url: str) -> dict[str, Any]:

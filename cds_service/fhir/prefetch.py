@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 from cds_service.errors import FhirError
 from cds_service.fhir import bounds
@@ -178,6 +178,9 @@ def _first_page(key: str, plan: bounds.Plan, stop: PageStop, client: FhirClient)
     if next_url is None or stop.passed(on_page):
         return KeyData(key, on_page, "fhir-server")
     pages = client.settings.fhir_max_pages - 1
+    if unquote(next_url) == unquote(first_url) or not client.within_base(next_url) or pages < 1:  # the usual paging says why
+        result = client.follow(page, first_url=first_url, stop=stop)
+        return KeyData(key, result.resources, "fhir-server", True, result.complete, result.note)
     parts, unreached = _offset_pages(page, next_url, len(on_page), pages)
     if parts:
         return KeyData(key, on_page, "fhir-server", slices=parts, budget=_PageBudget(pages), gap=unreached)
@@ -230,21 +233,26 @@ def _offset_pages(page: dict[str, Any], next_url: str, read: int, budget: int
     return out, note
 
 
-def _fetch_slice(part: bounds.Slice, client: FhirClient, budget: _PageBudget) -> tuple[list[dict[str, Any]], bool]:
+def _fetch_slice(part: bounds.Slice, client: FhirClient, budget: _PageBudget
+                 ) -> tuple[list[dict[str, Any]], str | None]:
     """One part of a window: its page and, for a time slice, while the key's page budget lasts, its next pages
-    (FhirError propagates). Returns the resources and whether the part was read to its end."""
+    (FhirError propagates). Returns the resources and why the part was not read to its end (None: it was)."""
     if not budget.take():
-        return [], False
+        return [], "page cap (fhir_max_pages) reached"
     page = client.get_json(part.url)
     found: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[str] = {part.url}
     while True:
         found.extend(client.follow({**page, "link": []}).resources)
         next_url = _next(page) if part.low is not None else None  # an offset page ends where the next begins
         if next_url is None:
-            return found, True
-        if next_url in seen or not budget.take():
-            return found, False
+            return found, None
+        if next_url in seen:
+            return found, "next link loops back to a page already read"
+        if not client.within_base(next_url):
+            return found, "next link points outside the fhirServer base; not followed"
+        if not budget.take():
+            return found, "page cap (fhir_max_pages) reached"
         seen.add(next_url)
         page = client.get_json(next_url)
 
@@ -253,7 +261,7 @@ def _when(instant: datetime) -> str:
     return instant.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _merge_slices(data: KeyData, futures: list[tuple[bounds.Slice, Future[tuple[list[dict[str, Any]], bool]]]],
+def _merge_slices(data: KeyData, futures: list[tuple[bounds.Slice, Future[tuple[list[dict[str, Any]], str | None]]]],
                   budget: Callable[[], float]) -> KeyData:
     """Add the parts' resources to the key (once per type and id); name what of the window was not read."""
     seen = {(r.get("resourceType"), r.get("id")) for r in data.resources if r.get("id")}
@@ -261,15 +269,15 @@ def _merge_slices(data: KeyData, futures: list[tuple[bounds.Slice, Future[tuple[
     reasons: list[str] = []
     for part, future in futures:
         try:
-            found, whole = future.result(timeout=max(budget(), 0.0) + 0.05)
+            found, short = future.result(timeout=max(budget(), 0.0) + 0.05)
         except (FhirError, FutureTimeout) as exc:
             future.cancel()
             unread.append(part)
             reasons.append(exc.message if isinstance(exc, FhirError) else "hook time budget exhausted")
             continue
-        if not whole:
+        if short is not None:
             unread.append(part)
-            reasons.append("page cap (fhir_max_pages) reached")
+            reasons.append(short)
         for resource in found:
             ident = (resource.get("resourceType"), resource.get("id"))
             if resource.get("id") and ident in seen:
@@ -371,7 +379,7 @@ def resolve(
                      for key, queries in extras.items() if client is not None}
     # first pages as they arrive; a dense window's slices are submitted at once, newest first
     keys = {future: key for key, future in pending.items()}
-    slice_futures: dict[str, list[tuple[bounds.Slice, Future[tuple[list[dict[str, Any]], bool]]]]] = {}
+    slice_futures: dict[str, list[tuple[bounds.Slice, Future[tuple[list[dict[str, Any]], str | None]]]]] = {}
     try:
         for future in as_completed(keys, timeout=max(budget_remaining(), 0.0) + 0.05):
             key = keys[future]
