@@ -178,7 +178,8 @@ def _first_page(key: str, plan: bounds.Plan, stop: PageStop, client: FhirClient)
     if next_url is None or stop.passed(on_page):
         return KeyData(key, on_page, "fhir-server")
     pages = client.settings.fhir_max_pages - 1
-    if unquote(next_url) == unquote(first_url) or not client.within_base(next_url) or pages < 1:  # the usual paging says why
+    # a next link back to this page, or off the base: the usual paging, which says why it stops
+    if unquote(next_url) == unquote(first_url) or not client.within_base(next_url) or pages < 1:
         result = client.follow(page, first_url=first_url, stop=stop)
         return KeyData(key, result.resources, "fhir-server", True, result.complete, result.note)
     parts, unreached = _offset_pages(page, next_url, len(on_page), pages)
@@ -374,19 +375,22 @@ def resolve(
         pending[key] = pool.executor.submit(_fetch, key, url, client, why=why, plan=plan, sliced=True)
         if plan is not None and plan.extras:
             extras[key] = list(plan.extras)
-    # the extra queries after every key's own, so that a small pool serves the keys first
-    extra_futures = {key: [pool.executor.submit(_fetch_extra, extra, client) for extra in queries]
-                     for key, queries in extras.items() if client is not None}
-    # first pages as they arrive; a dense window's slices are submitted at once, newest first
+    # First pages as they arrive; then that key's later pages (a dense window's offset pages or slices, newest
+    # first) and its extra queries: the server answers every key's first page before any other work.
     keys = {future: key for key, future in pending.items()}
     slice_futures: dict[str, list[tuple[bounds.Slice, Future[tuple[list[dict[str, Any]], str | None]]]]] = {}
+    extra_futures: dict[str, list[Future[list[dict[str, Any]]]]] = {}
     try:
         for future in as_completed(keys, timeout=max(budget_remaining(), 0.0) + 0.05):
             key = keys[future]
             results[key] = data = future.result()
-            if data.slices and client is not None and data.budget is not None:
+            if client is None or not data.ok:
+                continue
+            if data.slices and data.budget is not None:
                 slice_futures[key] = [(part, pool.executor.submit(_fetch_slice, part, client, data.budget))
                                       for part in data.slices]
+            if key in extras:
+                extra_futures[key] = [pool.executor.submit(_fetch_extra, extra, client) for extra in extras[key]]
     except FutureTimeout:
         pass
     for key, future in pending.items():
