@@ -77,6 +77,7 @@ def test_each_hook_keeps_the_prefetch_verdict_or_names_what_is_missing(app: Flas
     assert status == 200  # never a 412: every key has at least its newest page
     (card,) = cards
     assert card["indicator"] == "critical" or "**Incomplete:**" in card["detail"], card["summary"]
-    assert elapsed < 3.0 + 1.0  # the hook budget (3 s) and the card building, on a busy machine
-    # the page cap left the oldest vital signs out, and the card says so
-    assert "vital signs (only partly: the oldest" in card["detail"]
+    assert elapsed < 3.0 + 2.0  # the hook budget (3 s) and building the card from 3,900 readings, on a busy machine
+    # the page cap (10 pages of 200) leaves the oldest vital signs out, and the card says so
+    incomplete = next(line for line in card["detail"].split("\n") if line.startswith("**Incomplete:**"))
+    assert "vital signs" in incomplete  # "(only partly: the oldest 880 of 2,880 readings not read: page cap)"
