@@ -27,6 +27,9 @@ pytestmark = pytest.mark.integration
 
 # 250 ms before every answer, 250 ms more for a new search: 500 ms a search, 250 ms a later page
 PAGE_LATENCY = ("--paging", "hapi", "--latency-ms", "250", "--search-latency-ms", "250")
+# As in tests/test_long_stay_fetch.py: the local server is one Node thread, and on a busy machine its first byte
+# can come after the default 2 s read timeout with budget left; the read timeout is raised to the hook budget.
+SETTINGS = {"fixed_now": ANCHOR, "fhir_read_timeout": 3.0}
 AUTH = {"access_token": "tok-icu-1", "token_type": "Bearer", "expires_in": 300, "scope": "user/*.read",
         "subject": "nms-cds"}
 
@@ -44,9 +47,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localfhir.Local
 
 @pytest.fixture(scope="module")
 def app(server: localfhir.LocalFhirServer) -> Iterator[Flask]:
-    application = create_app(make_settings(fixed_now=ANCHOR, fhir_allowlist=[server.base_url]))
+    application = create_app(make_settings(**SETTINGS, fhir_allowlist=[server.base_url]))
     application.test_client().post("/cds-services/nms-order-sign",  # warm the server's search code
                                    json=scenarios.icu_request(server.base_url, "order-sign"))
+    time.sleep(2.0)  # and let it finish what the warm-up call left when its budget ran out (one Node thread)
     yield application
     application.extensions["nms_cds"].pool.shutdown()
 

@@ -161,7 +161,7 @@ class Engine:
                 report.fhir_server = "not-allowed"
                 refusal = exc.message
         data = resolve(policy.templates, req.prefetch, req.context, client, self.pool,
-                       budget_remaining=deadline.remaining, now=self.clock())
+                       budget_remaining=deadline.remaining, now=self.clock(), first=OBSERVATION_KEYS)
         report.keys = {k: (v.source if v.ok else "failed") + ("" if v.complete else "-partial")
                        for k, v in data.items()}
         observation_keys = [k for k in OBSERVATION_KEYS if k in data]
