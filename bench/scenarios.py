@@ -14,6 +14,9 @@ Three scenarios (see ``bench/README.md``):
 4. :func:`fhir_server_request` + ``transaction_bundle(LONG_STAY_DAYS)`` - no prefetch, long stay: 45 days of
    4-hourly vital signs (about 1,100 Observations) with the same NMS episode at the end, served by the local
    FHIR server in its HAPI-like paging mode with a simulated cost of about 1 s per search.
+5. :func:`icu_request` + :func:`icu_bundle` - no prefetch, dense record: an ICU stay with vital signs every
+   15 minutes (about 3,900 Observations), served by the local FHIR server paging like HAPI at 250-500 ms a
+   page (``tests/test_icu_fetch.py``); with prefetch (:func:`icu_request` ``prefetch=``) it is critical.
 
 Everything is built relative to :data:`cds_service.devtools.fixtures.ANCHOR`; run the service with
 ``NMS_CDS_FIXED_NOW`` set to it so that the clinical answer is the real one. Same arguments, same bytes.
@@ -286,6 +289,73 @@ def admission_resources(days: int = ADMISSION_DAYS) -> list[JsonDict]:
         rec.lab_result("crp", "1988-5", hours, crp[i], "mg/L", (None, 5))
         rec.lab_result("creatinine", "2160-0", hours, creat[i], "mg/dL", (0.7, 1.3))
     return rec.resources
+
+
+ICU_DAYS = 10  # scenario 5: an ICU stay with vital signs every 15 minutes
+ICU_VITALS_EVERY_MINUTES = 15
+
+
+def icu_resources(days: int = ICU_DAYS, every_minutes: int = ICU_VITALS_EVERY_MINUTES) -> list[JsonDict]:
+    """Scenario 5's record: the admission's orders and daily labs, with vital signs every ``every_minutes``
+    (temperature, heart rate, respiratory rate, blood-pressure panel) over ``days``: about 3,900 Observations
+    for 10 days at 15 minutes. The same NMS course: febrile from -36 h (38.3-39.5 °C), tachycardia,
+    tachypnoea and labile blood pressure from -24 h, CK to 47 x ULN: critical in every hook with prefetch.
+    """
+    rng = random.Random(SEED + 5)
+    rec = _Record()
+    start = -days * 24
+    haloperidol_po, haloperidol_im = "310672", "204416"
+    rec.med(haloperidol_po, _drug_display(haloperidol_po), status="stopped", hours=-96, dose=5, unit="mg",
+            per_day=2, route=ORAL, end_hours=-48)
+    rec.med(haloperidol_im, _drug_display(haloperidol_im), status="active", hours=-48, dose=5, unit="mg",
+            per_day=4, route=IM)
+    for i, (code, display, dose, unit, per_day, route) in enumerate(_OTHER_MEDS):
+        rec.med(code, display, status="active" if i % 3 else "completed", hours=start + 2 + 6 * i, dose=dose,
+                unit=unit, per_day=per_day, route=route)
+    for step in range(days * 24 * 60 // every_minutes):
+        hours = start + 0.5 + step * every_minutes / 60
+        ill, peak = hours >= -36, hours >= -24
+        temp = round(38.3 + 0.1 * rng.randint(0, 12), 1) if ill else round(36.6 + 0.1 * rng.randint(0, 6), 1)
+        hr = (112 + rng.randint(0, 12)) if peak else (96 + rng.randint(0, 8)) if ill else 76 + rng.randint(0, 8)
+        rr = (24 + rng.randint(0, 3)) if peak else (19 + rng.randint(0, 2)) if ill else 14 + rng.randint(0, 3)
+        if peak and int(hours) % 8 < 4:
+            sbp, dbp = 150 + rng.randint(0, 20), 92 + rng.randint(0, 10)
+        elif peak:
+            sbp, dbp = 118 + rng.randint(0, 6), 72 + rng.randint(0, 6)
+        else:
+            sbp, dbp = 116 + rng.randint(0, 8), 72 + rng.randint(0, 6)
+        rec.vital("temp", "8310-5", hours, temp, "Cel")
+        rec.vital("hr", "8867-4", hours, hr, "/min")
+        rec.vital("rr", "9279-1", hours, rr, "/min")
+        rec.observation("bp", "85354-9", rec.known("85354-9", "mm[Hg]"), hours, category="vital-signs",
+                        components=[("8480-6", rec.known("8480-6", "mm[Hg]"), sbp, "mm[Hg]"),
+                                    ("8462-4", rec.known("8462-4", "mm[Hg]"), dbp, "mm[Hg]")])
+    ck = (140, 150, 135, 160, 1900, 6800, 9400)
+    iron = (18.0, 17.5, 18.2, 16.9, 9.8, 6.1, 5.4)
+    wbc = (7.2, 7.6, 8.1, 7.9, 11.8, 14.2, 13.9)
+    crp = (3.0, 2.8, 3.5, 4.1, 21.0, 45.0, 52.0)
+    creat = (0.9, 0.9, 1.0, 0.9, 1.2, 1.5, 1.6)
+    for day in range(days):
+        hours = start + 24 * day + 18
+        i = max(0, day - (days - ADMISSION_DAYS))
+        rec.lab_result("ck", "2157-6", hours, ck[i], "U/L", (30, 200))
+        rec.lab_result("iron", "14798-3", hours, iron[i], "umol/L", (13, 32))
+        rec.lab_result("wbc", "6690-2", hours, wbc[i], "10*9/L", (4, 11))
+        rec.lab_result("crp", "1988-5", hours, crp[i], "mg/L", (None, 5))
+        rec.lab_result("creatinine", "2160-0", hours, creat[i], "mg/dL", (0.7, 1.3))
+    return rec.resources
+
+
+def icu_request(fhir_base: str | None, hook: str = "order-sign", *, prefetch: JsonDict | None = None) -> JsonDict:
+    """Scenario 5's request for ``hook``: ``fhirServer`` (no prefetch), or ``prefetch`` (no fhirServer)."""
+    return _request(f"icu-{hook}", prefetch, fhir_server=fhir_base, hook=hook)
+
+
+def icu_bundle() -> JsonDict:
+    """Scenario 5's server data as a transaction Bundle of PUTs."""
+    return {"resourceType": "Bundle", "type": "transaction",
+            "entry": [{"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                      for r in icu_resources()]}
 
 
 def draft_order() -> JsonDict:

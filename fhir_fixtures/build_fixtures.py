@@ -200,6 +200,9 @@ class Builder:
     resources: list[JsonDict] = field(default_factory=list)
     drafts: list[JsonDict] = field(default_factory=list)
     counters: Counter[str] = field(default_factory=Counter)
+    # prefetch key -> resources of the bundle that the client put into that key although its search does
+    # not match them (a client that filters by its own idea of the patient); appended to the filled key
+    unsolicited: dict[str, list[JsonDict]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pid = f"nms-{self.sid}"
@@ -517,11 +520,14 @@ class Builder:
             "type": "collection",
             "entry": [{"resource": r} for r in self.drafts],
         }
+        prefetch = fill_prefetch(self.resources, prefetch_templates(), self.pid)
+        for key, extra in self.unsolicited.items():
+            prefetch[key].setdefault("entry", []).extend({"resource": r, "search": {"mode": "match"}} for r in extra)
         return {
             "hook": "order-sign",
             "hookInstance": str(uuid.uuid5(HOOK_NAMESPACE, self.sid)),
             "context": {"userId": "Practitioner/example", "patientId": self.pid, "draftOrders": drafts},
-            "prefetch": fill_prefetch(self.resources, prefetch_templates(), self.pid),
+            "prefetch": prefetch,
         }
 
 
@@ -611,6 +617,10 @@ PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
     "implausible-temperatures": ("warning", "active haloperidol in the record; 102.9 and 4.1 Cel not used"),
     "future-authored-draft": (None, "a previous NMS alone is not a finding; the re-challenge is the draft"),
     "iv-draft-without-route": ("warning", "active haloperidol injection in the record; afebrile CK rise"),
+    # scenarios of the FHIR access work (prefetch completeness, identity, fetch path):
+    "german-medication-reference": ("critical", "haloperidol given and ordered, named through included Medications"),
+    "german-medication-unresolved": ("critical", "risperidone statement; the haloperidol records stay unidentified"),
+    "identity-by-shape": (None, "no data of this patient; the fever and CK are another patient's"),
 }
 
 
@@ -1784,6 +1794,132 @@ def iv_draft_without_route() -> Built:
         "unknown: the card names no IM route, no 'intramuscular' risk factor and no IM-injection CK artefact "
         "(it used to call both IM). Afebrile CK 2,000 = 10 x ULN with exposure -> warning.",
         evidence={"ck_peak_u_l": 2000, "ck_uln_u_l": 200}, suggest_delete_draft=delete(d)))
+
+
+# --- FHIR access: prefetch completeness (included Medications), identity by literal reference -------------
+
+HALOPERIDOL_INJ = "Haloperidol 5 mg/ml Injektionslösung"
+
+
+def _german_course(b: Builder) -> None:
+    """The textbook NMS course of the German (MII-core-data-set-shaped) records: baseline, then three febrile
+    rounds with labile blood pressure and tachycardia, CK rising to 27 x ULN (ULN 190, unit 'U/l')."""
+    b.baseline(t=36.7, hr=76, rr=15, bp=(122, 78))
+    b.vitals(-30, t=38.6, hr=104, rr=18, bp=(124, 80))
+    b.vitals(-18, t=39.2, hr=122, rr=24, bp=(168, 102))
+    b.vitals(-6, t=39.8, hr=126, rr=26, bp=(118, 74))
+    for hours, value in ((-20, 2400), (-8, 5200)):
+        b.ck(hours, value, uln=190)
+        b.resources[-1]["valueQuantity"]["unit"] = b.resources[-1]["valueQuantity"]["code"] = "U/l"
+
+
+def _by_reference(b: Builder, medication: str) -> JsonDict:
+    """An order, two administrations and a statement of one drug, each naming it only by ``medicationReference``."""
+    ref = {"reference": medication}
+    b.add({"resourceType": "MedicationRequest", "status": "active", "intent": "order", "medicationReference": ref,
+           "subject": b.subject, "authoredOn": at(days=-3),
+           "dosageInstruction": [Dose(5, frequency=2, route=IM, text="5 mg i.m. 2x täglich").fhir()]}, "mr")
+    for hours in (-60, -48):
+        b.add({"resourceType": "MedicationAdministration", "status": "completed", "medicationReference": ref,
+               "subject": b.subject, "effectiveDateTime": at(hours),
+               "dosage": {"route": route(IM), "dose": quantity(5, "mg")}}, "ma")
+    return b.add({"resourceType": "MedicationStatement", "status": "active", "medicationReference": ref,
+                  "subject": b.subject, "effectivePeriod": {"start": at(days=-3)}, "dateAsserted": at(days=-3)}, "ms")
+
+
+@scenario
+def german_medication_reference() -> Built:
+    b = Builder("german-medication-reference", "German record: every drug named through a Medication reference",
+                "MII-core-data-set shape: orders, administrations and statements name haloperidol only through "
+                "medicationReference to a Medication coded in BfArM ATC with German text; the prefetch carries it "
+                "through _include: critical, prefetch-only too", "female", "1958-05-17")
+    halo = b.add({"resourceType": "Medication", "status": "active",
+                  "code": {"coding": [atc("N05AD01", "Haloperidol", system=BFARM_ATC)], "text": HALOPERIDOL_INJ},
+                  "form": {"text": "Injektionslösung"}}, "medication")
+    # pantoprazole, WHO ATC A02BC02 (https://atcddd.fhi.no/atc_ddd_index/?code=A02BC02): no rule reads it, so
+    # it is in none of the data tables (marked here as the generator's rule asks)
+    ppi = b.add({"resourceType": "Medication", "status": "active",
+                 "code": {"coding": [coding(BFARM_ATC, "A02BC02", "Pantoprazol")],
+                          "text": "Pantoprazol 40 mg magensaftresistente Tabletten"}}, "medication")
+    _by_reference(b, f"Medication/{halo['id']}")
+    b.add({"resourceType": "MedicationStatement", "status": "active",
+           "medicationReference": {"reference": f"Medication/{ppi['id']}"}, "subject": b.subject,
+           "effectivePeriod": {"start": at(days=-30)}, "dateAsserted": at(days=-30)}, "ms")
+    _german_course(b)
+    d = b.draft(None, Dose(5, frequency=2, route=IM), name="haloperidol",
+                medication={"medicationReference": {"reference": f"Medication/{halo['id']}"}})
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck", "autonomic", "hypermetabolism"], ["haloperidol"],
+        f"Every medication record names its drug only by medicationReference (no display): Medication/{halo['id']} "
+        "is coded ATC N05AD01 'Haloperidol' in http://fhir.de/CodeSystem/bfarm/atc with the German text "
+        f"'{HALOPERIDOL_INJ}'. The prefetch templates ask for _include=<record type>:medication, so the "
+        "Medication arrives with the records (search mode include) and prefetch alone identifies haloperidol "
+        "(ordered -3 d, given IM at -60 h and -48 h, statement since -3 d); the draft references the same "
+        "Medication. Exposure before onset (-30 h) -> 20. 38.6, 39.2, 39.8 -> 18. CK 5,200 'U/l' with ULN 190 "
+        "= 27 x ULN -> 10 (febrile: no IM artefact). Baseline HR 76, BP 122/78: BP 168/102 at -18 h (+38 %/+31 "
+        "%) and SBP 168 -> 118 within 12 h -> 10; HR 122 (+61 %) with RR 24 (+60 %) -> 5. Total 63. Pantoprazole "
+        "(ATC A02BC02, by reference too) is identified and plays no part.",
+        evidence={"tmax_cel": 39.8, "ck_peak_u_l": 5200, "ck_uln_u_l": 190}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def german_medication_unresolved() -> Built:
+    b = Builder("german-medication-unresolved", "German record: the referenced Medication cannot be found",
+                "Haloperidol records reference a Medication that is neither in prefetch nor on the FHIR server: the "
+                "card is built from the risperidone statement and says that 4 medication records could not be "
+                "identified", "male", "1962-10-03")
+    b.stated({"coding": [atc("N05AX08", "Risperidon", system=BFARM_ATC)], "text": "Risperidon 2 mg Tabletten"},
+             status="active", start_days=-20)
+    _by_reference(b, f"Medication/{b.sid}-medication-missing")
+    _german_course(b)
+    d = b.draft(None, Dose(2, frequency=1), name="risperidone",
+                medication={"medicationCodeableConcept": {"coding": [atc("N05AX08", "Risperidon", system=BFARM_ATC)],
+                                                          "text": "Risperidon 2 mg Tabletten"}})
+    return Built(b, Expected(
+        "critical", ["exposure", "hyperthermia", "ck", "autonomic", "hypermetabolism"], ["risperidone"],
+        f"The order, two administrations and the statement reference Medication/{b.sid}-medication-missing, "
+        "which no prefetch _include, contained resource or FHIR server read can supply: the 4 records are "
+        "counted and the card's data line says '4 medication records could not be identified' with why "
+        "(prefetch-only: 'Medication not in prefetch, no FHIR server'). The risperidone statement (ATC N05AX08, "
+        "active since -20 d) is exposure before onset (-30 h) -> 20. 38.6, 39.2, 39.8 -> 18. CK 5,200 'U/l' "
+        "with ULN 190 = 27 x ULN -> 10. BP 168/102 then 118/74 -> 10; HR 122 with RR 24 -> 5. Total 63.",
+        evidence={"tmax_cel": 39.8, "ck_peak_u_l": 5200, "ck_uln_u_l": 190}, suggest_delete_draft=delete(d)))
+
+
+@scenario
+def identity_by_shape() -> Built:
+    b = Builder("identity-by-shape", "Another patient's fever and CK under look-alike subjects",
+                "A patient with no data of their own; another patient's haloperidol, fever and CK name the subject "
+                "by identifier only, by display only, or by an absolute reference on another server ending in "
+                "this patient's id: none is evidence, no card", "female", "1979-02-14")
+    other_server = {"reference": f"https://other.example/fhir/Patient/{b.pid}"}
+    by_identifier = {"identifier": {"system": "urn:oid:1.2.276.0.76.4.8", "value": "X110173919"}}
+    by_display = {"display": "SYNTHETIC Fixture, Other"}
+    shapes = (other_server, by_identifier, by_display)
+    foreign: dict[str, list[JsonDict]] = {"medications": [], "temperature": [], "vitals": [], "labs": []}
+    for i, subject in enumerate(shapes):
+        foreign["medications"].append(b.add({
+            "resourceType": "MedicationRequest", "status": "active", "intent": "order",
+            "medicationCodeableConcept": {"coding": [atc("N05AD01", "Haloperidol", system=BFARM_ATC)],
+                                          "text": "Haloperidol 5 mg Tabletten"},
+            "subject": subject, "authoredOn": at(days=-3 - i)}, "mr"))
+        for hours, t in ((-120, 36.8), (-108, 36.8), (-26, 38.7), (-8, 39.4)):
+            foreign["temperature"].append(b.temp(at(hours - i), t))
+            b.resources[-1]["subject"] = subject
+        foreign["labs"].append(b.ck(-12 - i, 4100))
+        b.resources[-1]["subject"] = subject
+    b.unsolicited = {key: [r for r in found if "reference" not in r["subject"]] for key, found in foreign.items()}
+    b.unsolicited = {key: found for key, found in b.unsolicited.items() if found}
+    b.draft("5093", Dose(5, frequency=2), name="haloperidol")
+    return Built(b, Expected(
+        None, ["exposure"], [],
+        "The patient has no record of their own. Another patient's haloperidol orders, temperatures (38.7, 39.4) "
+        "and CK 4,100 name their subject as https://other.example/fhir/Patient/<this id> (another server), by "
+        "identifier only, or by display only; the prefetch carries all of them (a client that filters by its "
+        "own idea of the patient). Only a literal reference to Patient/<this id> on the FHIR server in use proves "
+        "the patient, so every one is excluded, counted by type and why, and logged; the draft haloperidol is "
+        "exposure (20) with nothing else to assess -> no card.",
+        evidence={}))
 
 
 def dumps(obj: Any) -> str:

@@ -13,7 +13,9 @@ from urllib.parse import parse_qsl, urlsplit
 ALLOWED_TOKENS = re.compile(
     r"^(context\.[A-Za-z]+|userPractitionerId|userPractitionerRoleId|userPatientId|userRelatedPersonId)$"
 )
-ALLOWED_QUERY = {"patient", "code", "status", "_sort", "_count", "subject", "date", "encounter", "category"}
+ALLOWED_QUERY = {"patient", "code", "status", "_sort", "_count", "subject", "date", "encounter", "category",
+                 "_include"}  # beyond the subset clients SHOULD support; only <record type>:medication, see below
+INCLUDING = ("MedicationRequest", "MedicationAdministration", "MedicationStatement")
 
 
 def empties(value: Any, path: str = "$", *, allow_empty: frozenset[str] = frozenset()) -> list[str]:
@@ -93,10 +95,12 @@ def template_problems(template: str) -> list[str]:
     if "sort:desc" in template:
         problems.append("sort:desc is not FHIR R4; use _sort=-date")
     parts = urlsplit(template)
-    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
         base = name.split(":", 1)[0]
         if base not in ALLOWED_QUERY:
             problems.append(f"query parameter {name} is outside the allowed prefetch subset")
+        if base == "_include" and value not in {f"{t}:medication" for t in INCLUDING}:
+            problems.append(f"_include={value} is not the Medication of a medication record")
         if ":" in name and not name.endswith(":in"):
             problems.append(f"modifier in {name} is not allowed (only :in)")
     return problems

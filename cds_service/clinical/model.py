@@ -88,6 +88,8 @@ class ClinicalInput:
     # what could not be read: (kind, reason, count), e.g. ("temperature", "invalid status", 5)
     unreadable: tuple[tuple[str, str, int], ...] = ()
     duplicates: int = 0  # older versions of a resource listed more than once under one id: not used
+    # medication records naming their drug only by a reference that could not be resolved: (why, count)
+    unidentified_medications: tuple[tuple[str, int], ...] = ()
 
 
 # --- output ----------------------------------------------------------------------------------------
@@ -212,6 +214,8 @@ class Assessment:
     ck_state: Literal["pending", "missing"] | None = None
     unreadable: list[tuple[str, str, int]] = field(default_factory=list)  # (kind, reason, count)
     duplicates: int = 0
+    # medication records whose drug could not be identified (the input's, passed through): (why, count)
+    unidentified_medications: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def score(self) -> int:

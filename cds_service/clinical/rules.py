@@ -320,6 +320,7 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
         other_patient=list(inp.other_patient), capped=capped, conflicts=conflicts,
         ck_set_aside=list(episode.set_aside), ck_state=ck_state,  # type: ignore[arg-type]
         unreadable=list(inp.unreadable), duplicates=inp.duplicates,
+        unidentified_medications=list(inp.unidentified_medications),
     )
 
 

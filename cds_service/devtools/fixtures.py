@@ -299,18 +299,21 @@ def _sort(matches: list[JsonDict], descending: bool) -> list[JsonDict]:
     return [r for _, r in dated] + undated  # resources without a date come last, as on real servers
 
 
-def searchset(resources: list[JsonDict], total: int | None = None) -> JsonDict:
-    """A searchset Bundle holding copies of ``resources`` (``entry`` omitted when empty, as FHIR JSON requires)."""
+def searchset(resources: list[JsonDict], total: int | None = None, included: list[JsonDict] | None = None
+              ) -> JsonDict:
+    """A searchset Bundle holding copies of ``resources`` (search mode ``match``) and of ``included`` (mode
+    ``include``; ``entry`` omitted when empty, as FHIR JSON requires). ``total`` counts matches only."""
     count = len(resources) if total is None else total
     bundle: JsonDict = {"resourceType": "Bundle", "type": "searchset", "total": count}
     entries: list[JsonDict] = []
-    for resource in resources:
-        entry: JsonDict = {}
-        if resource.get("id"):
-            entry["fullUrl"] = f"{resource['resourceType']}/{resource['id']}"
-        entry["resource"] = copy.deepcopy(resource)
-        entry["search"] = {"mode": "match"}
-        entries.append(entry)
+    for mode, group in (("match", resources), ("include", included or [])):
+        for resource in group:
+            entry: JsonDict = {}
+            if resource.get("id"):
+                entry["fullUrl"] = f"{resource['resourceType']}/{resource['id']}"
+            entry["resource"] = copy.deepcopy(resource)
+            entry["search"] = {"mode": mode}
+            entries.append(entry)
     if entries:
         bundle["entry"] = entries
     return bundle
@@ -321,8 +324,10 @@ def search(resources: list[JsonDict], template_url: str) -> JsonDict | None:
 
     Read: a copy of the resource, or ``None``. Search: a searchset Bundle. Parameters honoured: ``patient``
     (``subject``/``patient`` reference), ``code`` (comma-separated ``system|code`` OR-list), ``status``
-    (comma OR), ``_sort=-date`` / ``_sort=date`` and ``_count``; every other parameter is ignored.
-    ``total`` counts all matches, before ``_count`` truncates the page.
+    (comma OR), ``_sort=-date`` / ``_sort=date``, ``_count`` and ``_include=<Type>:medication`` (the
+    Medications the page's records reference as ``Medication/<id>``, once each, after the matches, as
+    servers do); every other parameter is ignored. ``total`` counts all matches, before ``_count``
+    truncates the page.
     """
     path, _, query = template_url.strip().lstrip("/").partition("?")
     parts = [p for p in path.split("/") if p]
@@ -338,6 +343,7 @@ def search(resources: list[JsonDict], template_url: str) -> JsonDict | None:
     matches = [r for r in resources if r.get("resourceType") == parts[0]]
     sort: str | None = None
     count: int | None = None
+    include = False
     for name, value in _parse_query(query):
         if name == "patient":
             matches = [r for r in matches if _matches_patient(r, value)]
@@ -347,6 +353,8 @@ def search(resources: list[JsonDict], template_url: str) -> JsonDict | None:
             matches = [r for r in matches if _matches_status(r, value)]
         elif name == "_sort":
             sort = value
+        elif name == "_include":
+            include = include or value == f"{parts[0]}:medication"
         elif name == "_count":
             try:
                 count = max(0, int(value))
@@ -357,7 +365,21 @@ def search(resources: list[JsonDict], template_url: str) -> JsonDict | None:
     total = len(matches)
     if count is not None:
         matches = matches[:count]
-    return searchset(matches, total=total)
+    return searchset(matches, total=total, included=_included_medications(resources, matches) if include else None)
+
+
+def _included_medications(resources: list[JsonDict], matches: list[JsonDict]) -> list[JsonDict]:
+    """The Medications ``matches`` reference (``medicationReference`` ``Medication/<id>``), in order, once each."""
+    by_id = {r.get("id"): r for r in resources if r.get("resourceType") == "Medication"}
+    wanted: dict[str, JsonDict] = {}
+    for resource in matches:
+        element = resource.get("medicationReference")
+        reference = element.get("reference") if isinstance(element, dict) else None
+        if isinstance(reference, str) and reference.startswith("Medication/"):
+            medication = by_id.get(reference.removeprefix("Medication/").split("/_history")[0])
+            if medication is not None:
+                wanted.setdefault(str(medication["id"]), medication)
+    return list(wanted.values())
 
 
 def fill_prefetch(resources: list[JsonDict], templates: dict[str, str], patient_id: str) -> dict[str, Any]:

@@ -121,6 +121,16 @@ class Plan:
     oldest: datetime | None  # None: unbounded, page to the end (within the client's caps)
     time_of: Callable[[dict[str, Any]], datetime | None]
     extras: tuple[ExtraQuery, ...] = ()
+    param: str = ""  # the date search parameter (slices bound it on both sides)
+
+    def slice_url(self, low: datetime, high: datetime, *, last: bool, count: int) -> str:
+        """The bounded query narrowed to ``[low, high)`` (``[low, high]`` for the newest slice, ``last``),
+        newest first, ``count`` a page: one of the time slices of :func:`slices`."""
+        path, query = self.url.split("?", 1)
+        pairs = [part for part in query.split("&") if _name(part) not in (self.param, "_sort", "_count")]
+        upper = f"{self.param}=le{fhir_instant(high)}" if last else f"{self.param}=lt{fhir_instant(high)}"
+        return f"{path}?" + "&".join([*pairs, f"{self.param}=ge{fhir_instant(low)}", upper,
+                                      f"_sort=-{self.param}", f"_count={count}"])
 
 
 def _no_time(resource: dict[str, Any]) -> datetime | None:
@@ -173,7 +183,7 @@ def plan(key: str, url: str, now: datetime | None) -> Plan:
                      f"_sort={row.param}", f"_count={EARLIEST_COUNT}"]
             extras.append(ExtraQuery(f"{path}?" + "&".join(parts), _between(time_of, far, oldest)))
     bounded = "&".join([*pairs, f"{row.param}=ge{since}", f"_sort=-{row.param}"])
-    return Plan(f"{path}?{bounded}", oldest, time_of, tuple(extras))
+    return Plan(f"{path}?{bounded}", oldest, time_of, tuple(extras), row.param)
 
 
 def _name(part: str) -> str:
@@ -232,3 +242,58 @@ def passed(resources: list[dict[str, Any]], oldest: datetime,
     if not times or times[-1] >= oldest:
         return False
     return all(a >= b for a, b in pairwise(times))
+
+
+# --- time slices: the rest of a dense window, fetched concurrently ------------------------------------
+
+SLICE_COUNT = 200  # resources asked for per slice page (HAPI's largest page)
+SLICE_MARGIN = 1.25  # slices are sized for this many times the resources the density estimate expects
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """One part of a key's window and its query: a time slice ``[low, high)`` (``[low, high]`` for the
+    newest), or a page of the server's own result set at an offset (``size`` resources, no times)."""
+
+    url: str
+    low: datetime | None = None
+    high: datetime | None = None
+    size: int = 0
+
+
+def slices(plan: Plan, page: list[dict[str, Any]], total: Any, max_slices: int) -> tuple[list[Slice], datetime | None]:
+    """Split what a first page (newest first) left of ``plan``'s window into time slices, newest first, each
+    sized to fill about one page of :data:`SLICE_COUNT` at the density the page (or the Bundle's ``total``)
+    shows; at most ``max_slices``. Returns the slices and, when the slices cannot reach back to the window's
+    start within ``max_slices``, the oldest instant they cover (older readings stay unread).
+
+    No slices (``[]``, None) unless the page proves that the server honours the date bound and the sort: every
+    time on it within the window and in newest-first order. The newest slice ends at the page's oldest time,
+    inclusive (readings sharing that instant may straddle the page boundary; duplicates are merged by id).
+    """
+    if plan.oldest is None or not plan.param:
+        return [], None
+    times = [plan.time_of(r) for r in page]
+    if not times or any(t is None for t in times):
+        return [], None
+    known = [t for t in times if t is not None]
+    if any(t < plan.oldest for t in known) or any(a < b for a, b in pairwise(known)):
+        return [], None
+    newest, last = known[0], known[-1]
+    remaining = last - plan.oldest
+    if remaining <= timedelta(0):
+        return [], None
+    if isinstance(total, int) and not isinstance(total, bool) and total > len(page):
+        expected = float(total - len(page))
+    else:  # the page's own density, over the span it covers (at least a minute)
+        expected = len(page) * remaining / max(newest - last, timedelta(minutes=1))
+    wanted = max(1, int(expected * SLICE_MARGIN / SLICE_COUNT) + 1)
+    width = remaining / wanted
+    count = min(wanted, max_slices)
+    bounds = [last - width * i for i in range(count + 1)]
+    bounds = [b.replace(microsecond=0) for b in bounds]  # the instants the URLs carry (seconds)
+    if count == wanted:
+        bounds[-1] = plan.oldest.replace(microsecond=0)
+    out = [Slice(plan.slice_url(low, high, last=i == 0, count=SLICE_COUNT), low, high)
+           for i, (high, low) in enumerate(pairwise(bounds))]
+    return out, (None if count == wanted else bounds[-1])

@@ -212,6 +212,10 @@ class FhirClient:
         except UrlRefused:
             return False
 
+    def within_base(self, url: str) -> bool:
+        """Whether ``url`` is under the fhirServer base (a link the client would follow)."""
+        return self._within_base(url)
+
     # -- HTTP --------------------------------------------------------------------------------------
     @metrics.count_fhir_call  # nms_cds_fhir_requests_total{outcome}
     def get_json(self, url: str) -> dict[str, Any]:
@@ -328,7 +332,8 @@ class FhirClient:
         """Collect a searchset Bundle's resources, fetching ``next`` pages within the caps.
 
         With ``stop``, a page that has gone past the oldest date needed ends the paging: the result is
-        complete for the window asked for (``passed_bound``).
+        complete for the window asked for (``passed_bound``). A later page that cannot be read (timeout, the
+        hook's budget, an error) ends the paging too: the pages read are kept and the result is incomplete.
         """
         result = SearchResult()
         seen: set[str] = {first_url} if first_url else set()
@@ -366,7 +371,12 @@ class FhirClient:
                 result.note = "next link points outside the fhirServer base; not followed"
                 return result
             seen.add(next_url)
-            page = self.get_json(next_url)
+            try:
+                page = self.get_json(next_url)
+            except FhirError as exc:  # keep the pages already read (newest first): the key is only partly read
+                result.complete = False
+                result.note = f"page {result.pages + 1} could not be read: {exc.message}"
+                return result
         return result  # pragma: no cover - loop exits by return
 
 

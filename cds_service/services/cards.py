@@ -242,6 +242,8 @@ def detail(a: Assessment) -> str:
         dropped = sum(n for _, n in a.other_patient)
         data.append(f"{dropped} resource(s) of another patient dropped and not used ("
                     + ", ".join(f"{n} {md(t, 40)}" for t, n in a.other_patient) + ")")
+    for why, n in a.unidentified_medications:
+        data.append(f"{n} medication record{'s' if n != 1 else ''} could not be identified ({md(why, 80)})")
     if a.capped:
         data.append("capped at the service's limits: " + "; ".join(md(c, 120) for c in a.capped))
     lines += ["", "**Data:** " + "; ".join(data) + "."]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -91,8 +92,12 @@ class HookPolicy(ABC):
     def usage_requirements(self) -> str:
         """The discovery entry's usageRequirements: the FHIR reads of the templates, then the hook's note."""
         return " ".join(filter(None, [
-            f"Works from prefetch alone; without prefetch it needs fhirServer (read access to "
-            f"{', '.join(fhir_reads(self.templates))}) within the operator's FHIR allowlist.", self.usage_note]))
+            "Works from prefetch alone when every key is filled, with the Medications the medication searches "
+            "_include; a record whose Medication is neither included nor contained is read from fhirServer, "
+            "otherwise the card counts it as not identified, and a prefetched Bundle's next pages likewise "
+            "(otherwise the card names the data as incomplete).",
+            f"Without prefetch it needs fhirServer (read access to {', '.join(fhir_reads(self.templates))}) "
+            "within the operator's FHIR allowlist.", self.usage_note]))
 
     @property
     def templates(self) -> Mapping[str, str]:
@@ -155,7 +160,7 @@ class Engine:
                 report.fhir_server = "not-allowed"
                 refusal = exc.message
         data = resolve(policy.templates, req.prefetch, req.context, client, self.pool,
-                       budget_remaining=deadline.remaining, now=self.clock())
+                       budget_remaining=deadline.remaining, now=self.clock(), first=OBSERVATION_KEYS)
         report.keys = {k: (v.source if v.ok else "failed") + ("" if v.complete else "-partial")
                        for k, v in data.items()}
         observation_keys = [k for k in OBSERVATION_KEYS if k in data]
@@ -173,13 +178,15 @@ class Engine:
         """Flatten the gathered FHIR data and the hook's exposure drafts into the core's input."""
         data = gathered.data
         # only this patient, within the limits (cds_service/fhir/scope.py), before anything reads the data
-        drafts, scope = restrict(data, drafts, req.patient_id)
+        drafts, scope = restrict(data, drafts, req.patient_id, req.fhir_server)
         out = extract.Extracted()
         records = extract.exposure_records(data)
         medication_resources = records.medications
         drafts_raw = [r for r in drafts if r.get("resourceType") == "MedicationRequest"]
         record_raw = records.requests
         self._fetch_medications(drafts_raw + records.all(), medication_resources, gathered.client, gathered.deadline)
+        unidentified = unidentified_medications(drafts_raw + records.all(), medication_resources,
+                                                gathered.client.base_url if gathered.client else None)
         ignored = 0
         for raw in drafts_raw:
             med = extract.medication_request(raw, is_draft=True, patient_id=req.patient_id,
@@ -213,25 +220,91 @@ class Engine:
             capped=tuple(scope.capped),
             unreadable=out.unread_items(),
             duplicates=out.duplicates + records.duplicates,
+            unidentified_medications=unidentified,
         )
 
-    def _fetch_medications(self, requests_raw: list[dict[str, Any]], known: dict[str, Any],
-                           client: FhirClient | None, deadline: Deadline) -> None:
-        """Fetch server-side Medications referenced by orders, concurrently, within the budget."""
-        wanted: set[str] = set()
-        for raw in requests_raw:
-            ref = (raw.get("medicationReference") or {}).get("reference") if isinstance(
-                raw.get("medicationReference"), dict) else None
-            if isinstance(ref, str) and ref.startswith("Medication/") and ref not in known:
-                wanted.add(ref.split("/_history")[0])
-        if not wanted or client is None:
-            return
-        futures = {ref: self.pool.executor.submit(client.read, ref) for ref in sorted(wanted)[:20]}
-        for ref, future in futures.items():
-            try:
-                known[ref] = future.result(timeout=max(deadline.remaining(), 0.0) + 0.05)
-            except (FhirError, FutureTimeout):
-                log.info("medication reference could not be resolved", extra={"event": "medication-miss"})
+    def _fetch_medications(self, records: list[dict[str, Any]], known: dict[str, Any],
+                           client: FhirClient | None, deadline: Deadline) -> set[str]:
+        """Read from the FHIR server the Medications that records reference and neither prefetch nor the
+        searches' ``_include`` brought, concurrently, within the budget; return the references that failed.
+
+        An absolute reference on the FHIR server's base is read as ``Medication/<id>`` and then known under
+        both spellings (the extract step looks references up as written)."""
+        base = client.base_url if client is not None else None
+        refs = {ref for ref in map(_medication_reference, records) if ref is not None}
+        relative = {ref: _on_server(ref, base) for ref in refs}
+        wanted = {rel for rel in relative.values() if rel is not None and rel not in known}
+        failed: set[str] = set()
+        if wanted and client is not None:
+            ordered = sorted(wanted)
+            futures = {ref: self.pool.executor.submit(client.read, ref) for ref in ordered[:MEDICATION_READS]}
+            failed = set(ordered[MEDICATION_READS:])
+            for ref, future in futures.items():
+                try:
+                    known[ref] = future.result(timeout=max(deadline.remaining(), 0.0) + 0.05)
+                except (FhirError, FutureTimeout):
+                    future.cancel()
+                    failed.add(ref)
+            if failed:
+                log.info("medication reference could not be resolved",
+                         extra={"event": "medication-miss", "reason": f"{len(failed)} Medication(s)"})
+        for ref, rel in relative.items():
+            if rel is not None and ref != rel and rel in known:
+                known[ref] = known[rel]
+        return failed
+
+
+MEDICATION_READS = 20  # Medication reads per call at most (each is one request within the hook's budget)
+
+
+def _medication_reference(raw: Mapping[str, Any]) -> str | None:
+    """The ``medicationReference.reference`` of a record that names its drug only by reference (no
+    ``medicationCodeableConcept``), without its ``_history`` part; None otherwise."""
+    element = raw.get("medicationReference")
+    if raw.get("medicationCodeableConcept") is not None or not isinstance(element, dict):
+        return None
+    reference = element.get("reference")
+    return reference.strip().split("/_history")[0] if isinstance(reference, str) and reference.strip() else None
+
+
+def _on_server(ref: str, base: str | None) -> str | None:
+    """``Medication/<id>`` for a relative reference or an absolute one on ``base``; None otherwise."""
+    if base is not None and ref.startswith(base.rstrip("/") + "/"):
+        ref = ref.removeprefix(base.rstrip("/") + "/")
+    return ref if ref.startswith("Medication/") and ref.count("/") == 1 and len(ref) > 11 else None
+
+
+def unidentified_medications(records: list[dict[str, Any]], known: Mapping[str, Any], base: str | None
+                             ) -> tuple[tuple[str, int], ...]:
+    """Medication records whose drug could not be identified, counted by why: ``medicationReference`` only,
+    with no ``display``, to a Medication that is neither contained, nor in prefetch (or its ``_include``),
+    nor readable from the FHIR server (``base``: None without one), or that has no ``code``."""
+    why: Counter[str] = Counter()
+    for raw in records:
+        ref = _medication_reference(raw)
+        element = raw.get("medicationReference")
+        if ref is None or (isinstance(element, dict) and isinstance(element.get("display"), str)
+                           and element["display"].strip()):
+            continue
+        if ref.startswith("#"):
+            contained = raw.get("contained")
+            target = next((c for c in contained if isinstance(c, dict) and c.get("id") == ref[1:]), None) if (
+                isinstance(contained, list)) else None
+            if target is None:
+                why["contained Medication missing"] += 1
+                continue
+        elif ref in known:
+            target = known[ref]
+        elif _on_server(ref, base) is not None:
+            why["Medication not in prefetch, could not be read from the FHIR server" if base is not None
+                else "Medication not in prefetch, no FHIR server"] += 1
+            continue
+        else:
+            why["reference to a Medication elsewhere"] += 1
+            continue
+        if not isinstance(target, dict) or not isinstance(target.get("code"), dict):
+            why["Medication without a code"] += 1
+    return tuple(sorted(why.items()))
 
 
 class CdsService:
