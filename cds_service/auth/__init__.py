@@ -21,11 +21,14 @@ A token is accepted only when, in this order:
    unknown ``kid`` at most once per ``NMS_CDS_JWKS_REFRESH_MIN_INTERVAL_SECONDS``; a refresh without a
    usable key keeps the cached keys, and no lock is held while fetching), the key suits ``alg``
    and the signature verifies (:func:`jwt.decode` with the key's own algorithm as the only one allowed);
-4. ``aud`` (string or list) contains the exact endpoint URL built from ``NMS_CDS_PUBLIC_BASE_URL``;
-   ``exp`` is not past, ``iat`` not in the future, ``nbf`` (if present) reached, all with
-   ``NMS_CDS_JWT_LEEWAY_SECONDS``; ``exp - iat`` at most ``NMS_CDS_JWT_MAX_LIFETIME_SECONDS``;
-   ``tenant`` equals the configured one, when configured;
-5. ``(iss, jti)`` was not seen before (the replay cache keeps it until ``exp`` + leeway).
+4. PyJWT, in the same :func:`jwt.decode`: ``aud``, ``exp``, ``iat`` and ``jti`` are present, ``aud`` (string or
+   list) contains the exact endpoint URL built from ``NMS_CDS_PUBLIC_BASE_URL``, ``iss`` is the client's and
+   ``jti`` a string;
+5. the project's policy (``verify.py``), on the service clock (injectable; PyJWT reads the wall clock): ``exp``
+   and ``iat`` are numbers, ``exp`` not past, ``iat`` not in the future, ``nbf`` (if present) reached, all with
+   ``NMS_CDS_JWT_LEEWAY_SECONDS``; ``exp - iat`` at most ``NMS_CDS_JWT_MAX_LIFETIME_SECONDS``; ``jti`` at most
+   256 characters; ``tenant`` equals the configured one, when configured;
+6. ``(iss, jti)`` was not seen before (the replay cache keeps it until ``exp`` + leeway).
 
 Any failure raises :class:`~cds_service.errors.Unauthorized` whose ``reason`` is for the server log only;
 the HTTP answer is a bare 401. The token itself is never logged; ``iss`` and ``jti`` may be.
@@ -34,6 +37,7 @@ the HTTP answer is a bare 401. The token itself is never logged; ``iss`` and ``j
 non-loopback bind unless ``NMS_CDS_AUTH_OFF_FORCE=true``.
 """
 
+# keys.py: the JWK rules; clients.py: the trusted clients file; jwks.py: remote key sets; verify.py: the checks.
 from cds_service.auth.clients import TrustedClient, TrustedClientsError, load_trusted_clients
 from cds_service.auth.keys import ALLOWED_ALGORITHMS, VerificationKey, parse_jwk, parse_jwks
 from cds_service.auth.verify import Authenticator

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import jwt
 import requests
 from flask import g, has_request_context
+from jwt.exceptions import InvalidJTIError
 from jwt.types import Options
 
 from cds_service.auth.clients import TrustedClient, load_trusted_clients
@@ -33,18 +34,27 @@ MAX_TOKEN_CHARS = 8192
 MAX_CLAIM_CHARS = 256
 _COMPACT_JWS = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$")
 
-# Signature only: every claim is checked below against the injectable clock.
-_SIGNATURE_ONLY: Options = {
+# PyJWT checks the signature, that aud/exp/iat/jti are present, aud against the endpoint, iss and jti's type.
+# The time claims are checked in _check_policy against the injectable clock: PyJWT reads the wall clock itself.
+_PYJWT_CHECKS: Options = {
     "verify_signature": True,
+    "verify_aud": True,
+    "verify_iss": True,
+    "verify_jti": True,
     "verify_exp": False,
     "verify_nbf": False,
     "verify_iat": False,
-    "verify_aud": False,
-    "verify_iss": False,
-    "verify_sub": False,
-    "verify_jti": False,
-    "require": [],
+    "verify_sub": False,  # CDS Hooks defines no sub
+    "require": ["aud", "exp", "iat", "jti"],
+    "strict_aud": False,
     "enforce_minimum_key_length": True,
+}
+#: The reasons logged when a claim PyJWT checks is absent (or null); the same as before PyJWT checked them.
+_MISSING = {
+    "aud": "aud claim missing or not a string/array of strings",
+    "exp": "exp claim missing or not a number",
+    "iat": "iat claim missing or not a number",
+    "jti": "jti claim missing or not a short string",
 }
 
 
@@ -124,14 +134,10 @@ class Authenticator:
             raise Unauthorized(f"alg {alg} does not suit key {loggable(kid)}")
         try:
             claims: dict[str, Any] = jwt.decode(token, key=verifier, algorithms=[verifier.algorithm_name],
-                                                options=_SIGNATURE_ONLY)
-        except jwt.InvalidSignatureError:
-            raise Unauthorized("bad signature") from None
-        except jwt.InvalidKeyError:
-            raise Unauthorized("key rejected") from None
-        except jwt.PyJWTError:
-            raise Unauthorized("malformed token") from None
-        self._check_claims(claims, client, audience, now)
+                                                options=_PYJWT_CHECKS, audience=audience, issuer=client.iss)
+        except jwt.PyJWTError as exc:
+            raise Unauthorized(_reason(exc)) from None
+        self._check_policy(claims, client, now)
         jti: str = claims["jti"]
         # StoreUnavailable (503) when the shared cache cannot be reached: fail closed, never skip the check.
         refused = self.replay.claim(iss, jti, float(claims["exp"]) + self.settings.jwt_leeway_seconds, now)
@@ -160,24 +166,17 @@ class Authenticator:
             raise Unauthorized("malformed token")
         return token
 
-    def _check_claims(self, claims: dict[str, Any], client: TrustedClient, audience: str, now: float) -> None:
+    def _check_policy(self, claims: dict[str, Any], client: TrustedClient, now: float) -> None:
+        """The checks that are the project's own: times on the service clock, lifetime, ``jti`` length, tenant."""
         leeway = self.settings.jwt_leeway_seconds
-        if claims.get("iss") != client.iss:  # pragma: no cover - the same payload was read unverified
-            raise Unauthorized("iss changed")
-        aud = claims.get("aud")
-        audiences = [aud] if isinstance(aud, str) else aud
-        if not isinstance(audiences, list) or not audiences or not all(isinstance(a, str) for a in audiences):
-            raise Unauthorized("aud claim missing or not a string/array of strings")
-        if audience not in audiences:
-            raise Unauthorized("aud does not match this endpoint")
-        exp, iat = claims.get("exp"), claims.get("iat")
+        exp, iat = claims["exp"], claims["iat"]  # present (PyJWT); numbers only, where PyJWT would take "17…"
         if not _is_number(exp):
-            raise Unauthorized("exp claim missing or not a number")
+            raise Unauthorized(_MISSING["exp"])
         if not _is_number(iat):
-            raise Unauthorized("iat claim missing or not a number")
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti or len(jti) > MAX_CLAIM_CHARS:
-            raise Unauthorized("jti claim missing or not a short string")
+            raise Unauthorized(_MISSING["iat"])
+        jti: str = claims["jti"]  # a string (PyJWT); short, as it is a key of the replay store
+        if not jti or len(jti) > MAX_CLAIM_CHARS:
+            raise Unauthorized(_MISSING["jti"])
         if exp <= now - leeway:
             raise Unauthorized("token expired")
         if iat > now + leeway:
@@ -198,6 +197,23 @@ class Authenticator:
     def join_refreshes(self, timeout: float = 10.0) -> None:
         """Wait for background JWKS refreshes (tests, orderly shutdown)."""
         self.jwks.join(timeout)
+
+
+def _reason(exc: jwt.PyJWTError) -> str:
+    """The reason logged for a PyJWT refusal: the project's wording, never PyJWT's (it can quote the token)."""
+    if isinstance(exc, jwt.InvalidSignatureError):
+        return "bad signature"
+    if isinstance(exc, jwt.InvalidKeyError):
+        return "key rejected"
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return _MISSING.get(exc.claim, "malformed token")
+    if isinstance(exc, jwt.InvalidAudienceError):  # a format error or no match; only the message tells which
+        return _MISSING["aud"] if "format" in str(exc) else "aud does not match this endpoint"
+    if isinstance(exc, InvalidJTIError):
+        return _MISSING["jti"]
+    if isinstance(exc, jwt.InvalidIssuerError):  # pragma: no cover - the same payload was read unverified
+        return "iss changed"
+    return "malformed token"
 
 
 def _note_for_log(claims: Mapping[str, Any]) -> None:
