@@ -200,7 +200,7 @@ class Authenticator:
 
 
 def _reason(exc: jwt.PyJWTError) -> str:
-    """The reason logged for a PyJWT refusal: the project's wording, never PyJWT's (it can quote the token)."""
+    """The reason logged for a PyJWT refusal, in the wording the service logged before PyJWT made the check."""
     if isinstance(exc, jwt.InvalidSignatureError):
         return "bad signature"
     if isinstance(exc, jwt.InvalidKeyError):
