@@ -329,9 +329,10 @@ def demo(args: argparse.Namespace) -> int:
 # --- dev ------------------------------------------------------------------------------------------------
 
 def dev(args: argparse.Namespace) -> int:
-    from cds_service.cli import ensure_port_free, run_server
     from cds_service.config import load_settings, unknown_variables
     from cds_service.devtools import localfhir
+    from cds_service.serve.gunicorn import run_server
+    from cds_service.serve.preflight import ensure_port_free
 
     for note in unknown_variables():
         _err(f"nms-cds: warning: {note}")
