@@ -16,10 +16,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from cds_service import __version__, report
-from cds_service.config import AuthMode, Settings, describe, load_settings, unknown_variables
+from cds_service import __version__, config_report, report
+from cds_service.config_report import load_settings, unknown_variables
 from cds_service.errors import ConfigError, UsageError
 from cds_service.serve.gunicorn import run_server
 from cds_service.serve.preflight import ensure_port_free, ensure_temp_dir, env_port
@@ -43,62 +42,9 @@ def _serve(args: argparse.Namespace) -> int:
                       app_factory=args.app)
 
 
-def config_report() -> dict[str, Any]:
-    """The environment's effective configuration (secrets redacted), its problems and warnings.
-
-    ``settings``: one row per setting (``variable``, ``value``, ``source`` environment or default, ``valid``);
-    an invalid value is shown as the default that would replace it, marked invalid.
-    """
-    problems: list[str] = []
-    warnings = unknown_variables()
-    settings: Settings | None = None
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    failing = {line.split("=", 1)[0] for line in problems if line.startswith("NMS_CDS_")}  # "NMS_CDS_X='v': ..."
-    if settings is None:  # show the rest: the failing settings at their defaults
-        defaults = {name: info.get_default(call_default_factory=True) for name, info in Settings.model_fields.items()
-                    if f"NMS_CDS_{name.upper()}" in failing}
-        try:
-            settings = Settings(**defaults)
-        except Exception:  # a check across settings still fails: only the problems can be shown
-            settings = None
-    rows: list[dict[str, Any]] = []
-    trusted: int | None = None
-    if settings is not None:
-        rows = [{"variable": name, "value": value, "source": source, "valid": name not in failing}
-                for name, value, source in describe(settings)]
-        if not problems:
-            warnings.extend(settings.warnings())
-            if settings.auth == AuthMode.OFF:
-                warnings.append("NMS_CDS_AUTH=off: every route is open (loopback development only)")
-            else:
-                from cds_service.auth import load_trusted_clients
-
-                try:
-                    trusted = len(load_trusted_clients(settings.trusted_clients))
-                except ConfigError as exc:
-                    problems.extend(exc.problems)
-    return {"settings": rows, "trusted_clients": trusted, "problems": problems, "warnings": warnings}
-
-
 def _check_config(args: argparse.Namespace) -> int:
-    report = config_report()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print("effective configuration (secrets redacted):")
-        for row in report["settings"]:
-            value = row["value"] or "(unset)"
-            shown = value if row["valid"] else f"INVALID, the default would be: {value}"
-            print(f"  {row['variable']:45} {shown}  [{row['source']}]")
-        if report["trusted_clients"] is not None:
-            print(f"  {'(trusted clients loaded)':45} {report['trusted_clients']}")
-        for title in ("problems", "warnings"):
-            print(f"{title}: {len(report[title])}")
-            for line in report[title]:
-                print(f"  {line}")
+    report = config_report.collect()
+    print(json.dumps(report, indent=2) if args.json else "\n".join(config_report.table(report)))
     return 2 if report["problems"] else 0
 
 
