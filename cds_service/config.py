@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BeforeValidator,
+    ByteSize,
     Field,
     SecretStr,
     ValidationInfo,
@@ -32,26 +33,25 @@ from cds_service.fhir.urls import normalise_allowlist, split_allowlist
 
 ENV_PREFIX = "NMS_CDS_"
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-               "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+# pydantic's ByteSize alone reads "32 Mb/s" as 32 MB and "1.3 B" as 1 byte: the form is checked first.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|[kmg]i?b)?\s*", re.IGNORECASE)
 SIZE_FORM = "a byte count (33554432) or a size with a unit B, kB, MB, GB, KiB, MiB or GiB ('32 MiB', '32MiB')"
 
 
 def parse_size(value: object) -> object:
-    """``"32 MiB"`` → 33554432; plain integers pass through; anything else is left for pydantic to refuse."""
+    """``"32 MiB"`` → 33554432 (units as pydantic's :class:`ByteSize` counts them); plain integers pass through."""
     if not isinstance(value, str):
         return value
-    match = _SIZE.match(value)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
+    match = _SIZE.fullmatch(value)
+    if not match:
         raise ValueError("not a size")
-    number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    number = float(match.group(1)) * ByteSize.byte_sizes[(match.group(2) or "b").lower()]
     if number != int(number):
         raise ValueError("not a whole number of bytes")
     return int(number)
 
 
-ByteCount = Annotated[int, BeforeValidator(parse_size)]
+ByteCount = Annotated[ByteSize, BeforeValidator(parse_size)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -113,14 +113,15 @@ class Settings(BaseSettings):
     fhir_max_pages: int = Field(10, ge=1, description="Pages followed per query (next links)")
     fhir_max_resources: int = Field(5000, ge=1, description="Resources kept per query")
     fhir_max_response_bytes: ByteCount = Field(
-        20 * 1024 * 1024, ge=1024, description="Largest FHIR response read", json_schema_extra={"form": SIZE_FORM}
+        ByteSize(20 * 1024 * 1024), ge=1024, description="Largest FHIR response read",
+        json_schema_extra={"form": SIZE_FORM},
     )
     fhir_pool_size: int = Field(16, ge=1, description="Connections kept per FHIR host")
     fhir_concurrency: int = Field(16, ge=1, description="FHIR queries in flight at once per worker process")
 
     # --- request limits ---------------------------------------------------------------------------
     max_body_bytes: ByteCount = Field(
-        32 * 1024 * 1024, ge=1024,
+        ByteSize(32 * 1024 * 1024), ge=1024,
         description="Largest accepted request body (413 beyond); a 10,000-Observation prefetch is about 8.5 MB",
         json_schema_extra={"form": SIZE_FORM},
     )
