@@ -12,18 +12,18 @@ import json
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from pathlib import Path
 
 from cds_service import __version__, config_report, report
 from cds_service.config_report import load_settings, unknown_variables
 from cds_service.errors import ConfigError, UsageError
+from cds_service.serve import healthcheck
 from cds_service.serve.gunicorn import run_server
 from cds_service.serve.preflight import ensure_port_free, ensure_temp_dir, env_port
 
-HEALTHCHECK_TIMEOUT_SECONDS = 2.0
+# Argument parsing and dispatch only (this docstring is the --help text): serving is cds_service.serve,
+# check-config cds_service.config_report, the developer commands cds_service.devtools.tools, which only this
+# module may import, and only when the command is not `serve` (pyproject.toml [tool.importlinter]).
 
 
 def _say(message: str) -> None:
@@ -48,45 +48,14 @@ def _check_config(args: argparse.Namespace) -> int:
     return 2 if report["problems"] else 0
 
 
-def _proc_serve_port(pid: int) -> tuple[str, int] | None:
-    """(host, port) of an ``nms-cds serve`` process from its command line (Linux /proc); None when not one."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode("utf-8", "replace").split("\0")
-    except OSError:
-        return None
-    if "serve" not in argv or not any(Path(a).name == "nms-cds" or a.endswith("cds_service.cli") for a in argv):
-        return None
-    known, _ = _serve_options(argparse.ArgumentParser(add_help=False)).parse_known_args(
-        argv[argv.index("serve") + 1:])
-    host = "127.0.0.1" if known.host in ("0.0.0.0", "", "::") else known.host
-    return host, known.port if known.port is not None else env_port()
-
-
 def _healthcheck(args: argparse.Namespace) -> int:
-    if args.port is not None:
-        host, port = args.host or "127.0.0.1", args.port
-    else:
-        host, port = _proc_serve_port(args.pid) or ("127.0.0.1", env_port())
-        host = args.host or host
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
-    try:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no proxy from the environment
-        with opener.open(url, timeout=HEALTHCHECK_TIMEOUT_SECONDS) as answer:
-            ok = answer.status == 200
-    except (urllib.error.URLError, OSError) as exc:
-        _say(f"unhealthy: {url}: {getattr(exc, 'reason', exc)}")
-        return 1
-    if not ok:
-        _say(f"unhealthy: {url} answered {answer.status}")
+    url = healthcheck.healthz_url(args.host, args.port, args.pid)
+    trouble = healthcheck.problem(url)
+    if trouble is not None:
+        _say(f"unhealthy: {trouble}")
         return 1
     print(f"healthy: {url}")
     return 0
-
-
-def _serve_options(serve: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=None, help="default: NMS_CDS_PORT, else 8080")
-    return serve
 
 
 def build_parser(*, dev: bool = True) -> argparse.ArgumentParser:
@@ -95,7 +64,7 @@ def build_parser(*, dev: bool = True) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nms-cds {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = _serve_options(sub.add_parser("serve", help="serve the CDS Hooks service with gunicorn"))
+    serve = healthcheck.serve_options(sub.add_parser("serve", help="serve the CDS Hooks service with gunicorn"))
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=1, help="threads per worker (gthread when > 1)")
     serve.add_argument("--timeout", type=int, default=None,
@@ -115,7 +84,7 @@ def build_parser(*, dev: bool = True) -> argparse.ArgumentParser:
                         help="default: the --port of the `nms-cds serve` process --pid, else NMS_CDS_PORT, else 8080")
     health.add_argument("--pid", type=int, default=1, help="process whose command line gives the port (default 1)")
     health.set_defaults(func=_healthcheck)
-    if dev:
+    if dev:  # imported here, not above: `nms-cds serve` never loads the developer tooling
         from cds_service.devtools import tools
 
         tools.register(sub)

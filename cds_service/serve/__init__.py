@@ -1,7 +1,7 @@
 """How ``nms-cds serve`` runs: gunicorn workers (:mod:`.gunicorn`) behind a buffering nginx front
-(:mod:`.front`), JSON-only output (:mod:`.output`), checks before binding (:mod:`.preflight`). The design and
-its measured figures are in docs/reliability.md ("Serving"); the per-request watchdog and collector pause are
-in :mod:`cds_service.watchdog`.
+(:mod:`.front`), JSON-only output (:mod:`.output`), checks before binding (:mod:`.preflight`), the container
+health check (:mod:`.healthcheck`). The design and its measured figures are in docs/reliability.md ("Serving");
+the per-request watchdog and collector pause are in :mod:`cds_service.watchdog`.
 
 - **Front** (``NMS_CDS_FRONT=nginx``, the default): gunicorn's sync and gthread workers read a request in
   the worker (a thread per connection), so a client that trickles its headers holds that worker. nginx reads
