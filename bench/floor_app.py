@@ -11,7 +11,7 @@ floor's.
 
     NMS_CDS_BENCH_FLOOR_BODY=answer.json python bench/floor_app.py --port 8090 --workers 2
 
-is served by :func:`cds_service.cli.run_server` itself (the function behind ``nms-cds serve``, used by the
+is served by :func:`cds_service.serve.gunicorn.run_server` itself (the function behind ``nms-cds serve``, used by the
 Docker image), with its ``create_app`` swapped for :func:`create_floor_app`: same gunicorn workers, threads,
 worker class, timeouts and keep-alive as the service, by construction.
 """
@@ -31,10 +31,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # The service's body decoder (cds_service.hooks.request.load_json's fast path, after its checks) and its
-# request-long pause of the cyclic collector (cds_service.serving.GcPause). If the service changes its JSON
+# request-long pause of the cyclic collector (cds_service.watchdog.GcPause). If the service changes its JSON
 # library or decoding, these must follow: the floor has to parse, and hold the parsed body, as the service does.
 from cds_service.hooks.request import loads_without_gc as DECODE  # noqa: E402
-from cds_service.serving import GcPause  # noqa: E402
+from cds_service.watchdog import GcPause  # noqa: E402
 
 BODY_ENV = "NMS_CDS_BENCH_FLOOR_BODY"
 DEFAULT_ANSWER = b'{"cards":[]}'
@@ -72,16 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     answer = Path(path).read_bytes() if path else DEFAULT_ANSWER
 
     import cds_service.app
-    from cds_service import cli
     from cds_service.config import AuthMode, Settings
+    from cds_service.serve import gunicorn
 
     def create_app(settings: Settings | None = None) -> Flask:
         return create_floor_app(answer)
 
     # run_server imports create_app from cds_service.app when it loads the application: serve the floor instead.
     cds_service.app.create_app = create_app  # type: ignore[assignment]
-    return cli.run_server(Settings(auth=AuthMode.OFF), host=args.host, port=args.port, workers=args.workers,
-                          threads=args.threads)
+    return gunicorn.run_server(Settings(auth=AuthMode.OFF), host=args.host, port=args.port, workers=args.workers,
+                              threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Starts, on free 127.0.0.1 ports,
 
 - the local Node FHIR server (``fhir_server/``) with every fixture scenario;
-- the service exactly as the Docker image runs it: ``nms-cds serve --workers 2`` (``cli.run_server``: sync
+- the service exactly as the Docker image runs it: ``nms-cds serve --workers 2`` (``serve.gunicorn.run_server``: sync
   workers, timeout 30 s, keep-alive 5 s), ``NMS_CDS_ENVIRONMENT=production``, **JWT authentication on**
   (a throw-away EC P-384 client key in a temporary trusted-clients file; every request carries a fresh
   token, so the replay cache works as in production), the local FHIR server in the allowlist, and
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_rps": rate,
         "achieved_rps": round(achieved, 1),
         "saturation": saturation,
-        "service": {"command": f"nms-cds serve --workers {WORKERS} (sync workers, cli.run_server defaults)",
+        "service": {"command": f"nms-cds serve --workers {WORKERS} (sync workers, serve.gunicorn.run_server defaults)",
                     "auth": "jwt (ES384, one fresh token per request, lifetime 60 s)",
                     "environment": "production", "fixed_now": fixtures.ANCHOR.isoformat()},
         "mix": {k.name: round(k.weight, 3) for k in kinds},

@@ -9,7 +9,8 @@ from flask import Flask
 
 from cds_service import logs
 from cds_service.clinical.valuesets import load as load_valuesets
-from cds_service.config import AuthMode, Settings, load_settings, unknown_variables
+from cds_service.config import AuthMode, Settings
+from cds_service.config_report import load_settings, unknown_variables
 from cds_service.fhir.client import log_outbound_config
 from cds_service.hooks import blueprint
 from cds_service.runtime import Runtime

@@ -1,66 +1,57 @@
-"""Typed settings for nms-cds, read from ``NMS_CDS_*`` environment variables.
+"""Typed settings for nms-cds, read from ``NMS_CDS_*`` environment variables: every setting and every
+operational cap, with its default, bounds and description.
 
 Every network default is an explicit, documented number here; nothing else in the package reads the
-environment. Tests build :class:`Settings` directly and pass it to ``create_app``.
-
-:func:`load_settings` is the one way the command line and ``create_app()`` read the environment: every
-invalid value becomes one line naming the variable, the value's problem and the accepted form, raised as
-:class:`cds_service.errors.ConfigError` (the command line prints the lines and exits 2). :func:`unknown_variables`
-names ``NMS_CDS_*`` variables that are no setting, with the closest known one.
+environment. Tests build :class:`Settings` directly and pass it to ``create_app``; the command line and
+``create_app()`` read the environment through :func:`cds_service.config_report.load_settings`, which turns
+every invalid value into one line naming the variable, the value's problem and the accepted form.
 """
 
 from __future__ import annotations
 
-import difflib
-import os
 import re
 import ssl
-from collections.abc import Mapping
 from datetime import datetime
-from enum import Enum, StrEnum
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-import annotated_types
 from pydantic import (
     BeforeValidator,
+    ByteSize,
     Field,
     SecretStr,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from cds_service.errors import ConfigError
 from cds_service.fhir.urls import normalise_allowlist, split_allowlist
 
 ENV_PREFIX = "NMS_CDS_"
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-               "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+# pydantic's ByteSize alone reads "32 Mb/s" as 32 MB and "1.3 B" as 1 byte: the form is checked first.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(b|[kmg]i?b)?\s*", re.IGNORECASE)
 SIZE_FORM = "a byte count (33554432) or a size with a unit B, kB, MB, GB, KiB, MiB or GiB ('32 MiB', '32MiB')"
 
 
 def parse_size(value: object) -> object:
-    """``"32 MiB"`` → 33554432; plain integers pass through; anything else is left for pydantic to refuse."""
+    """``"32 MiB"`` → 33554432 (units as pydantic's :class:`ByteSize` counts them); plain integers pass through."""
     if not isinstance(value, str):
         return value
-    match = _SIZE.match(value)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
+    match = _SIZE.fullmatch(value)
+    if not match:
         raise ValueError("not a size")
-    number = float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    number = float(match.group(1)) * ByteSize.byte_sizes[(match.group(2) or "b").lower()]
     if number != int(number):
         raise ValueError("not a whole number of bytes")
     return int(number)
 
 
-ByteCount = Annotated[int, BeforeValidator(parse_size)]
+ByteCount = Annotated[ByteSize, BeforeValidator(parse_size)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -122,14 +113,15 @@ class Settings(BaseSettings):
     fhir_max_pages: int = Field(10, ge=1, description="Pages followed per query (next links)")
     fhir_max_resources: int = Field(5000, ge=1, description="Resources kept per query")
     fhir_max_response_bytes: ByteCount = Field(
-        20 * 1024 * 1024, ge=1024, description="Largest FHIR response read", json_schema_extra={"form": SIZE_FORM}
+        ByteSize(20 * 1024 * 1024), ge=1024, description="Largest FHIR response read",
+        json_schema_extra={"form": SIZE_FORM},
     )
     fhir_pool_size: int = Field(16, ge=1, description="Connections kept per FHIR host")
     fhir_concurrency: int = Field(16, ge=1, description="FHIR queries in flight at once per worker process")
 
     # --- request limits ---------------------------------------------------------------------------
     max_body_bytes: ByteCount = Field(
-        32 * 1024 * 1024, ge=1024,
+        ByteSize(32 * 1024 * 1024), ge=1024,
         description="Largest accepted request body (413 beyond); a 10,000-Observation prefetch is about 8.5 MB",
         json_schema_extra={"form": SIZE_FORM},
     )
@@ -310,191 +302,3 @@ class Settings(BaseSettings):
             notes.append(f"NMS_CDS_FIXED_NOW={self.fixed_now.isoformat()} pins the clinical clock in production: "
                          "every time window is computed from that instant, not from now; unset it for live use")
         return notes
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading the environment: one line per problem
-# ---------------------------------------------------------------------------------------------------
-
-#: ``NMS_CDS_*`` variables that are not service settings (command line, tests, benchmarks); never reported unknown.
-OTHER_VARIABLES: dict[str, str] = {
-    "NMS_CDS_PORT": "default port of `nms-cds serve` and `nms-cds healthcheck` (the container sets it)",
-    "NMS_CDS_FUZZ_EXAMPLES": "make fuzz: number of hypothesis examples",
-    "NMS_CDS_FUZZ_RANDOM": "make fuzz: random seed switch",
-    "NMS_CDS_BENCH_FLOOR_BODY": "make bench: body size of the bare Flask floor",
-}
-
-_SECRET_NAME = re.compile(r"password|secret|token|private|key", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@/\s]+@")
-
-
-def env_name(field: str) -> str:
-    """The variable a setting is read from: ``NMS_CDS_<FIELD>``, or its alias (``REQUESTS_CA_BUNDLE``)."""
-    info = Settings.model_fields.get(field)
-    alias = info.validation_alias if info is not None else None
-    return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
-
-
-def _field_of(location: object) -> str | None:
-    """The setting an error location names (pydantic reports an aliased field by its alias)."""
-    for field, info in Settings.model_fields.items():
-        if location in (field, info.validation_alias):
-            return field
-    return None
-
-
-def redact(field: str, value: object) -> str:
-    """Printable form of a setting's value: secrets replaced by ``***``, URL passwords removed."""
-    if value is None:
-        return ""
-    if isinstance(value, SecretStr):  # a URL keeps all but its password; any other secret is hidden whole
-        secret = value.get_secret_value()
-        return _URL_PASSWORD.sub(r"\1:***@", secret) if "://" in secret and not _SECRET_NAME.search(field) else "***"
-    if isinstance(value, list | tuple):
-        text = ",".join(str(v) for v in value)
-    elif isinstance(value, Enum):
-        text = str(value.value)
-    elif isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, datetime):
-        text = value.isoformat()
-    else:
-        text = str(value)
-    if _SECRET_NAME.search(field) and text:
-        return "***"
-    return _URL_PASSWORD.sub(r"\1:***@", text)
-
-
-def _plain(annotation: Any) -> Any:
-    """The type inside ``X | None``, ``Annotated[X, ...]``."""
-    while True:
-        origin = get_origin(annotation)
-        if origin is Annotated:
-            annotation = get_args(annotation)[0]
-        elif origin is not None and type(None) in get_args(annotation):
-            annotation = next(a for a in get_args(annotation) if a is not type(None))
-        else:
-            return annotation
-
-
-def _alternatives(values: list[str]) -> str:
-    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " or " + values[-1]
-
-
-def _bounds(info: FieldInfo) -> str:
-    parts = []
-    for item in info.metadata:
-        if isinstance(item, annotated_types.Ge):
-            parts.append(f">= {item.ge}")
-        elif isinstance(item, annotated_types.Gt):
-            parts.append(f"> {item.gt}")
-        elif isinstance(item, annotated_types.Le):
-            parts.append(f"<= {item.le}")
-        elif isinstance(item, annotated_types.Lt):
-            parts.append(f"< {item.lt}")
-    return " and ".join(parts)
-
-
-def accepted_form(field: str) -> str:
-    """What a setting accepts, in words (README table and error lines)."""
-    info = Settings.model_fields[field]
-    extra = info.json_schema_extra
-    bounds = _bounds(info)
-    if isinstance(extra, dict) and isinstance(extra.get("form"), str):
-        return str(extra["form"]) + (f"; {bounds}" if bounds else "")
-    kind = _plain(info.annotation)
-    unit = " of seconds" if field.endswith(("_seconds", "_timeout")) else ""
-    if isinstance(kind, type) and issubclass(kind, Enum):
-        return _alternatives([str(m.value) for m in kind])
-    if get_origin(kind) is Literal:
-        return _alternatives([str(a) for a in get_args(kind)])
-    if kind is bool:
-        return "true or false"
-    if kind is int:
-        return f"a whole number{unit}" + (f" {bounds}" if bounds else "")
-    if kind is float:
-        return f"a number{unit}" + (f" {bounds}" if bounds else "")
-    if kind is Path:
-        return "a file path"
-    if kind is SecretStr:
-        return "a URL (its password is never shown)" if field.endswith("_url") else "text (never shown)"
-    if get_origin(kind) is list:
-        return "a comma-separated list"
-    if kind is str:
-        pattern = next((m.pattern for m in info.metadata if hasattr(m, "pattern")), None)
-        return f"text matching {pattern}" if pattern else "text"
-    return str(getattr(kind, "__name__", kind))
-
-
-_PROBLEMS = {
-    "float_parsing": "not a number", "float_type": "not a number",
-    "int_parsing": "not a whole number", "int_from_float": "not a whole number", "int_type": "not a whole number",
-    "bool_parsing": "not a yes/no value", "enum": "not one of the accepted values",
-    "literal_error": "not one of the accepted values", "datetime_from_date_parsing": "not a date-time",
-    "datetime_parsing": "not a date-time", "datetime_type": "not a date-time",
-    "string_pattern_mismatch": "has characters that are not allowed",
-    "greater_than_equal": "too small", "greater_than": "too small", "less_than_equal": "too large",
-    "less_than": "too large", "finite_number": "not a finite number",
-}
-
-
-def _problem(error: Mapping[str, Any]) -> str:
-    kind = str(error.get("type", ""))
-    if kind in _PROBLEMS:
-        return _PROBLEMS[kind]
-    message = str(error.get("msg", "invalid"))
-    return message.removeprefix("Value error, ").rstrip(".")
-
-
-def _line(error: Mapping[str, Any], given: Mapping[str, object]) -> str:
-    loc = error.get("loc") or ()
-    field = _field_of(loc[0]) if loc else None
-    if field is None:  # a check across settings: its message names the variables
-        return _problem(error)
-    problem = _problem(error)
-    if problem.startswith(env_name(field)):  # the validator's message already names variable, value and form
-        return problem
-    raw = redact(field, given.get(field, error.get("input")))  # the value as written, before normalising
-    shown = raw if len(raw) <= 80 else raw[:77] + "..."
-    return f"{env_name(field)}={shown!r}: {problem}; accepted: {accepted_form(field)}"
-
-
-def config_error(exc: ValidationError, overrides: Mapping[str, object] | None = None) -> ConfigError:
-    """One line per problem of a :class:`Settings` validation (no pydantic traceback, no URL to its docs)."""
-    given: dict[str, object] = {f: os.environ[env_name(f)] for f in Settings.model_fields if env_name(f) in os.environ}
-    given.update(overrides or {})
-    return ConfigError([_line(e, given) for e in exc.errors(include_url=False)])
-
-
-def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment (``overrides`` win); :class:`ConfigError` with one line per problem."""
-    try:
-        return Settings(**overrides)
-    except ValidationError as exc:
-        raise config_error(exc, overrides) from None
-
-
-def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
-    """One warning line per ``NMS_CDS_*`` variable that is neither a setting nor a documented other variable."""
-    environ = os.environ if environ is None else environ
-    known = [env_name(f) for f in Settings.model_fields]
-    notes = []
-    for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX) or name.upper() in known or name.upper() in OTHER_VARIABLES:
-            continue
-        suffixes = [k.removeprefix(ENV_PREFIX) for k in [*known, *OTHER_VARIABLES]]
-        close = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6)
-        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else "; see the README's Configuration table"
-        notes.append(f"{name} is not a setting of nms-cds and is ignored{hint}")
-    return notes
-
-
-def describe(settings: Settings, environ: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
-    """(variable, value with secrets redacted, 'environment' or 'default') for every setting."""
-    environ = os.environ if environ is None else environ
-    rows = []
-    for field in Settings.model_fields:
-        name = env_name(field)
-        source = "environment" if environ.get(name) else "default"
-        rows.append((name, redact(field, getattr(settings, field)), source))
-    return rows

@@ -148,7 +148,7 @@ class FhirBadResponse(FhirError):
 
 class ServiceOverrun(RequestError):
     """503: the request was still running at ``NMS_CDS_REQUEST_TIMEOUT_SECONDS`` and was stopped (the worker
-    goes on). Raised asynchronously in the request's thread by :mod:`cds_service.serving`'s watchdog."""
+    goes on). Raised asynchronously in the request's thread by :mod:`cds_service.watchdog`."""
 
     status = 503
     code = "timeout"

@@ -107,15 +107,10 @@ def auth_failure(reason: str) -> None:
 
 
 def unreadable_resources(counts: Mapping[tuple[str, str], int]) -> None:
-    """Count what one call could not read, by (kind, reason). Both come from fixed sets (extract.UNREAD_KINDS,
-    models.REASONS); anything else is counted as "other", so the label values stay bounded."""
-    from cds_service.fhir.extract import UNREAD_KINDS
-    from cds_service.fhir.models import REASONS
-
+    """Count what one call could not read, by (kind, reason): bounded labels (``Extracted.unread_labels``)."""
     for (kind, reason), n in counts.items():
         if n > 0:
-            _m()["unreadable"].labels(kind if kind in UNREAD_KINDS else "other",
-                                      reason if reason in REASONS else "other").inc(n)
+            _m()["unreadable"].labels(kind, reason).inc(n)
 
 
 def overrun() -> None:

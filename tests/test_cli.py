@@ -25,6 +25,7 @@ from cds_service import cli
 from cds_service.app import create_app
 from cds_service.devtools import localfhir
 from cds_service.errors import UsageError
+from cds_service.serve import preflight
 from tests.conftest import free_port, make_settings
 from tests.jwt_helpers import ec_key, jwks, write_trusted_clients
 
@@ -115,7 +116,7 @@ def test_no_writable_temporary_directory_is_one_line(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr("tempfile.gettempdir", no_tmp)
     with pytest.raises(UsageError, match=r"--tmpfs /tmp"):
-        cli.ensure_temp_dir()
+        preflight.ensure_temp_dir()
     monkeypatch.setenv("NMS_CDS_AUTH", "off")
     assert cli.main(["serve", "--port", str(free_port())]) == 2
     assert capsys.readouterr().err.startswith("nms-cds: no writable temporary directory")

@@ -21,13 +21,12 @@ from pydantic import SecretStr
 from cds_service import cli
 from cds_service.app import create_app
 from cds_service.auth import TrustedClientsError
-from cds_service.config import (
+from cds_service.config import Settings, parse_size
+from cds_service.config_report import (
     OTHER_VARIABLES,
-    Settings,
     accepted_form,
     env_name,
     load_settings,
-    parse_size,
     redact,
     unknown_variables,
 )

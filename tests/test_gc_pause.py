@@ -1,4 +1,4 @@
-"""The cyclic collector is paused while requests run and resumes when none is (cds_service/serving.GcPause)."""
+"""The cyclic collector is paused while requests run and resumes when none is (cds_service/watchdog.GcPause)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from cds_service.serving import GcPause
+from cds_service.watchdog import GcPause
 
 
 @pytest.fixture(autouse=True)

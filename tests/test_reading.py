@@ -235,7 +235,9 @@ def test_unreadable_resources_are_counted_in_the_metrics() -> None:
 def test_metric_labels_stay_bounded() -> None:
     from cds_service import metrics
 
-    metrics.unreadable_resources({("Patient/123", "invalid status"): 1, ("temperature", "status 'x'"): 1})
+    out = extract.Extracted()
+    out.unread.update({("Patient/123", "invalid status"): 1, ("temperature", "status 'x'"): 1})
+    metrics.unreadable_resources(out.unread_labels())
     from prometheus_client import REGISTRY, generate_latest
 
     text = generate_latest(REGISTRY).decode()

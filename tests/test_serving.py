@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service import serving
 from cds_service.devtools import fixtures
+from cds_service.serve import front, output
 from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ HOOK_PATH = "/cds-services/nms-order-sign"
 
 
 def _require_nginx() -> None:
-    if serving.nginx_binary() is None:
+    if front.nginx_binary() is None:
         if os.environ.get("CI") == "true":
             pytest.fail("nginx is not installed (make test installs the Debian package nginx-light)")
         pytest.skip("nginx is not installed (apt-get install nginx-light)")
@@ -381,7 +381,7 @@ def test_a_worker_that_cannot_boot_ends_the_server_with_json_lines_only(tmp_path
 def test_the_output_funnel_turns_plain_text_into_json_records() -> None:
     import io
 
-    funnel = serving.OutputFunnel.__new__(serving.OutputFunnel)
+    funnel = output.OutputFunnel.__new__(output.OutputFunnel)
     sink = io.BytesIO()
     funnel._sink = sink  # type: ignore[assignment]
     funnel._traceback = None
@@ -452,12 +452,12 @@ def test_one_address_cannot_hold_more_than_its_share_of_requests(tmp_path: Path)
 
 def test_missing_nginx_is_refused_in_production(monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from cds_service import cli
     from cds_service.config import Settings
+    from cds_service.serve import gunicorn
 
-    monkeypatch.setattr(serving, "nginx_binary", lambda: None)
+    monkeypatch.setattr(front, "nginx_binary", lambda: None)
     settings = Settings(auth="off", environment="production")
-    assert cli.run_server(settings, host="127.0.0.1", port=free_port()) == 2
+    assert gunicorn.run_server(settings, host="127.0.0.1", port=free_port()) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NMS_CDS_FRONT" in err
 
@@ -468,7 +468,7 @@ def test_nginx_configuration_carries_the_limits() -> None:
     settings = Settings(auth="off", client_header_timeout_seconds=7, client_body_timeout_seconds=9,
                         keepalive_timeout_seconds=4, front_max_connections=1000, max_body_bytes=5000,
                         request_timeout_seconds=12)
-    conf = serving.nginx_conf(settings, host="::", port=9999, upstream=Path("/r/app.sock"), runtime=Path("/r"))
+    conf = front.nginx_conf(settings, host="::", port=9999, upstream=Path("/r/app.sock"), runtime=Path("/r"))
     for directive in ("client_header_timeout 7000ms;", "client_body_timeout 9000ms;", "keepalive_timeout 4000ms;",
                       "worker_connections 1000;", "client_max_body_size 5000;", "proxy_read_timeout 17000ms;",
                       "listen [::]:9999", "server unix:/r/app.sock;", "client_body_temp_path /r/client_body;",

@@ -288,7 +288,7 @@ def call(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     from cds_service.app import create_app
-    from cds_service.config import load_settings
+    from cds_service.config_report import load_settings
 
     root = fixtures_root(args.fixtures)
     # a throw-away store: demo cards never enter the configured audit (or a production database)
@@ -329,9 +329,10 @@ def demo(args: argparse.Namespace) -> int:
 # --- dev ------------------------------------------------------------------------------------------------
 
 def dev(args: argparse.Namespace) -> int:
-    from cds_service.cli import ensure_port_free, run_server
-    from cds_service.config import load_settings, unknown_variables
+    from cds_service.config_report import load_settings, unknown_variables
     from cds_service.devtools import localfhir
+    from cds_service.serve.gunicorn import run_server
+    from cds_service.serve.preflight import ensure_port_free
 
     for note in unknown_variables():
         _err(f"nms-cds: warning: {note}")

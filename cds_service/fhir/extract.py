@@ -25,7 +25,7 @@ from fhir_core.types import Instant as _FhirInstant
 from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, MedicationKind, ObservationInput
 from cds_service.clinical.rules import LAB_CONCEPTS, VITAL_CONCEPTS
 from cds_service.clinical.valuesets import LOINC, RXNORM, load
-from cds_service.fhir.models import ParseResult, parse, tidy_code
+from cds_service.fhir.models import REASONS, ParseResult, parse, tidy_code
 
 
 @dataclass
@@ -46,6 +46,14 @@ class Extracted:
     def unread_items(self) -> tuple[tuple[str, str, int], ...]:
         """(kind, reason, count) of what could not be read, in a stable order."""
         return tuple((kind, reason, n) for (kind, reason), n in sorted(self.unread.items()))
+
+    def unread_labels(self) -> Counter[tuple[str, str]]:
+        """The unreadable counts as bounded metrics labels: a kind outside UNREAD_KINDS or a reason outside
+        models.REASONS is counted as "other"."""
+        labels: Counter[tuple[str, str]] = Counter()
+        for (kind, reason), n in self.unread.items():
+            labels[(kind if kind in UNREAD_KINDS else "other", reason if reason in REASONS else "other")] += n
+        return labels
 
 
 # The kinds of resource counted when unreadable (bounded: they are metrics labels, and the card words them).

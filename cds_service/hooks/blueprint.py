@@ -25,7 +25,7 @@ from cds_service.errors import (
 from cds_service.hooks.request import load_json, parse_feedback, parse_hook_request, reject_lone_surrogates
 from cds_service.openapi import openapi_document
 from cds_service.runtime import Runtime
-from cds_service.serving import GcPause, RequestWatchdog
+from cds_service.watchdog import GcPause, RequestWatchdog
 
 bp = Blueprint("cds_hooks", __name__)
 log = logging.getLogger("cds_service.http")

@@ -204,7 +204,7 @@ class Engine:
         for key in OBSERVATION_KEYS:
             extract.observations(data[key].resources, out)
         extract.history(data["conditions"].resources + data["allergies"].resources, out)
-        metrics.unreadable_resources(out.unread)
+        metrics.unreadable_resources(out.unread_labels())
         missing = [KEY_WORDS.get(k, k) for k, v in data.items() if not v.ok and k != "patient"]
         missing += [KEY_WORDS.get(k, k) + " (only partly: " + (v.note or "incomplete") + ")"
                     for k, v in data.items() if v.ok and not v.complete]
