@@ -1117,8 +1117,9 @@ def markdown(results: dict[str, Any]) -> str:
                   + (", ".join(f"{k}: {v}" for k, v in failed.items()) if failed else "every key ok") + "."]
     targets = results.get("targets") or {}
     if targets:
-        lines += ["", f"Targets (issue 16 and the earlier ones that still apply), measured on {m['nproc']} CPUs "
-                  f"({m['cpu']}); ratios are computed on unrounded figures and shown rounded against the service:",
+        lines += ["", "Targets (the second round's and the earlier ones that still apply), measured on "
+                  f"{m['nproc']} CPUs ({m['cpu']}); ratios are computed on unrounded figures and shown rounded "
+                  "against the service:",
                   "", "| target | measured | met | scenario start, load average (1/5/15 min) |", "|---|---|---|---|"]
         for name, t in targets.items():
             measured = t["measured"]
@@ -1148,8 +1149,8 @@ README_START = "<!-- bench:latest:start (bench/run_bench.py --render --readme, f
 README_END = "<!-- bench:latest:end -->"
 
 
-def write_readme(table: str, readme: Path = ROOT / "README.md") -> None:
-    """Replace README.md's generated Performance block with ``table``."""
+def write_readme(table: str, readme: Path = ROOT / "docs" / "performance.md") -> None:
+    """Replace the generated block of docs/performance.md (between the bench:latest markers) with ``table``."""
     text = readme.read_text(encoding="utf-8")
     start, end = text.index(README_START) + len(README_START), text.index(README_END)
     readme.write_text(text[:start] + "\n" + table + text[end:], encoding="utf-8")
@@ -1168,7 +1169,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the other scenarios of the existing latest.json (each scenario records when it "
                              "ran and the load average)")
     parser.add_argument("--readme", action="store_true",
-                        help="also rewrite README.md's Performance table (between the bench:latest markers)")
+                        help="also rewrite the table in docs/performance.md (between the bench:latest markers)")
     args = parser.parse_args(argv)
     if args.render:
         results = json.loads((args.out / "latest.json").read_text())
