@@ -86,7 +86,7 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-## make report-example: the README's example `nms-cds report` (fixture demo, simulated feedback) and its chart
+## make report-example: docs/operations.md's example `nms-cds report` (fixture demo, simulated feedback) and its chart
 report-example: install
 	$(BIN)/python fhir_fixtures/report_demo.py >/dev/null
 
@@ -108,7 +108,7 @@ bench-alternatives: install
 	$(BIN)/python bench/alternatives.py --mypyc
 
 ## make burden: alert burden on records without NMS (Synthea + generated hard mimics), prefetch and local FHIR
-## server; writes bench/results/burden.json and fails when a target is missed (README "Alert burden")
+## server; writes bench/results/burden.json and fails when a target is missed (docs/clinical-rules.md "Alert burden")
 burden: install node
 	$(BIN)/python bench/burden.py
 

@@ -12,7 +12,7 @@ repeats, next to the service's own stages:
 ``--mypyc`` compiles a copy of the clinical core and the FHIR flattening (``cds_service/clinical/*.py``,
 ``cds_service/fhir/extract.py``) with mypyc into a temporary directory (about 75 s, needs a C compiler) and
 times the same stages there, in a subprocess. Results: ``bench/results/alternatives.json`` and a table on
-standard output (README "Performance" quotes it).
+standard output (docs/performance.md quotes it).
 """
 
 from __future__ import annotations

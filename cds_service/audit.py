@@ -1,4 +1,4 @@
-"""Card audit: what is recorded about every card served (see README "Persistence").
+"""Card audit: what is recorded about every card served (see docs/operations.md "Persistence").
 
 :func:`audit_fields` reads an assessment (the rules that fired, the card's reasons, the evidence
 resource ids); :func:`card_records` combines them with the cards and the request. The patient id is

@@ -61,7 +61,7 @@ class AuthMode(StrEnum):
 
 
 class Settings(BaseSettings):
-    """Service configuration. Environment prefix ``NMS_CDS_``; see README "Configuration"."""
+    """Service configuration. Environment prefix ``NMS_CDS_``; see docs/configuration.md."""
 
     model_config = SettingsConfigDict(env_prefix="NMS_CDS_", env_ignore_empty=True, extra="ignore")
 

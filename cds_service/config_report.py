@@ -105,7 +105,7 @@ def _bounds(info: FieldInfo) -> str:
 
 
 def accepted_form(field: str) -> str:
-    """What a setting accepts, in words (README table and error lines)."""
+    """What a setting accepts, in words (docs/configuration.md and error lines)."""
     info = Settings.model_fields[field]
     extra = info.json_schema_extra
     bounds = _bounds(info)
@@ -193,7 +193,7 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
             continue
         suffixes = [k.removeprefix(ENV_PREFIX) for k in [*known, *OTHER_VARIABLES]]
         close = difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), suffixes, n=1, cutoff=0.6)
-        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else "; see the README's Configuration table"
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else "; see docs/configuration.md"
         notes.append(f"{name} is not a setting of nms-cds and is ignored{hint}")
     return notes
 

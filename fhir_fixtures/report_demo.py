@@ -1,4 +1,4 @@
-"""Build the README's example ``nms-cds report`` from the fixture demo (``make report-example``).
+"""Build docs/operations.md's example ``nms-cds report`` from the fixture demo (``make report-example``).
 
 Every fixture scenario is served in-process (as ``nms-cds demo`` does) on simulated days over 30 days,
 several calls a day, into a throw-away SQLite store; the clinicians' feedback is SIMULATED with a fixed

@@ -92,7 +92,7 @@ def test_ck_rise_before_fever_is_the_onset() -> None:
 
 def test_afebrile_ck_rise_before_the_first_dose_is_set_aside() -> None:
     # the raised CK before the first dose is not the drug's doing; the fever after it opens the episode, judged
-    # with its own CK values only (README "Time order")
+    # with its own CK values only (docs/clinical-rules.md "Time order")
     a = run([halo(40)], [ck(50, 3000), temp(30, 38.6), temp(10, 39.2)])
     assert (a.onset, a.onset_kind) == (ago(30), "fever")
     assert [r.value for r in a.ck_set_aside] == [3000] and a.criterion("ck").met is None

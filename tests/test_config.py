@@ -116,11 +116,11 @@ def test_values_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.fixed_now == datetime(2026, 11, 24, 12, tzinfo=UTC)
 
 
-def test_every_setting_has_an_accepted_form_in_the_readme() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+def test_every_setting_has_an_accepted_form_in_the_configuration_doc() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
     for field in Settings.model_fields:
         assert accepted_form(field)
-        assert f"| `{env_name(field)}` |" in readme, f"{env_name(field)} missing from the README's table"
+        assert f"| `{env_name(field)}` |" in readme, f"{env_name(field)} missing from docs/configuration.md's table"
 
 
 # --- unknown variables, fixed clock, secrets ----------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_unknown_variables_name_the_closest_setting() -> None:
     assert notes == [
         "NMS_CDS_AUTHH is not a setting of nms-cds and is ignored; did you mean NMS_CDS_AUTH?",
         "NMS_CDS_HOOK_BUDGET is not a setting of nms-cds and is ignored; did you mean NMS_CDS_HOOK_BUDGET_SECONDS?",
-        "NMS_CDS_ZZZ is not a setting of nms-cds and is ignored; see the README's Configuration table",
+        "NMS_CDS_ZZZ is not a setting of nms-cds and is ignored; see docs/configuration.md",
     ]
     assert all(name not in {env_name(f) for f in Settings.model_fields} for name in OTHER_VARIABLES)
 

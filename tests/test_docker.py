@@ -1,7 +1,7 @@
 """The Docker image, built and run for real where a Docker engine answers (issue 15).
 
 Skipped only when no engine exists (``docker info`` fails: no client or no daemon, as on the development
-machines of this project); the README's Docker section has the same checks as a manual procedure. The base
+machines of this project); docs/operations.md (Docker) has the same checks as a manual procedure. The base
 image can be replaced with ``NMS_CDS_TEST_BASE_IMAGE`` (e.g. a locally made python:3.11-slim).
 
 Checks: the build context stays small (.dockerignore), the container becomes healthy on a port given on the
@@ -35,7 +35,7 @@ def engine() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
 
 
-pytestmark = pytest.mark.skipif(not engine(), reason="no Docker engine (`docker info` fails); see README 'Docker'")
+pytestmark = pytest.mark.skipif(not engine(), reason="no Docker engine (`docker info` fails); see docs/operations.md")
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """The clinical policy of episodes, reconciliation, hyperthermia without a lab and other causes as evidence.
 
-Each branch with real values (README "Clinical rules": Time order, Reconciliation, Indicator policy, Other
+Each branch with real values (docs/clinical-rules.md: Time order, Reconciliation, Indicator policy, Other
 causes weighed), in the clinical core and, where the wording matters, on the card.
 """
 

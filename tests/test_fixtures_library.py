@@ -334,7 +334,7 @@ def test_expected_files_are_consistent(scenarios: list[Scenario]) -> None:
             assert e["drugs"] == [] and e["suggest_delete_draft"] is None and e["evidence"] == {}
         else:
             assert e["drugs"]
-        if e["indicator"] == "critical":  # README "Indicator policy": the routes to a critical card
+        if e["indicator"] == "critical":  # docs/clinical-rules.md, indicator policy: routes to a critical card
             assert "exposure" in e["criteria"] and "hyperthermia" in e["criteria"]
             extreme = e["evidence"].get("tmax_cel", 0.0) >= 40.0 and bool(
                 {"autonomic", "hypermetabolism"} & set(e["criteria"]))

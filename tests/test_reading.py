@@ -433,5 +433,5 @@ def test_a_prohibited_antibiotic_is_no_evidence_of_infection() -> None:
                             authored=NOW - timedelta(days=1))
     causes = {c.cause: c for c in other_causes(ClinicalInput(now=NOW, medications=(given,)), VS,
                                                NOW - timedelta(days=5))}
-    # given, an antimicrobial alone suggests an infection without documenting it (README "Other causes weighed")
+    # given, an antimicrobial alone suggests an infection without documenting it (docs/clinical-rules.md)
     assert causes["infection"].found is False and len(causes["infection"].possible) == 1

@@ -2,7 +2,7 @@
 
 A cause is *found* only on evidence that documents it (a coded condition, a positive culture, a trigger drug);
 evidence that only suggests it (an empiric antimicrobial) is *possible* and never closes a route of the
-indicator policy. The drugs under assessment never count as their own other cause. README "Other causes
+indicator policy. The drugs under assessment never count as their own other cause. docs/clinical-rules.md "Other causes
 weighed" has the policy and its sources.
 """
 

@@ -5,8 +5,8 @@ Onset is the first febrile reading of the febrile run (reaching back through feb
 fever before any exposure** (after surgery, a fall, a seizure, alcohol withdrawal, an injection) is not the
 drug's doing and does not anchor a later episode: it is set aside, and the first finding after the exposure —
 fever, or a new CK rise above the set-aside level — opens an episode judged in full, with only its own CK
-values. A fever before the exposure still anchors the episode (the abnormal baseline of README "Indicator
-policy"). README "Time order" has the clinical reason and the sources.
+values. A fever before the exposure still anchors the episode (the abnormal baseline of docs/clinical-rules.md
+"Indicator policy"); its "Time order" has the clinical reason and the sources.
 """
 
 from __future__ import annotations

@@ -206,9 +206,9 @@ class Assessment:
     other_causes: list[OtherCause] = field(default_factory=list)
     other_patient: list[tuple[str, int]] = field(default_factory=list)
     capped: list[str] = field(default_factory=list)
-    # records of one drug that disagree, and which one the rules used (README "Reconciliation")
+    # records of one drug that disagree, and which one the rules used (docs/clinical-rules.md "Reconciliation")
     conflicts: list[str] = field(default_factory=list)
-    # CK rises before any exposure, without fever: not this episode's (README "Time order")
+    # CK rises before any exposure, without fever: not this episode's (docs/clinical-rules.md "Time order")
     ck_set_aside: list[Reading] = field(default_factory=list)
     # extreme hyperthermia with no CK counted in the episode: "pending" (a result not yet final) or "missing"
     ck_state: Literal["pending", "missing"] | None = None

@@ -1,4 +1,4 @@
-"""The indicator policy (README "Indicator policy"): which card the findings of one assessment give.
+"""The indicator policy (docs/clinical-rules.md): which card the findings of one assessment give.
 
 Pure: it reads the criteria already judged and returns the indicator and the reasons shown on the card.
 """
@@ -86,7 +86,7 @@ def decide(f: Facts) -> tuple[Indicator | None, list[str]]:
             return "info", [incomplete]
         return None, []
     if f.draft_antagonist:
-        # Only the draft: it cannot explain findings already there (README "Indicator policy": no card for an
+        # Only the draft: it cannot explain findings already there (docs/clinical-rules.md: no card for an
         # abnormal baseline), but a previous NMS episode or an incomplete check is still worth saying.
         if f.history:
             return "warning", ["draft dopamine antagonist after a previous NMS episode (re-challenge)"]

@@ -4,7 +4,7 @@ the patient actually takes wins.
 A newer MedicationStatement that says the drug was stopped or is not taken (a medication reconciliation, a
 patient's report) ends an older order or statement that still says ``active``: an antagonist exposure ends
 there, and a dopaminergic drug stopped there is a withdrawal counted from that stop. The disagreement is kept
-as a sentence for the card. README "Reconciliation" has the policy.
+as a sentence for the card. docs/clinical-rules.md "Reconciliation" has the policy.
 """
 
 from __future__ import annotations

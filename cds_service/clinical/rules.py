@@ -42,7 +42,7 @@ from cds_service.clinical.valuesets import RXNORM, ValueSets, load
 def _route(med: MedicationInput, vs: ValueSets, hint: str, long_acting: bool = False) -> str | None:
     """The route the order states (coded, then in words); without one, the product's route only where the
     product allows no other (an oral form, a long-acting injectable: intramuscular only). A short-acting
-    injection may be given IM or IV, so its route stays unknown (README "Clinical rules")."""
+    injection may be given IM or IV, so its route stays unknown (docs/clinical-rules.md)."""
     for coding in med.route:
         if coding.system and coding.code and (coding.system, coding.code) in vs.routes:
             return vs.routes[(coding.system, coding.code)]
@@ -258,7 +258,7 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
     labs = {c: ic.in_window(series.get(c, []), lab_start, now) for c in LAB_CONCEPTS}
 
     hyper, febrile = ic.hyperthermia(acute["body-temperature"], vs)
-    # Time order (README "Time order"): with an episode under way, only exposures in effect before its onset
+    # Time order (docs/clinical-rules.md): with an episode under way, only exposures in effect before its onset
     # explain it; the draft never does. Without one, the record's exposures of now are the ones that count.
     episode = find_episode(series.get("body-temperature", []), febrile, labs["creatine-kinase"], inp.sex, vs,
                            _explaining_at(inp, vs, recognised))

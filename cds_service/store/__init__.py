@@ -2,7 +2,7 @@
 
 :func:`open_store` picks the backend from the settings: PostgreSQL when ``NMS_CDS_DATABASE_URL`` is
 set, else the SQLite file under ``NMS_CDS_DATA_DIR``; :func:`open_replay_guard` puts the replay cache
-in Redis when ``NMS_CDS_REDIS_URL`` is set, else in that store. See README "Persistence".
+in Redis when ``NMS_CDS_REDIS_URL`` is set, else in that store. See docs/operations.md "Persistence".
 """
 
 from __future__ import annotations
