@@ -1220,7 +1220,7 @@ def mimic_sepsis_haloperidol_draft() -> Built:
         "Fever 39.0/39.2/39.1 from -40 h, iron 6.0 (NMS range), WBC 18, CRP 180, CK 100 (0.5 x ULN), sepsis "
         "(A41.9) on piperacillin/tazobactam: every finding precedes the only dopamine antagonist, the unsigned "
         "draft. The draft never explains findings that precede it -> exposure not met (0), no warning, no "
-        "critical card; README 'Indicator policy' explains why no info card either.",
+        "critical card; docs/clinical-rules.md (indicator policy) explains why no info card either.",
         evidence={}))
 
 
