@@ -241,7 +241,7 @@ def jwt_service(tmp_path: Path) -> Iterator[str]:
     thread.start()
     yield f"http://127.0.0.1:{port}"
     server.shutdown()
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()
 
 
 def test_call_explains_a_401_without_a_key(jwt_service: str) -> None:

@@ -28,7 +28,7 @@ def service() -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join(timeout=5)
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
 
 
 @pytest.mark.parametrize(("hook", "scenario", "expected"), [

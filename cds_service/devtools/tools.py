@@ -322,7 +322,7 @@ def demo(args: argparse.Namespace) -> int:
     if shown is not None:
         print(f"\n--- full card for scenario {shown['scenario']} ---\n")
         print(format_cards(shown["body"]))
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()
     return 1 if failures else 0
 
 
