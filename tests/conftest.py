@@ -237,13 +237,15 @@ def client(app: Flask) -> FlaskClient:
 
 # --- leak checks -------------------------------------------------------------------------------------------
 
-_runtimes: list[Runtime] = []
+_runtimes: list[Runtime] = []  # built during the current test
+_all_runtimes: list[Runtime] = []  # built in this process (some at import: schemathesis reads an app's document)
 _original_build = Runtime.build.__func__  # type: ignore[attr-defined]
 
 
 def _tracked_build(cls: type[Runtime], settings: Settings) -> Runtime:
     runtime: Runtime = _original_build(cls, settings)
     _runtimes.append(runtime)
+    _all_runtimes.append(runtime)
     return runtime
 
 
@@ -279,6 +281,8 @@ def _closes_what_it_opens(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    for runtime in _all_runtimes:  # those built outside any test (at import), whose module fixture never ran
+        runtime.close()
     _fd_peak[0] = max(_fd_peak[0], _open_fds())
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:  # an xdist worker: the controller reports

@@ -166,9 +166,10 @@ class _Store:
             raise ConnectionError("database unreachable: password=secret")
 
 
-def test_readyz_follows_the_store_when_there_is_one(app: Flask, client: FlaskClient) -> None:
+def test_readyz_follows_the_store_when_there_is_one(app: Flask, client: FlaskClient,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     store = _Store()
-    app.extensions["nms_cds"].store = store
+    monkeypatch.setattr(app.extensions["nms_cds"], "store", store)  # the real one back before the app closes
     assert client.get("/readyz").status_code == 200
     store.fail = True
     response = client.get("/readyz")
