@@ -264,18 +264,22 @@ def start_service(env: dict[str, str], *, workers: int, log: Path, threads: int 
                                env=full_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
         service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log)
         deadline = time.monotonic() + 40
-        while True:
-            try:
-                if requests.get(service.base + "/healthz", timeout=1).status_code == 200 and \
-                        len(service.worker_pids()) >= workers:
-                    return service
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                service.stop()
-                output = log.read_text(errors="replace")
-                if attempt < START_ATTEMPTS and "already in use" in output:
-                    break  # the port was taken after free_port() found it free: another one
-                pytest.fail(f"nms-cds serve did not start (exit {proc.returncode}):\n{output[-3000:]}")
-            time.sleep(0.1)
+        try:
+            while True:
+                try:
+                    if requests.get(service.base + "/healthz", timeout=1).status_code == 200 and \
+                            len(service.worker_pids()) >= workers:
+                        return service
+                except requests.RequestException:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    service.stop()
+                    output = log.read_text(errors="replace")
+                    if attempt < START_ATTEMPTS and "already in use" in output:
+                        break  # the port was taken after free_port() found it free: another one
+                    pytest.fail(f"nms-cds serve did not start (exit {proc.returncode}):\n{output[-3000:]}")
+                time.sleep(0.1)
+        except BaseException:  # Ctrl-C or a failure while waiting: the caller never got the service to stop
+            service.stop()
+            raise
     raise AssertionError("unreachable")
