@@ -462,9 +462,11 @@ def test_missing_nginx_is_refused_in_production(monkeypatch: pytest.MonkeyPatch,
     assert err.count("\n") == 1 and "NMS_CDS_FRONT" in err
 
 
-def test_nginx_configuration_carries_the_limits() -> None:
+def test_nginx_configuration_carries_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     from cds_service.config import Settings
 
+    # the front's connections are lowered to fit the hard open-file limit: pin one that fits 1000
+    monkeypatch.setattr(serving.resource, "getrlimit", lambda which: (1024, 4096))
     settings = Settings(auth="off", client_header_timeout_seconds=7, client_body_timeout_seconds=9,
                         keepalive_timeout_seconds=4, front_max_connections=1000, max_body_bytes=5000,
                         request_timeout_seconds=12)
@@ -475,6 +477,9 @@ def test_nginx_configuration_carries_the_limits() -> None:
                       "limit_conn nms_cds_per_client 256;"):
         assert directive in conf
     assert "/etc/nginx" not in conf and "/var/" not in conf.replace("/dev/stderr", "")
+    monkeypatch.setattr(serving.resource, "getrlimit", lambda which: (1024, 1024))  # `ulimit -n 1024`
+    lowered = serving.nginx_conf(settings, host="::", port=9999, upstream=Path("/r/app.sock"), runtime=Path("/r"))
+    assert "worker_connections 480;" in lowered and "worker_rlimit_nofile 1024;" in lowered
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - measurement entry point
