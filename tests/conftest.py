@@ -129,10 +129,23 @@ def _descendants() -> list[tuple[int, str]]:
     return found
 
 
+def _kill_descendants() -> None:
+    """SIGKILL every process descended from this one (by process group where it has its own)."""
+    own = os.getpgrp()
+    for pid, _ in _descendants():
+        with contextlib.suppress(OSError):
+            group = os.getpgid(pid)
+            if group != own:
+                os.killpg(group, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+
+
 def _cleanup_at_exit() -> None:
     if os.getpid() != _OWNER:  # a forked child (gunicorn in-process, multiprocessing): not ours
         return
     _stop_all_groups()
+    _kill_descendants()  # servers started without start_group (the local FHIR server's own helper)
     shutil.rmtree(_SESSION_TMP, ignore_errors=True)
 
 
