@@ -25,7 +25,7 @@ from cds_service import cli
 from cds_service.app import create_app
 from cds_service.devtools import localfhir
 from cds_service.errors import UsageError
-from tests.conftest import free_port, make_settings, start_group, stop_group
+from tests.conftest import free_port, make_settings, session_tmp, start_group, stop_group
 from tests.jwt_helpers import ec_key, jwks, write_trusted_clients
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,8 +35,10 @@ START_TIMEOUT_SECONDS = 90.0
 
 
 def env(**extra: str) -> dict[str, str]:
+    """The environment without NMS_CDS_ settings, but with the store in the session's temporary directory
+    (the default, ./var, would be in the checkout)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("NMS_CDS_")}
-    return {**base, **extra}
+    return {**base, "NMS_CDS_DATA_DIR": str(session_tmp() / "cli-data"), **extra}
 
 
 def run(args: list[str], timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:

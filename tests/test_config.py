@@ -37,10 +37,11 @@ NMS_CDS = str(Path(sys.executable).with_name("nms-cds"))
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("NMS_CDS_"):
             monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # the default store (./var) of an app built here lands there, not in the checkout
     yield
 
 
