@@ -69,6 +69,7 @@ def session_tmp() -> Path:
 # --- process groups the tests start --------------------------------------------------------------------------
 
 _GROUPS: dict[int, subprocess.Popen[Any]] = {}
+_EVER_STARTED: set[int] = set()  # every group start_group made (members outlive a killed leader)
 
 
 def start_group(command: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
@@ -76,6 +77,7 @@ def start_group(command: Sequence[str], **kwargs: Any) -> subprocess.Popen[Any]:
     at the end of the session at the latest, also on Ctrl-C, SIGTERM or a crash of the test process."""
     proc: subprocess.Popen[Any] = subprocess.Popen(list(command), start_new_session=True, **kwargs)
     _GROUPS[proc.pid] = proc
+    _EVER_STARTED.add(proc.pid)
     return proc
 
 
@@ -103,8 +105,10 @@ def _stop_all_groups() -> None:
 
 
 def _descendants() -> list[tuple[int, str]]:
-    """Live (not zombie) processes descended from this one, from /proc: (pid, command line)."""
+    """Live (not zombie) processes descended from this one, or in a process group it started (an orphan whose
+    parent was killed), from /proc: (pid, command line)."""
     parents: dict[int, int] = {}
+    groups: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -115,18 +119,23 @@ def _descendants() -> list[tuple[int, str]]:
         fields = stat[stat.rindex(")") + 2:].split()
         if fields[0] != "Z":
             parents[int(entry)] = int(fields[1])
-    found, frontier = [], [os.getpid()]
+            groups[int(entry)] = int(fields[2])
+    found: set[int] = {pid for pid, group in groups.items() if group in _EVER_STARTED and pid != os.getpid()}
+    frontier = [os.getpid(), *found]
     while frontier:
         parent = frontier.pop()
         for pid, ppid in parents.items():
-            if ppid == parent:
+            if ppid == parent and pid not in found:
+                found.add(pid)
                 frontier.append(pid)
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                except OSError:
-                    cmd = "?"
-                found.append((pid, cmd.strip()))
-    return found
+    result = []
+    for pid in sorted(found):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            cmd = "?"
+        result.append((pid, cmd.strip()))
+    return result
 
 
 def _kill_descendants() -> None:

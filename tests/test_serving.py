@@ -32,7 +32,7 @@ import requests
 
 from cds_service import serving
 from cds_service.devtools import fixtures
-from tests.conftest import free_port
+from tests.conftest import free_port, start_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 NMS_CDS = REPO / ".venv" / "bin" / "nms-cds"
@@ -82,8 +82,8 @@ def serve(tmp: Path, *args: str, env: dict[str, str] | None = None, ready_worker
     })
     out, err = tmp / "stdout.log", tmp / "stderr.log"
     with out.open("wb") as out_file, err.open("wb") as err_file:
-        proc = subprocess.Popen([str(NMS_CDS), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-                                env=full_env, stdout=out_file, stderr=err_file, cwd=tmp, start_new_session=True)
+        proc = start_group([str(NMS_CDS), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+                           env=full_env, stdout=out_file, stderr=err_file, stdin=subprocess.DEVNULL, cwd=tmp)
     served = Served(proc, f"http://127.0.0.1:{port}", port, out, err, home)
     try:
         deadline = time.monotonic() + 40
@@ -107,6 +107,7 @@ def serve(tmp: Path, *args: str, env: dict[str, str] | None = None, ready_worker
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
+        stop_group(proc, signal.SIGKILL, timeout=5)  # what outlived its master (a worker whose master was killed)
         served.lines = served.output()
 
 
