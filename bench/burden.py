@@ -228,7 +228,7 @@ def run(limit: int | None = None, server: bool = True, corpus: list[JsonDict] | 
         app = create_app(settings_for(now, ["http://127.0.0.1:1/fhir"]))
         response = app.test_client().post(URL, json=request(record["patient_id"], now, prefetch=prefetch,
                                                             fhir_server=None))
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
         rows.append({"record": record["id"], "kind": record["kind"], "moment": kind, "now": now.isoformat(),
                      "path": "prefetch", "status": response.status_code,
                      **analyse(response.get_json().get("cards", []) if response.status_code == 200 else [])})
@@ -241,7 +241,7 @@ def run(limit: int | None = None, server: bool = True, corpus: list[JsonDict] | 
         app = create_app(settings_for(now, ["http://127.0.0.1:1/fhir"]))
         response = app.test_client().post(URL, json=request(record["patient_id"], now, prefetch=prefetch,
                                                             fhir_server=None))
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
         body = response.get_json()
         cards = body.get("cards", []) if response.status_code == 200 else []
         other = "Other causes weighed" in cards[0]["detail"] and "**found**" in cards[0]["detail"] if cards else False
@@ -265,7 +265,7 @@ def run(limit: int | None = None, server: bool = True, corpus: list[JsonDict] | 
                     app = create_app(settings_for(now, [fhir.base_url]))
                     response = app.test_client().post(URL, json=request(new, now, prefetch=None,
                                                                         fhir_server=fhir.base_url))
-                    app.extensions["nms_cds"].pool.shutdown()
+                    app.extensions["nms_cds"].close()
                     rows.append({"record": record["id"], "kind": record["kind"], "moment": kind,
                                  "now": now.isoformat(), "path": "fhir-server", "status": response.status_code,
                                  **analyse(response.get_json().get("cards", []) if response.status_code == 200
@@ -279,7 +279,7 @@ def scenario_verdicts() -> JsonDict:
     for scenario in fixtures.load_scenarios():
         app = create_app(settings_for(fixtures.ANCHOR, ["http://127.0.0.1:1/fhir"]))
         cards = app.test_client().post(URL, json=scenario.request).get_json()["cards"]
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
         got = cards[0]["indicator"] if cards else None
         if got == scenario.expected["indicator"]:
             kept += 1

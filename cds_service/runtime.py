@@ -37,6 +37,7 @@ class Runtime:
     wall_clock: Callable[[], float] = time.time  # audit and feedback times, replay expiry
     _next_purge: float = 0.0
     _purge_lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -95,6 +96,21 @@ class Runtime:
             self._purge_lock.release()
 
     def close(self) -> None:
-        self.pool.shutdown()
-        self.replay.close()
-        self.store.close()
+        """Stop the FHIR query pool, close the replay guard and the store (their files, sockets and pools).
+        Idempotent; ``with Runtime.build(settings) as runtime:`` closes on leaving the block."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.pool.shutdown()
+        finally:
+            try:
+                self.replay.close()
+            finally:
+                self.store.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

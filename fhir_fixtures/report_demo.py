@@ -9,6 +9,7 @@ text report to docs/report-example.txt and the chart to docs/img/report-example.
 from __future__ import annotations
 
 import random
+import shutil
 import sys
 import tempfile
 import uuid
@@ -70,6 +71,7 @@ def main() -> int:
     (REPO / "docs" / "report-example.txt").write_text(report.render_text(built), encoding="utf-8")
     report.render_png(built, REPO / "docs" / "img" / "report-example.png")
     rt.close()
+    shutil.rmtree(data, ignore_errors=True)
     print(report.render_text(built))
     return 0
 

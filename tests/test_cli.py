@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,7 @@ from cds_service.app import create_app
 from cds_service.devtools import localfhir
 from cds_service.errors import UsageError
 from cds_service.serve import preflight
-from tests.conftest import free_port, make_settings
+from tests.conftest import free_port, make_settings, session_tmp, start_group, stop_group
 from tests.jwt_helpers import ec_key, jwks, write_trusted_clients
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,8 +36,10 @@ START_TIMEOUT_SECONDS = 90.0
 
 
 def env(**extra: str) -> dict[str, str]:
+    """The environment without NMS_CDS_ settings, but with the store in the session's temporary directory
+    (the default, ./var, would be in the checkout)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("NMS_CDS_")}
-    return {**base, **extra}
+    return {**base, "NMS_CDS_DATA_DIR": str(session_tmp() / "cli-data"), **extra}
 
 
 def run(args: list[str], timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -124,11 +126,14 @@ def test_no_writable_temporary_directory_is_one_line(monkeypatch: pytest.MonkeyP
 
 # --- Ctrl-C -------------------------------------------------------------------------------------------------
 
-def wait_healthy(proc: subprocess.Popen[str] | subprocess.Popen[bytes], port: int) -> None:
+def wait_healthy(proc: subprocess.Popen[str] | subprocess.Popen[bytes], port: int,
+                 output: Callable[[], str] | None = None) -> None:
+    """Wait for /healthz on ``port``; a process that exits first fails the test with its output."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"exited early with {proc.returncode}")
+            time.sleep(0.2)  # the output reader's last lines
+            pytest.fail(f"exited early with {proc.returncode}; its output:\n{output() if output else '(not kept)'}")
         try:
             # a generous timeout: an abandoned connection would still be in a worker when Ctrl-C comes, and a
             # quick shutdown (SIGINT) in the middle of a request makes gunicorn log "Error handling request"
@@ -142,13 +147,13 @@ def wait_healthy(proc: subprocess.Popen[str] | subprocess.Popen[bytes], port: in
 
 def ctrl_c(command: list[str], port: int, fhir_port: int | None = None, **extra: str) -> tuple[float, str, int]:
     """Start ``command``, wait for /healthz, send SIGINT to its process group: (seconds to exit, output, code)."""
-    proc = subprocess.Popen(command, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, stdin=subprocess.DEVNULL, cwd=REPO)
+    proc = start_group(command, env=env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       stdin=subprocess.DEVNULL, cwd=REPO)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
     reader.start()
     try:
-        wait_healthy(proc, port)
+        wait_healthy(proc, port, lambda: "".join(lines))
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/cds-services", timeout=5) as answer:
             assert answer.status == 200 and answer.read()
         if fhir_port is not None:
@@ -160,10 +165,10 @@ def ctrl_c(command: list[str], port: int, fhir_port: int | None = None, **extra:
         code = proc.wait(timeout=30)
         elapsed = time.monotonic() - started
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    reader.join(timeout=5)
+        stop_group(proc, signal.SIGKILL)
+        reader.join(timeout=5)
+        if proc.stdout is not None:
+            proc.stdout.close()
     return elapsed, "".join(lines), code
 
 
@@ -210,19 +215,20 @@ def test_make_run_ports_are_configurable_and_ctrl_c_is_clean() -> None:
 
 # --- healthcheck ----------------------------------------------------------------------------------------------
 
-def test_healthcheck_follows_the_serving_process_port() -> None:
+def test_healthcheck_follows_the_serving_process_port(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([NMS_CDS, "serve", "--port", str(port), "--workers", "1"], env=env(NMS_CDS_AUTH="off"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = start_group([NMS_CDS, "serve", "--port", str(port), "--workers", "1"], env=env(NMS_CDS_AUTH="off"),
+                           stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
-        wait_healthy(proc, port)
+        wait_healthy(proc, port, lambda: log.read_text(errors="replace"))
         by_pid = run(["healthcheck", "--pid", str(proc.pid)])
         assert (by_pid.returncode, by_pid.stdout.strip()) == (0, f"healthy: http://127.0.0.1:{port}/healthz")
         by_env = run(["healthcheck", "--pid", str(os.getpid())], NMS_CDS_PORT=str(port))  # not a serve process
         assert by_env.returncode == 0
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=30)
+        stop_group(proc, signal.SIGINT, timeout=30)
     down = run(["healthcheck", "--port", str(port)])
     assert down.returncode == 1 and down.stderr.startswith(f"nms-cds: unhealthy: http://127.0.0.1:{port}/healthz")
 
@@ -240,9 +246,13 @@ def jwt_service(tmp_path: Path) -> Iterator[str]:
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{port}"
-    server.shutdown()
-    app.extensions["nms_cds"].pool.shutdown()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+        app.extensions["nms_cds"].close()
 
 
 def test_call_explains_a_401_without_a_key(jwt_service: str) -> None:

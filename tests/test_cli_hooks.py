@@ -27,8 +27,9 @@ def service() -> Iterator[str]:
         yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(timeout=5)
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
 
 
 @pytest.mark.parametrize(("hook", "scenario", "expected"), [

@@ -15,23 +15,25 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from cds_service import serving
 from cds_service.devtools import fixtures, localfhir
 from cds_service.services.cards import card_uuid
-from tests.conftest import REPO, free_port, require_local_fhir
+from tests.conftest import REPO, free_port, require_local_fhir, start_group, stop_group
 
 pytestmark = pytest.mark.integration
 
@@ -73,13 +75,14 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             # one FHIR query pool per worker is shared by its THREADS requests (9 queries each)
             "NMS_CDS_FHIR_CONCURRENCY": str(9 * THREADS),
             "NMS_CDS_LOG_LEVEL": "WARNING",
+            **({} if serving.nginx_binary() else {"NMS_CDS_FRONT": "none"}),  # this test is not about the front
         }
-        nms_cds = shutil.which("nms-cds", path=str(REPO / ".venv" / "bin")) or "nms-cds"
+        nms_cds = str(Path(sys.executable).with_name("nms-cds"))
         with log.open("wb") as out:
-            proc = subprocess.Popen(
+            proc = start_group(
                 [nms_cds, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(WORKERS),
                  "--threads", str(THREADS)],
-                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
             )
         base = f"http://127.0.0.1:{port}"
         try:
@@ -95,13 +98,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
                 time.sleep(0.1)
             yield Servers(fast, latency, base)
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)  # gunicorn master and its workers: our own process group
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
+            stop_group(proc, signal.SIGTERM)  # gunicorn master and its workers: our own process group
         errors = [line for line in log.read_text(errors="replace").splitlines() if '"level":"error"' in line]
         assert not errors, "\n".join(errors[:10])
 

@@ -36,10 +36,11 @@ NMS_CDS = str(Path(sys.executable).with_name("nms-cds"))
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("NMS_CDS_"):
             monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # the default store (./var) of an app built here lands there, not in the checkout
     yield
 
 
@@ -142,7 +143,7 @@ def test_fixed_now_in_production_is_logged_loudly(caplog: pytest.LogCaptureFixtu
     assert not Settings(environment="development", fixed_now=datetime(2026, 11, 24, tzinfo=UTC)).warnings()
     with caplog.at_level(logging.WARNING, logger="cds_service"):
         app = create_app(settings)
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()
     assert any(getattr(r, "event", None) == "config-warning" and "NMS_CDS_FIXED_NOW" in r.getMessage()
                for r in caplog.records)
 

@@ -1,8 +1,9 @@
 """The Docker image, built and run for real where a Docker engine answers (issue 15).
 
-Skipped only when no engine exists (``docker info`` fails: no client or no daemon, as on the development
-machines of this project); docs/operations.md (Docker) has the same checks as a manual procedure. The base
-image can be replaced with ``NMS_CDS_TEST_BASE_IMAGE`` (e.g. a locally made python:3.11-slim).
+Skipped only when no engine can build (no client, no daemon: ``docker info`` fails, or no BuildKit: ``docker
+buildx version`` fails, as on the development machines of this project); docs/operations.md (Docker) has the
+same checks as a manual procedure. The base image can be replaced with ``NMS_CDS_TEST_BASE_IMAGE`` (e.g. a
+locally made python:3.11-slim).
 
 Checks: the build context stays small (.dockerignore), the container becomes healthy on a port given on the
 command line (HEALTHCHECK follows it), it runs with ``--read-only --tmpfs /tmp``, and ``demo`` and
@@ -29,13 +30,22 @@ HEALTHY_TIMEOUT_SECONDS = 120
 CONTEXT_LIMIT_MB = 8.0
 
 
-def engine() -> bool:
+def engine_problem() -> str | None:
+    """Why the image cannot be built here (no client, no daemon, no BuildKit), or None."""
     if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode == 0
+        return "no Docker client"
+    for args, problem in ((["info"], "no Docker engine (`docker info` fails)"),
+                          (["buildx", "version"], "no BuildKit (`docker buildx version` fails)")):
+        try:
+            if subprocess.run(["docker", *args], capture_output=True, timeout=60).returncode != 0:
+                return problem
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{problem}: {type(exc).__name__}"
+    return None
 
 
-pytestmark = pytest.mark.skipif(not engine(), reason="no Docker engine (`docker info` fails); see docs/operations.md")
+PROBLEM = engine_problem()
+pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"{PROBLEM}; see docs/operations.md (Docker)")
 
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -111,7 +111,7 @@ def app(server: localfhir.LocalFhirServer, spy: Spy) -> Iterator[Flask]:
                              fixed_now=fixtures.ANCHOR, fhir_max_response_bytes=MAX_BYTES, log_level="WARNING")
     application = create_app(settings)
     yield application
-    application.extensions["nms_cds"].pool.shutdown()
+    application.extensions["nms_cds"].close()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -310,7 +310,7 @@ def test_hostile_fhir_answers(hostile: str, server: localfhir.LocalFhirServer, m
                                     or "no card")[:110],
                         "healthy_seconds": check_healthy(application, server)})
     finally:
-        application.extensions["nms_cds"].pool.shutdown()
+        application.extensions["nms_cds"].close()
 
 
 def test_fault_modes_are_all_covered() -> None:

@@ -253,7 +253,7 @@ def test_the_effective_allowlist_is_logged_once_at_start(caplog: pytest.LogCaptu
     caplog.set_level(logging.INFO)
     app = create_app(make_settings(fhir_allowlist="https://FHIR.example.org:443/r4/; http://127.0.0.1:8081",
                                    ca_bundle=None, REQUESTS_CA_BUNDLE=None, SSL_CERT_FILE=None))
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()
     (line,) = [r for r in caplog.records if getattr(r, "event", None) == "outbound-config"]
     assert line.getMessage().startswith("FHIR allowlist: https://fhir.example.org/r4, http://127.0.0.1:8081; "
                                         "TLS trust for FHIR and JWKS calls: ")

@@ -96,7 +96,7 @@ FUZZ_APP = create_app(make_settings(fixed_now=fixtures.ANCHOR, fhir_allowlist=[C
 @pytest.fixture(scope="module")
 def fuzz_app() -> Iterator[Flask]:
     yield FUZZ_APP
-    FUZZ_APP.extensions["nms_cds"].pool.shutdown()
+    FUZZ_APP.extensions["nms_cds"].close()
 
 
 @pytest.fixture(scope="module")
@@ -758,4 +758,4 @@ def test_malformed_bodies_are_rejected_in_linear_time(size: int) -> None:
             assert response.status_code == 400, response.get_data(as_text=True)[:200]
             assert elapsed < 2.0, f"{len(body)} bytes took {elapsed:.1f} s"
     finally:
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()

@@ -43,7 +43,7 @@ def server() -> Iterator[localfhir.LocalFhirServer]:
 def app(server: localfhir.LocalFhirServer) -> Iterator[Flask]:
     application = create_app(make_settings(fixed_now=fixtures.ANCHOR, fhir_allowlist=[server.base_url]))
     yield application
-    application.extensions["nms_cds"].pool.shutdown()
+    application.extensions["nms_cds"].close()
 
 
 def _cards(app: Flask, body: dict[str, Any]) -> list[dict[str, Any]]:

@@ -83,7 +83,7 @@ def app(tmp_path: Path) -> Iterator[Flask]:
                                            trusted_clients=path, log_level="DEBUG"))
     application.extensions["nms_cds"].authenticator.clock = lambda: NOW
     yield application
-    application.extensions["nms_cds"].pool.shutdown()
+    application.extensions["nms_cds"].close()
 
 
 @pytest.fixture
@@ -178,7 +178,7 @@ def test_patient_ids_are_logged_only_when_the_operator_opts_in(tmp_path: Path, c
             mock_fhir(rsps)
             resp = app.test_client().post(SERVICE, json=hook_request())
     finally:
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
     assert resp.status_code == 200
     text = json_lines.getvalue()
     assert f'"patient_id":"{PATIENT_ID}"' in text

@@ -45,7 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localfhir.Local
         # warm the server (a real one is warm): the first searches after start-up compile and cache
         warm = create_app(make_settings(**SETTINGS, fhir_allowlist=[srv.base_url]))
         warm.test_client().post(URL, json=scenarios.fhir_server_request(srv.base_url))
-        warm.extensions["nms_cds"].pool.shutdown()
+        warm.extensions["nms_cds"].close()
         yield srv
 
 
@@ -53,7 +53,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localfhir.Local
 def app(server: localfhir.LocalFhirServer) -> Iterator[Flask]:
     application = create_app(make_settings(**SETTINGS, fhir_allowlist=[server.base_url]))
     yield application
-    application.extensions["nms_cds"].pool.shutdown()
+    application.extensions["nms_cds"].close()
 
 
 def _post(app: Flask, body: dict[str, Any]) -> tuple[dict[str, Any], float]:

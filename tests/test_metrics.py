@@ -48,7 +48,7 @@ def scrape(client: FlaskClient) -> str:
 def app() -> Any:
     application = create_app(make_settings(environment="production", metrics_token=TOKEN))
     yield application
-    application.extensions["nms_cds"].pool.shutdown()
+    application.extensions["nms_cds"].close()
 
 
 def classic_request(**changes: Any) -> dict[str, Any]:
@@ -74,7 +74,7 @@ def test_metrics_are_off_without_a_token_in_production_and_open_in_development()
         assert response.status_code == status
         if status == 404:
             assert "NMS_CDS_METRICS_TOKEN" in response.get_json()["message"]
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
 
 
 def test_a_short_metrics_token_is_a_configuration_error() -> None:
@@ -140,7 +140,7 @@ def test_auth_failures_by_bounded_reason(tmp_path: Path) -> None:
     for reason in ("missing-authorization-header", "malformed-token"):
         assert sample(after, "nms_cds_auth_failures_total", reason=reason) - \
             sample(before, "nms_cds_auth_failures_total", reason=reason) == 1
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()
 
 
 def test_reason_labels_drop_variable_parts() -> None:
@@ -166,9 +166,10 @@ class _Store:
             raise ConnectionError("database unreachable: password=secret")
 
 
-def test_readyz_follows_the_store_when_there_is_one(app: Flask, client: FlaskClient) -> None:
+def test_readyz_follows_the_store_when_there_is_one(app: Flask, client: FlaskClient,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     store = _Store()
-    app.extensions["nms_cds"].store = store
+    monkeypatch.setattr(app.extensions["nms_cds"], "store", store)  # the real one back before the app closes
     assert client.get("/readyz").status_code == 200
     store.fail = True
     response = client.get("/readyz")
@@ -185,7 +186,7 @@ def test_readyz_not_ready_when_the_trusted_clients_file_is_gone(tmp_path: Path) 
     assert client.get("/readyz").status_code == 200
     path.unlink()
     assert client.get("/readyz").get_json()["problems"] == ["trusted clients file is not readable"]
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()
 
 
 # --- access lines, CORS and discovery logging -------------------------------------------------------------
@@ -221,7 +222,7 @@ def test_cors_refusals_and_preflights_are_logged_without_request_data(
     assert "<script>" not in text
     assert classic_request()["context"]["patientId"] not in "".join(
         json.dumps(r.__dict__, default=str) for r in caplog.records if getattr(r, "event", "").startswith("cors"))
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()
 
 
 # --- several workers ---------------------------------------------------------------------------------------

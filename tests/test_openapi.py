@@ -105,7 +105,7 @@ def test_discovery_health_and_the_document_itself(client: FlaskClient, document:
 def anchored() -> Iterator[FlaskClient]:
     application = create_app(make_settings(fixed_now=fixtures.ANCHOR))
     yield application.test_client()
-    application.extensions["nms_cds"].pool.shutdown()
+    application.extensions["nms_cds"].close()
 
 
 @pytest.mark.parametrize("scenario", ["classic-nms", "early-nms", "iron-pattern", "no-data", "past-nms-rechallenge"])
@@ -186,7 +186,7 @@ def jwt_app(tmp_path: Path) -> Iterator[Flask]:
     application = create_app(make_settings(auth="jwt", environment="production", trusted_clients=trusted,
                                            fixed_now=fixtures.ANCHOR))
     yield application
-    application.extensions["nms_cds"].pool.shutdown()
+    application.extensions["nms_cds"].close()
 
 
 def test_with_jwt_the_document_is_public_and_declares_bearer_auth(jwt_app: Flask) -> None:

@@ -116,7 +116,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("src") / "nms-cds"
     # build from a copy: the same files the image gets (.dockerignore), no build/ left in the checkout
     shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".git", ".venv", "node_modules", "build", "*.egg-info",
-                                                               "__pycache__", ".*_cache", "datasets", "bench"))
+                                                               "__pycache__", ".*_cache", "datasets", "bench",
+                                                               ".hypothesis", "var"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
                     "-w", str(out), str(work)], check=True, timeout=300, capture_output=True)
     [built] = out.glob("nms_cds-*.whl")

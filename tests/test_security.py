@@ -112,7 +112,7 @@ def build(tmp_path: Path) -> Iterator[Callable[..., Flask]]:
 
     yield _build
     for app in apps:
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
 
 
 @pytest.fixture
@@ -1050,7 +1050,7 @@ def test_short_rsa_keys_are_refused(tmp_path: Path) -> None:
 
 def test_auth_off_logs_a_warning_at_start(caplog: pytest.LogCaptureFixture) -> None:
     app = create_app(make_settings(auth="off"))
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()
     assert any(r.levelno == logging.WARNING and getattr(r, "event", None) == "auth-off" for r in caplog.records)
 
 

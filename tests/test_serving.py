@@ -32,7 +32,7 @@ import requests
 
 from cds_service.devtools import fixtures
 from cds_service.serve import front, output
-from tests.conftest import free_port
+from tests.conftest import free_port, start_group, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 NMS_CDS = REPO / ".venv" / "bin" / "nms-cds"
@@ -82,8 +82,8 @@ def serve(tmp: Path, *args: str, env: dict[str, str] | None = None, ready_worker
     })
     out, err = tmp / "stdout.log", tmp / "stderr.log"
     with out.open("wb") as out_file, err.open("wb") as err_file:
-        proc = subprocess.Popen([str(NMS_CDS), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
-                                env=full_env, stdout=out_file, stderr=err_file, cwd=tmp, start_new_session=True)
+        proc = start_group([str(NMS_CDS), "serve", "--host", "127.0.0.1", "--port", str(port), *args],
+                           env=full_env, stdout=out_file, stderr=err_file, stdin=subprocess.DEVNULL, cwd=tmp)
     served = Served(proc, f"http://127.0.0.1:{port}", port, out, err, home)
     try:
         deadline = time.monotonic() + 40
@@ -107,6 +107,7 @@ def serve(tmp: Path, *args: str, env: dict[str, str] | None = None, ready_worker
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=5)
+        stop_group(proc, signal.SIGKILL, timeout=5)  # what outlived its master (a worker whose master was killed)
         served.lines = served.output()
 
 
@@ -462,9 +463,11 @@ def test_missing_nginx_is_refused_in_production(monkeypatch: pytest.MonkeyPatch,
     assert err.count("\n") == 1 and "NMS_CDS_FRONT" in err
 
 
-def test_nginx_configuration_carries_the_limits() -> None:
+def test_nginx_configuration_carries_the_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     from cds_service.config import Settings
 
+    # the front's connections are lowered to fit the hard open-file limit: pin one that fits 1000
+    monkeypatch.setattr(front.resource, "getrlimit", lambda which: (1024, 4096))
     settings = Settings(auth="off", client_header_timeout_seconds=7, client_body_timeout_seconds=9,
                         keepalive_timeout_seconds=4, front_max_connections=1000, max_body_bytes=5000,
                         request_timeout_seconds=12)
@@ -475,6 +478,9 @@ def test_nginx_configuration_carries_the_limits() -> None:
                       "limit_conn nms_cds_per_client 256;"):
         assert directive in conf
     assert "/etc/nginx" not in conf and "/var/" not in conf.replace("/dev/stderr", "")
+    monkeypatch.setattr(front.resource, "getrlimit", lambda which: (1024, 1024))  # `ulimit -n 1024`
+    lowered = front.nginx_conf(settings, host="::", port=9999, upstream=Path("/r/app.sock"), runtime=Path("/r"))
+    assert "worker_connections 480;" in lowered and "worker_rlimit_nofile 1024;" in lowered
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - measurement entry point

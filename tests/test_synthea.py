@@ -71,4 +71,4 @@ def test_synthea_patient_with_draft_haloperidol(path: Path) -> None:
     assert "critical" not in indicators and "warning" not in indicators, body["cards"][0]["summary"]
     if path.stem.split("-")[0] in FEBRILE_COVID:
         assert indicators == []
-    app.extensions["nms_cds"].pool.shutdown()
+    app.extensions["nms_cds"].close()

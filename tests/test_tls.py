@@ -177,7 +177,7 @@ def test_the_412_reason_says_certificate_verify_failed(pki: Pki) -> None:
     try:
         resp = app.test_client().post("/cds-services/nms-order-sign", json=hook_call(pki.fhir))
     finally:
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
     assert resp.status_code == 412
     diagnostics = resp.get_json()["issue"][0]["diagnostics"]
     assert "TLS certificate verify failed (unable to get local issuer certificate)" in diagnostics
@@ -199,7 +199,7 @@ def test_the_service_answers_through_a_private_ca_when_it_is_configured(pki: Pki
     try:
         resp = app.test_client().post("/cds-services/nms-order-sign", json=hook_call(pki.fhir))
     finally:
-        app.extensions["nms_cds"].pool.shutdown()
+        app.extensions["nms_cds"].close()
     assert resp.status_code == 200, resp.get_json()
 
 

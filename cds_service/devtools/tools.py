@@ -291,11 +291,18 @@ def demo(args: argparse.Namespace) -> int:
     from cds_service.config_report import load_settings
 
     root = fixtures_root(args.fixtures)
-    # a throw-away store: demo cards never enter the configured audit (or a production database)
-    settings = load_settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR, log_level="WARNING",
-                             data_dir=Path(tempfile.mkdtemp(prefix="nms-cds-demo-")), database_url=None,
-                             redis_url=None)
-    app = create_app(settings)
+    # a throw-away store, removed at the end: demo cards never enter the configured audit (or a production database)
+    with tempfile.TemporaryDirectory(prefix="nms-cds-demo-") as data:
+        settings = load_settings(auth="off", environment="development", fixed_now=fixtures.ANCHOR,
+                                 log_level="WARNING", data_dir=Path(data), database_url=None, redis_url=None)
+        app = create_app(settings)
+        try:
+            return _demo(app, settings, root)
+        finally:
+            app.extensions["nms_cds"].close()
+
+
+def _demo(app: Any, settings: Any, root: Path | None) -> int:
     client = app.test_client()
     ids = {"patient-view": settings.patient_view_service_id, "order-select": settings.order_select_service_id,
            "order-sign": settings.service_id}
@@ -322,7 +329,6 @@ def demo(args: argparse.Namespace) -> int:
     if shown is not None:
         print(f"\n--- full card for scenario {shown['scenario']} ---\n")
         print(format_cards(shown["body"]))
-    app.extensions["nms_cds"].pool.shutdown()
     return 1 if failures else 0
 
 

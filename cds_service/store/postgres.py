@@ -56,6 +56,9 @@ class PostgresStore(SqlStore):
         self._url = url
         self.timeout = timeout
         self._local = threading.local()
+        self._open: set[psycopg.Connection[Any]] = set()  # every thread's connection, so that close() closes all
+        self._open_lock = threading.Lock()
+        self._open_pid = os.getpid()
         self.migrated = self._run(self._migrate_locked)
 
     def _migrate_locked(self, cur: Cursor) -> list[int]:
@@ -79,12 +82,18 @@ class PostgresStore(SqlStore):
             return conn, True
         conn = self._connect()
         self._local.conn, self._local.pid = conn, os.getpid()
+        with self._open_lock:
+            if self._open_pid != os.getpid():  # inherited across fork: not ours to close
+                self._open, self._open_pid = set(), os.getpid()
+            self._open.add(conn)
         return conn, False
 
     def _drop(self) -> None:
         conn = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            with self._open_lock:
+                self._open.discard(conn)
             with contextlib.suppress(psycopg.Error):  # closing a broken connection
                 conn.close()
 
@@ -117,4 +126,11 @@ class PostgresStore(SqlStore):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
+        """Close every thread's connection opened by this process."""
         self._drop()
+        with self._open_lock:
+            conns = self._open if self._open_pid == os.getpid() else set()
+            self._open = set()
+        for conn in conns:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()

@@ -13,9 +13,11 @@ silently recreated empty database. (A connection per operation would be simpler 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -59,6 +61,9 @@ class SqliteStore(SqlStore):
         self.timeout = timeout
         self._uri = self.path.as_uri() + "?mode=rw"
         self._local = threading.local()
+        self._open: set[sqlite3.Connection] = set()  # every thread's connection, so that close() closes them all
+        self._open_lock = threading.Lock()
+        self._open_pid = os.getpid()
         self.migrated = self._setup()
 
     @classmethod
@@ -70,23 +75,50 @@ class SqliteStore(SqlStore):
         return cls(data_dir / FILENAME, **kwargs)  # type: ignore[arg-type]
 
     def _setup(self) -> list[int]:
+        """Create the file, switch it to WAL and migrate, one process (or thread) at a time.
+
+        ``PRAGMA journal_mode=WAL`` answers SQLITE_BUSY at once, without waiting for the busy timeout, while
+        another connection is switching the same new file: workers starting together serialise the whole
+        set-up on an advisory ``flock`` of the database file (independent of SQLite's own locks), waited for
+        up to the store timeout."""
         try:
-            sqlite3.connect(self.path.as_uri() + "?mode=rwc", uri=True).close()  # create the file once
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(cause_of(exc)) from None
-        return self._run(self._migrate, lock=True, wal=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise StoreUnavailable(f"the SQLite database file cannot be opened ({type(exc).__name__})") from None
+        try:
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StoreUnavailable(_CAUSES["SQLITE_BUSY"] + " (set-up)") from None
+                    time.sleep(0.01)
+            return self._run(self._migrate, lock=True, wal=True)
+        finally:
+            os.close(fd)  # releases the flock
 
     def _connection(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
-            conn = sqlite3.connect(self._uri, uri=True, timeout=self.timeout, isolation_level=None)
+            # check_same_thread=False only so that close() may close every thread's connection; each thread
+            # still uses its own
+            conn = sqlite3.connect(self._uri, uri=True, timeout=self.timeout, isolation_level=None,
+                                   check_same_thread=False)
             self._local.conn, self._local.pid = conn, os.getpid()
+            with self._open_lock:
+                if self._open_pid != os.getpid():  # inherited across fork: not ours to close
+                    self._open, self._open_pid = set(), os.getpid()
+                self._open.add(conn)
         return conn
 
     def _drop(self) -> None:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         self._local.conn = None
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            with self._open_lock:
+                self._open.discard(conn)
             conn.close()
 
     def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
@@ -111,4 +143,10 @@ class SqliteStore(SqlStore):
             raise StoreUnavailable(cause_of(exc)) from None
 
     def close(self) -> None:
+        """Close every thread's connection opened by this process (the files, -wal and -shm)."""
         self._drop()
+        with self._open_lock:
+            conns = self._open if self._open_pid == os.getpid() else set()
+            self._open = set()
+        for conn in conns:
+            conn.close()
