@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from cds_service.fhir.urls import normalise_allowlist, split_allowlist
+from cds_service.net.urls import normalise_allowlist, split_allowlist
 
 ENV_PREFIX = "NMS_CDS_"
 

@@ -5,7 +5,7 @@ reference that resolves to ``Patient/{context.patientId}`` on the FHIR server in
 
 - relative ``Patient/<id>`` (optionally ``/_history/<v>``);
 - absolute on the request's ``fhirServer`` base, ``<fhirServer>/Patient/<id>`` (scheme, host and port
-  compared after normalisation, :mod:`cds_service.fhir.urls`); without ``fhirServer`` no absolute reference
+  compared after normalisation, :mod:`cds_service.net.urls`); without ``fhirServer`` no absolute reference
   is this patient's;
 - ``urn:uuid:<id>`` where ``<id>`` is the patient id itself (a transaction Bundle's fullUrl of that Patient).
 
@@ -35,7 +35,7 @@ from typing import Any
 from cds_service.clinical.valuesets import load
 from cds_service.errors import BadRequest
 from cds_service.fhir.prefetch import KeyData
-from cds_service.fhir.urls import ParsedUrl, UrlRefused, parse_url
+from cds_service.net.urls import ParsedUrl, UrlRefused, parse_url
 
 log = logging.getLogger("cds_service.scope")
 
