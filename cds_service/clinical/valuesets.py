@@ -6,8 +6,8 @@ number (keys [Sxx] resolve in docs/clinical-reference.md section 9). Nothing her
 
 from __future__ import annotations
 
-import ast
 import csv
+import math
 import re
 import tomllib
 from collections.abc import Iterable
@@ -279,48 +279,28 @@ def _rows(name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(text.splitlines(), delimiter="\t"))
 
 
-_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load,
-            ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub)
-
-
-def _linear(formula: str) -> UnitConversion:
-    """Turn a formula in ``x`` such as ``(x-32)*5/9`` into scale and offset, without eval on data."""
-    tree = ast.parse(formula.strip(), mode="eval")
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED) or (isinstance(node, ast.Name) and node.id != "x"):
-            raise ValueError(f"unsupported unit formula: {formula!r}")
-
-    def ev(node: ast.AST, x: float) -> float:
-        if isinstance(node, ast.Expression):
-            return ev(node.body, x)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return float(node.value)
-        if isinstance(node, ast.Name):
-            return x
-        if isinstance(node, ast.UnaryOp):
-            return -ev(node.operand, x)
-        if isinstance(node, ast.BinOp):
-            a, b = ev(node.left, x), ev(node.right, x)
-            if isinstance(node.op, ast.Add):
-                return a + b
-            if isinstance(node.op, ast.Sub):
-                return a - b
-            if isinstance(node.op, ast.Mult):
-                return a * b
-            return a / b
-        raise ValueError(f"unsupported unit formula: {formula!r}")
-
-    offset = ev(tree, 0.0)
-    return UnitConversion(scale=ev(tree, 1.0) - offset, offset=offset)
+def _number(text: str) -> float:
+    """A decimal, or a ratio of two decimals (``5/9``) written so the table keeps the source's exact factor."""
+    parts = text.strip().split("/")
+    if len(parts) > 2:
+        raise ValueError(f"unit conversion number {text.strip()!r}: a decimal or a/b")
+    number = float(parts[0]) / float(parts[1]) if len(parts) == 2 else float(parts[0])
+    if not math.isfinite(number):
+        raise ValueError(f"unit conversion number {text.strip()!r} is not finite")
+    return number
 
 
 def _conversions(spec: str) -> dict[str, UnitConversion]:
+    """``unit: scale`` or ``unit: scale: offset`` entries, ``;``-separated (value in the canonical unit =
+    scale * value + offset); text without a ``:`` (the culture and panel rows) gives none."""
     out: dict[str, UnitConversion] = {}
     for part in spec.split(";"):
         if ":" not in part:
             continue
-        unit, formula = part.split(":", 1)
-        out[unit.strip()] = _linear(formula)
+        unit, scale, *offset = part.split(":")
+        if len(offset) > 1:
+            raise ValueError(f"unit conversion {part.strip()!r}: expected unit: scale[: offset]")
+        out[unit.strip()] = UnitConversion(_number(scale), _number(offset[0]) if offset else 0.0)
     return out
 
 
