@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from cds_service.clinical.valuesets import _conversions, _rows
+from cds_service.clinical.valuesets_load import conversions, rows
 
 # (file, LOINC code) -> {unit: (scale, offset)} as the former formulas gave them, e.g. [degF] "(x-32)*5/9".
 PINNED: dict[tuple[str, str], dict[str, tuple[float, float]]] = {
@@ -185,20 +185,20 @@ RESTATED = {"[degF]"}
 def _table() -> dict[tuple[str, str], dict[str, tuple[float, float]]]:
     out = {}
     for name in ("observations.tsv", "observations-extra.tsv"):
-        for row in _rows(name):
+        for row in rows(name):
             if name == "observations-extra.tsv" and row["canonical_unit"] == "-":
                 continue
             out[(name, row["code"])] = {unit: (c.scale, c.offset)
-                                        for unit, c in _conversions(row["accepted_units"]).items()}
+                                        for unit, c in conversions(row["accepted_units"]).items()}
     return out
 
 
 def test_every_row_gives_the_numbers_its_formula_gave() -> None:
     table = _table()
     assert table.keys() == PINNED.keys()
-    for key, conversions in table.items():
-        assert conversions.keys() == PINNED[key].keys(), key
-        for unit, (scale, offset) in conversions.items():
+    for key, found in table.items():
+        assert found.keys() == PINNED[key].keys(), key
+        for unit, (scale, offset) in found.items():
             old_scale, old_offset = PINNED[key][unit]
             assert offset == old_offset, (key, unit)
             if unit in RESTATED:
@@ -209,7 +209,7 @@ def test_every_row_gives_the_numbers_its_formula_gave() -> None:
 
 def test_restated_conversions_give_the_same_readings() -> None:
     """Every [degF] reading from -100.00 to 250.00 in steps of 0.01 converts to the same (rounded) Celsius."""
-    [conversion] = {c["[degF]"] for c in (_conversions(r["accepted_units"]) for r in _rows("observations.tsv"))
+    [conversion] = {c["[degF]"] for c in (conversions(r["accepted_units"]) for r in rows("observations.tsv"))
                     if "[degF]" in c}
     old_scale, old_offset = PINNED[("observations.tsv", "8310-5")]["[degF]"]
     for hundredths in range(-10_000, 25_001):
@@ -221,4 +221,4 @@ def test_restated_conversions_give_the_same_readings() -> None:
 @pytest.mark.parametrize("spec", ["Cel: 1: 2: 3", "Cel: x", "Cel: (x-32)*5/9", "Cel: 1/", "Cel: 5/9/1", "Cel: inf"])
 def test_a_malformed_conversion_is_refused(spec: str) -> None:
     with pytest.raises(ValueError):
-        _conversions(spec)
+        conversions(spec)
