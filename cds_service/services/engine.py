@@ -181,7 +181,7 @@ class Engine:
         """Flatten the gathered FHIR data and the hook's exposure drafts into the core's input."""
         data = gathered.data
         # only this patient, within the limits (cds_service/fhir/scope.py), before anything reads the data
-        drafts, scope = restrict(data, drafts, req.patient_id, req.fhir_server)
+        drafts, scope = restrict(data, drafts, req.patient_id, req.fhir_server, self.settings)
         out = extract.Extracted()
         records = fhir_medications.exposure_records(data)
         medication_resources = records.medications
