@@ -67,7 +67,7 @@ def has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
 
 def observations(resources: Iterable[Mapping[str, Any]], out: Extracted) -> None:
     """The relevant Observations of ``resources`` into ``out.observations``; one per id across calls (the
-    newest version: see :func:`first_listing`)."""
+    newest version: see :func:`.versions.first_listing`)."""
     wanted = relevant_loinc()
     memo = Memo()
     # one comprehension over the record (a long one is mostly other codes), then the work on what is left

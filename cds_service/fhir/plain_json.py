@@ -120,7 +120,8 @@ def _loinc_codes(concept: dict[str, Any]) -> tuple[str, ...]:
 
 def plain_observation(raw: Mapping[str, Any], wanted: frozenset[str], memo: Memo | None = None
                       ) -> list[ObservationInput] | None:
-    """The records :func:`parsed_observation` would produce for ``raw``, or None when ``raw`` is not plain."""
+    """The records :func:`.observations.parsed_observation` would produce for ``raw``, or None when ``raw`` is not
+    plain."""
     if type(raw) is not dict or raw.get("resourceType") != "Observation" or not raw.keys() <= (
             _PLAIN_OBSERVATION_KEYS):
         return None
@@ -242,7 +243,7 @@ def _raw_codings(concept: Any) -> tuple[Coding, ...]:
 
 
 def plain_medication_request(raw: Mapping[str, Any], *, is_draft: bool) -> MedicationInput | None:
-    """What :func:`medication_request` gives for ``raw``, or None when ``raw`` is not plain.
+    """What :func:`.medications.parsed_medication_request` gives for ``raw``, or None when ``raw`` is not plain.
 
     A plain order names its drug by ``medicationCodeableConcept`` and has every required element, so the
     defaults for draft orders and the Medication lookups of the R4B path never apply to it.
