@@ -10,7 +10,7 @@ repeats, next to the service's own stages:
     .venv/bin/python bench/alternatives.py [--mypyc] [--repeats 7]
 
 ``--mypyc`` compiles a copy of the clinical core and the FHIR flattening (``cds_service/clinical/*.py``,
-``cds_service/fhir/extract.py``) with mypyc into a temporary directory (about 75 s, needs a C compiler) and
+``cds_service/fhir/`` extraction modules) with mypyc into a temporary directory (about 75 s, needs a C compiler) and
 times the same stages there, in a subprocess. Results: ``bench/results/alternatives.json`` and a table on
 standard output (docs/performance.md quotes it).
 """
@@ -115,7 +115,7 @@ def decoders(body: bytes, *, number: int, repeats: int) -> dict[str, Any]:
 
 def typed_decoder(patterns: bool) -> Callable[[bytes], list[Any]]:
     """A msgspec decoder for the request: the envelope typed, each prefetch resource kept raw, Observations
-    decoded into structs that forbid unknown members (the "plain" subset of extract.plain_observation), with
+    decoded into structs that forbid unknown members (the "plain" subset of plain_json.plain_observation), with
     or without fhir_core's string patterns as msgspec constraints."""
     from typing import Annotated
 
@@ -203,18 +203,18 @@ def window_skip(request: dict[str, Any], *, number: int, repeats: int) -> dict[s
     flattening only those. Laboratory results are left in: the falling-iron rule reads the last serum iron
     before the lab window at any age."""
     from cds_service.devtools.fixtures import ANCHOR
-    from cds_service.fhir import extract
+    from cds_service.fhir import extract, observations
 
     oldest = ANCHOR.timestamp() - 30 * 86400
-    relevant = extract.relevant_loinc()
+    relevant = observations.relevant_loinc()
     vitals = [e["resource"] for key in ("temperature", "vitals")
               for e in (request.get("prefetch", {}).get(key) or {}).get("entry", [])
-              if extract._has_code(e["resource"], relevant)]
+              if observations.has_code(e["resource"], relevant)]
     old = [r for r in vitals
            if datetime.fromisoformat(r.get("effectiveDateTime", "1970-01-01T00:00:00Z")).timestamp() < oldest]
 
     def flatten(resources: list[dict[str, Any]]) -> None:
-        extract.observations(resources, extract.Extracted())
+        observations.observations(resources, extract.Extracted())
 
     return {"relevant_vital_signs": len(vitals), "older_than_every_window": len(old),
             "flatten_all_ms": best_ms(lambda: flatten(vitals), number=number, repeats=repeats),
@@ -231,7 +231,8 @@ def mypyc_stages(body_path: Path, repeats: int) -> dict[str, Any]:
         shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", "node_modules", ".git", "var", "build"))
         core = sorted(str(p.relative_to(copy)) for p in (copy / "cds_service" / "clinical").glob("*.py")
                       if p.name != "__init__.py")
-        modules = [*core, "cds_service/fhir/extract.py"]
+        modules = [*core, *(f"cds_service/fhir/{name}.py" for name in (
+            "extract", "versions", "plain_types", "plain_json", "observations", "medications", "history"))]
         started = time.perf_counter()
         build = subprocess.run([str(mypyc), *modules], cwd=copy, capture_output=True, text=True, timeout=900)
         seconds = round(time.perf_counter() - started, 1)

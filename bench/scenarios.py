@@ -126,7 +126,7 @@ def _quantity(value: float, unit: str) -> JsonDict:
 
 def filler_catalogue() -> tuple[tuple[str, str, str, str, float, float], ...]:
     """The irrelevant Observation codes; raises if one of them were used by the rules."""
-    from cds_service.fhir.extract import relevant_loinc
+    from cds_service.fhir.observations import relevant_loinc
 
     used = relevant_loinc()
     clash = [row[0] for row in _FILLER if row[0] in used]

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from cds_service.fhir.urls import normalise_allowlist, split_allowlist
+from cds_service.net.urls import normalise_allowlist, split_allowlist
 
 ENV_PREFIX = "NMS_CDS_"
 
@@ -112,6 +112,14 @@ class Settings(BaseSettings):
     )
     fhir_max_pages: int = Field(10, ge=1, description="Pages followed per query (next links)")
     fhir_max_resources: int = Field(5000, ge=1, description="Resources kept per query")
+    resources_per_key: int = Field(
+        10000, ge=1,
+        description="Resources of the patient kept per prefetch key or query answer (the first: searches ask for "
+                    "the newest first); the rest is cut, the key marked incomplete and the card says so",
+    )
+    draft_orders_per_request: int = Field(
+        200, ge=1, description="Draft orders accepted in one hook request (400 beyond)",
+    )
     fhir_max_response_bytes: ByteCount = Field(
         ByteSize(20 * 1024 * 1024), ge=1024, description="Largest FHIR response read",
         json_schema_extra={"form": SIZE_FORM},

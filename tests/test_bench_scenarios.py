@@ -4,7 +4,7 @@
   the generated scenario-1 request is the expected critical card (the same on the long record, and for the
   patient-view and order-select variants, whose requests follow the service's wire models);
 - ``bench/run_bench.py``'s targets are met or not on unrounded figures; the floor decodes as the service does;
-- the plain-JSON paths of ``cds_service.fhir.extract`` give exactly the records the R4B-model paths give,
+- the plain-JSON paths of ``cds_service.fhir.plain_json`` give exactly the records the R4B-model paths give,
   on every fixture resource and on seeded mutations of them;
 - ``load_json``'s C-speed depth check answers exactly like the original order of checks.
 """
@@ -26,7 +26,9 @@ from bench import scenarios
 from cds_service.config import Settings
 from cds_service.devtools import fixtures
 from cds_service.errors import BadRequest
-from cds_service.fhir import extract
+from cds_service.fhir import extract, plain_json
+from cds_service.fhir import medications as fhir_medications
+from cds_service.fhir import observations as fhir_observations
 from cds_service.hooks.request import json_depth, load_json
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import make_settings
@@ -74,7 +76,7 @@ def test_the_long_record_keeps_the_relevant_observations_constant(total: int) ->
                     for e in request["prefetch"][key].get("entry", [])]
     assert len(observations) == total
     assert len({o["id"] for o in observations}) == total  # every Observation once
-    wanted = extract.relevant_loinc()
+    wanted = fhir_observations.relevant_loinc()
     relevant = [o for o in observations if {c["code"] for c in o["code"]["coding"]} & wanted]
     assert len(relevant) == 203
     assert len({o["code"]["coding"][0]["code"] for o in observations}) > 30  # many codes
@@ -230,10 +232,10 @@ def test_plain_observations_equal_the_r4b_path() -> None:
                            for c in r.get("code", {}).get("coding", []) if isinstance(c, dict))
     accepted = declined = 0
     for variant in _variants("Observation", 4, 20261124):
-        plain = extract.plain_observation(variant, every_code)
+        plain = plain_json.plain_observation(variant, every_code)
         out = extract.Extracted()
         try:
-            extract.parsed_observation(variant, every_code, out)
+            fhir_observations.parsed_observation(variant, every_code, out)
         except Exception:  # the model itself can fail on some mutants; plain must decline them
             assert plain is None
             continue
@@ -250,10 +252,10 @@ def test_plain_medication_requests_equal_the_r4b_path() -> None:
     accepted = declined = 0
     for variant in _variants("MedicationRequest", 12, 7):
         for is_draft in (False, True):
-            plain = extract.plain_medication_request(variant, is_draft=is_draft)
+            plain = plain_json.plain_medication_request(variant, is_draft=is_draft)
             out = extract.Extracted()
             try:
-                parsed = extract.parsed_medication_request(variant, is_draft=is_draft,
+                parsed = fhir_medications.parsed_medication_request(variant, is_draft=is_draft,
                                                            patient_id="p1" if is_draft else None,
                                                            medications={}, out=out)
             except Exception:  # see above
@@ -269,13 +271,13 @@ def test_plain_medication_requests_equal_the_r4b_path() -> None:
 
 def test_the_plain_path_takes_the_bench_records() -> None:
     """The benchmark measures the plain path: every generated resource is plain."""
-    wanted = extract.relevant_loinc()
+    wanted = fhir_observations.relevant_loinc()
     for resource in scenarios.admission_resources():
         if resource["resourceType"] == "Observation":
-            assert extract.plain_observation(resource, wanted) is not None
+            assert plain_json.plain_observation(resource, wanted) is not None
         elif resource["resourceType"] == "MedicationRequest":
-            assert extract.plain_medication_request(resource, is_draft=False) is not None
-    assert extract.plain_medication_request(scenarios.draft_order(), is_draft=True) is not None
+            assert plain_json.plain_medication_request(resource, is_draft=False) is not None
+    assert plain_json.plain_medication_request(scenarios.draft_order(), is_draft=True) is not None
 
 
 # --- load_json's fast depth check == the original order of checks -------------------------------------

@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 
 from cds_service.devtools import fixtures
 from cds_service.fhir.scope import unproven
-from cds_service.fhir.urls import parse_url
+from cds_service.net.urls import parse_url
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import FHIR_BASE
 from tests.test_protocol import URL, febrile_prefetch, hook_request

@@ -23,11 +23,17 @@ from cds_service.clinical.model import Coding, MedicationInput, ObservationInput
 from cds_service.clinical.rules import _max_swing
 from cds_service.clinical.valuesets import RXNORM, load
 from cds_service.config import Settings
+from cds_service.config_report import load_settings
 from cds_service.devtools import fixtures
+from cds_service.errors import BadRequest
+from cds_service.fhir.prefetch import KeyData
+from cds_service.fhir.scope import restrict
 from tests.conftest import make_settings
 
 URL = "/cds-services/nms-order-sign"
-LIMITS = load().thresholds["limits"]
+LIMITS = load().thresholds["limits"]  # the core's own cap
+SETTINGS_LIMITS = {name: Settings.model_fields[name].default for name in (
+    "resources_per_key", "draft_orders_per_request")}  # the data-access limits, defaults of the settings
 TIME_BOUND = 30.0  # seconds; generous for a 2-core machine shared by several test runs
 
 
@@ -60,7 +66,7 @@ def test_32000_systolic_readings_in_24h_answer_in_time_and_say_what_was_capped(c
     assert elapsed < TIME_BOUND
     (card,) = response.get_json()["cards"]
     assert "capped at the service's limits" in card["detail"]
-    assert f"beyond the limit of {LIMITS['resources_per_key']:,}" in card["detail"]
+    assert f"beyond the limit of {SETTINGS_LIMITS['resources_per_key']:,}" in card["detail"]
     assert "vital signs (only partly" in card["detail"]
 
 
@@ -76,13 +82,13 @@ def test_80000_draft_orders_are_refused_with_400(client: FlaskClient) -> None:
     assert response.status_code == 400
     body = response.get_json()
     assert body["field"] == "context.draftOrders"
-    assert f"at most {LIMITS['draft_orders_per_request']:,}" in body["message"]
+    assert f"at most {SETTINGS_LIMITS['draft_orders_per_request']:,}" in body["message"]
 
 
 def test_drafts_at_the_limit_are_assessed(client: FlaskClient) -> None:
     request = copy.deepcopy(fixtures.load_scenario("classic-nms").request)
     draft = request["context"]["draftOrders"]["entry"][0]["resource"]
-    n = LIMITS["draft_orders_per_request"]
+    n = SETTINGS_LIMITS["draft_orders_per_request"]
     request["context"]["draftOrders"]["entry"] = [{"resource": {**draft, "id": f"d{i}"}} for i in range(n)]
     response = client.post(URL, json=request)
     assert response.status_code == 200
@@ -145,3 +151,19 @@ def test_ten_thousand_unrelated_orders_and_doses_answer_in_time(client: FlaskCli
     assert time.perf_counter() - started < TIME_BOUND
     assert response.status_code == 200
     assert response.get_json()["cards"][0]["indicator"] == "critical"
+
+
+def test_the_data_access_limits_are_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NMS_CDS_RESOURCES_PER_KEY", "3")
+    monkeypatch.setenv("NMS_CDS_DRAFT_ORDERS_PER_REQUEST", "2")
+    settings = load_settings()
+    assert (settings.resources_per_key, settings.draft_orders_per_request) == (3, 2)
+    assert SETTINGS_LIMITS == {"resources_per_key": 10000, "draft_orders_per_request": 200}  # the defaults
+    own = [{"resourceType": "Observation", "id": f"o{i}", "subject": {"reference": "Patient/p1"}} for i in range(5)]
+    data = {"vitals": KeyData("vitals", own)}
+    _, scope = restrict(data, [], "p1", None, settings)
+    assert [r["id"] for r in data["vitals"].resources] == ["o0", "o1", "o2"] and not data["vitals"].complete
+    assert scope.capped == ["vitals: 2 resources beyond the limit of 3"]
+    draft = {"resourceType": "MedicationRequest", "status": "draft", "intent": "order"}
+    with pytest.raises(BadRequest, match="draftOrders holds 3 resources; at most 2 are accepted"):
+        restrict({}, [draft] * 3, "p1", None, settings)

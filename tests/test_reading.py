@@ -22,14 +22,17 @@ from cds_service.clinical.rules import find_exposures, normalise
 from cds_service.clinical.valuesets import LOINC, RXNORM, load
 from cds_service.config import Settings
 from cds_service.devtools import fixtures
-from cds_service.fhir import extract
+from cds_service.fhir import extract, plain_json
+from cds_service.fhir import history as fhir_history
+from cds_service.fhir import medications as fhir_medications
+from cds_service.fhir import observations as fhir_observations
 from cds_service.fhir.models import REASONS, parse, tidy
 from cds_service.services.cards import detail
 from tests.conftest import make_settings
 
 NOW = fixtures.ANCHOR
 VS = load()
-WANTED = extract.relevant_loinc()
+WANTED = fhir_observations.relevant_loinc()
 
 
 @pytest.fixture
@@ -55,8 +58,8 @@ def haloperidol_order(**extra: Any) -> dict[str, Any]:
 
 def both_paths(raw: dict[str, Any]) -> tuple[list[ObservationInput] | None, list[ObservationInput], extract.Extracted]:
     out = extract.Extracted()
-    extract.parsed_observation(raw, WANTED, out)
-    return extract.plain_observation(raw, WANTED), out.observations, out
+    fhir_observations.parsed_observation(raw, WANTED, out)
+    return plain_json.plain_observation(raw, WANTED), out.observations, out
 
 
 def post(client: FlaskClient, request: dict[str, Any], hook: str = "order-sign") -> list[dict[str, Any]]:
@@ -95,9 +98,9 @@ def test_extension_without_url_is_dropped_and_the_reading_used() -> None:
     odd = temperature(39.1, -20, extension=[{"valueString": "tympanic"}])
     odd["valueQuantity"]["extension"] = [{"valueString": "device 7"}]
     odd["_status"] = {"extension": [{"valueCode": "x"}]}
-    assert extract.plain_observation(odd, WANTED) is None  # not plain: the R4B path reads it
+    assert plain_json.plain_observation(odd, WANTED) is None  # not plain: the R4B path reads it
     _, parsed, out = both_paths(odd)
-    assert parsed == extract.plain_observation(clean, WANTED)
+    assert parsed == plain_json.plain_observation(clean, WANTED)
     assert out.unreadable == 0 and out.repairs == 1
     notes = tidy(copy.deepcopy(odd))
     assert notes == ["dropped 3 extension(s) without url"]
@@ -110,9 +113,9 @@ def test_a_modifier_extension_without_url_stays_unreadable() -> None:
 
 def test_order_status_and_intent_with_whitespace_are_read_alike_on_both_paths() -> None:
     raw = haloperidol_order(status="active ", intent=" order")
-    plain = extract.plain_medication_request(raw, is_draft=False)
+    plain = plain_json.plain_medication_request(raw, is_draft=False)
     out = extract.Extracted()
-    parsed = extract.parsed_medication_request(raw, is_draft=False, patient_id=None, medications={}, out=out)
+    parsed = fhir_medications.parsed_medication_request(raw, is_draft=False, patient_id=None, medications={}, out=out)
     assert plain is not None and plain == parsed and parsed.status == "active"
     assert out.unreadable == 0
 
@@ -124,15 +127,16 @@ def test_unreadable_resources_are_counted_by_kind_and_reason() -> None:
     out = extract.Extracted()
     no_status = temperature(39.4, -4, ident="t9")
     del no_status["status"]
-    extract.observations([temperature(39.4, -4, status="", ident=f"t{i}") for i in range(5)] + [no_status], out)
+    fhir_observations.observations([temperature(39.4, -4, status="", ident=f"t{i}") for i in range(5)] + [no_status],
+                                   out)
     ck = temperature(4000, -12, status=" ", ident="ck1")
     ck["code"] = {"coding": [{"system": LOINC, "code": "2157-6"}]}
     ck["valueQuantity"] = {"value": 4000, "unit": "U/L"}
-    extract.observations([ck], out)
+    fhir_observations.observations([ck], out)
     order = haloperidol_order()
     del order["medicationCodeableConcept"]
-    assert extract.medication_request(order, is_draft=False, patient_id=None, medications={}, out=out) is None
-    extract.history([{"resourceType": "Condition", "id": "c1", "code": {"text": "x"}}], out)
+    assert fhir_medications.medication_request(order, is_draft=False, patient_id=None, medications={}, out=out) is None
+    fhir_history.history([{"resourceType": "Condition", "id": "c1", "code": {"text": "x"}}], out)
     assert out.unread_items() == (("ck", "invalid status", 1), ("condition", "missing subject", 1),
                                   ("medication", "missing medication", 1), ("temperature", "invalid status", 5),
                                   ("temperature", "missing status", 1))
@@ -255,29 +259,29 @@ def _versioned(value: float, hours: float, version: str, updated_hours: float) -
 
 def test_an_observation_listed_twice_counts_once_newest_version() -> None:
     out = extract.Extracted()
-    extract.observations([_versioned(38.7, -20, "1", -19.5), _versioned(37.9, -20, "2", -15)], out)
+    fhir_observations.observations([_versioned(38.7, -20, "1", -19.5), _versioned(37.9, -20, "2", -15)], out)
     assert [o.value for o in out.observations] == [37.9] and out.duplicates == 1
     out = extract.Extracted()  # listed the other way round, and across two keys (temperature, vitals)
-    extract.observations([_versioned(37.9, -20, "2", -15)], out)
-    extract.observations([_versioned(38.7, -20, "1", -19.5)], out)
+    fhir_observations.observations([_versioned(37.9, -20, "2", -15)], out)
+    fhir_observations.observations([_versioned(38.7, -20, "1", -19.5)], out)
     assert [o.value for o in out.observations] == [37.9]
     out = extract.Extracted()
-    extract.observations([_versioned(38.7, -20, "1", -19.5)], out)
-    extract.observations([_versioned(37.9, -20, "2", -15)], out)
+    fhir_observations.observations([_versioned(38.7, -20, "1", -19.5)], out)
+    fhir_observations.observations([_versioned(37.9, -20, "2", -15)], out)
     assert [o.value for o in out.observations] == [37.9]
 
 
 def test_the_same_resource_in_two_answers_is_one_without_a_note() -> None:
     out = extract.Extracted()
     reading = temperature(38.7, -20)
-    extract.observations([reading], out)
-    extract.observations([copy.deepcopy(reading)], out)
+    fhir_observations.observations([reading], out)
+    fhir_observations.observations([copy.deepcopy(reading)], out)
     assert len(out.observations) == 1 and out.duplicates == 0
 
 
 def test_without_version_information_the_first_listing_stays() -> None:
     out = extract.Extracted()
-    extract.observations([temperature(38.7, -20), temperature(38.9, -19)], out)
+    fhir_observations.observations([temperature(38.7, -20), temperature(38.9, -19)], out)
     assert [o.value for o in out.observations] == [38.7] and out.duplicates == 1
 
 
@@ -285,7 +289,7 @@ def test_orders_listed_twice_count_once() -> None:
     old = haloperidol_order(meta={"versionId": "1"})
     stopped = haloperidol_order(status="stopped", meta={"versionId": "2"})
     data = {"medications": type("K", (), {"resources": [stopped, old]})()}
-    records = extract.exposure_records(data)
+    records = fhir_medications.exposure_records(data)
     assert [r["status"] for r in records.requests] == ["stopped"] and records.duplicates == 1
 
 
@@ -300,8 +304,8 @@ def test_duplicate_listing_is_stated_on_the_card(client: FlaskClient) -> None:
 
 def test_do_not_perform_is_read_alike_on_both_paths_and_never_exposure() -> None:
     raw = haloperidol_order(doNotPerform=True)
-    plain = extract.plain_medication_request(raw, is_draft=False)
-    parsed = extract.parsed_medication_request(raw, is_draft=False, patient_id=None, medications={},
+    plain = plain_json.plain_medication_request(raw, is_draft=False)
+    parsed = fhir_medications.parsed_medication_request(raw, is_draft=False, patient_id=None, medications={},
                                                out=extract.Extracted())
     assert plain is not None and plain == parsed and parsed.do_not_perform
     counted, recognised = find_exposures(ClinicalInput(now=NOW, medications=(parsed,)), VS)
@@ -390,7 +394,7 @@ def _library(kind: str) -> list[dict[str, Any]]:
 def test_library_observations_read_alike_with_whitespace_status_or_urlless_extensions() -> None:
     checked = 0
     for clean in _library("Observation"):
-        reference = extract.plain_observation(clean, WANTED)
+        reference = plain_json.plain_observation(clean, WANTED)
         if reference is None or clean["status"].strip() != clean["status"]:
             continue
         spaced = {**clean, "status": f" {clean['status']} "}
@@ -407,14 +411,14 @@ def test_library_orders_read_alike_with_whitespace_status() -> None:
     checked = 0
     for clean in _library("MedicationRequest"):
         is_draft = clean.get("status") == "draft"
-        reference = extract.plain_medication_request(clean, is_draft=is_draft)
+        reference = plain_json.plain_medication_request(clean, is_draft=is_draft)
         if reference is None:
             continue
         spaced = {**clean, "status": clean["status"] + " ", "intent": " " + clean["intent"]}
-        plain = extract.plain_medication_request(spaced, is_draft=is_draft)
+        plain = plain_json.plain_medication_request(spaced, is_draft=is_draft)
         out = extract.Extracted()
-        parsed = extract.parsed_medication_request(spaced, is_draft=is_draft, patient_id="p1" if is_draft else None,
-                                                   medications={}, out=out)
+        parsed = fhir_medications.parsed_medication_request(
+            spaced, is_draft=is_draft, patient_id="p1" if is_draft else None, medications={}, out=out)
         assert plain == parsed == reference and out.unreadable == 0, clean.get("id")
         checked += 1
     assert checked > 40

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from cds_service.auth.keys import VerificationKey, parse_jwks
 from cds_service.errors import ConfigError
-from cds_service.fhir.client import is_loopback
+from cds_service.net.urls import is_loopback
 
 
 class TrustedClientsError(ConfigError):

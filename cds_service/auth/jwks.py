@@ -20,7 +20,7 @@ import requests
 from cds_service.auth.clients import TrustedClient
 from cds_service.auth.keys import VerificationKey, parse_jwks
 from cds_service.config import Settings
-from cds_service.fhir.client import new_session, tls_failure, trust_hint
+from cds_service.net.http import new_session, tls_failure, trust_hint
 
 log = logging.getLogger("cds_service.auth")
 
@@ -146,7 +146,7 @@ class JwksCache:
                         log.warning(f"JWK Set not read within {JWKS_TOTAL_SECONDS} s; ignored", extra=extra)
                         return None
         except requests.exceptions.SSLError as exc:
-            log.warning(f"JWK Set fetch failed: TLS {tls_failure(exc)} ({trust_hint(self.settings)})",
+            log.warning(f"JWK Set fetch failed: TLS {tls_failure(exc)} ({trust_hint(self.settings.tls_trust[1])})",
                         extra=extra | {"reason": tls_failure(exc)})
             return None
         except requests.RequestException as exc:

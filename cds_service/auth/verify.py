@@ -24,7 +24,7 @@ from cds_service.auth.jwks import JwksCache
 from cds_service.auth.keys import ALLOWED_ALGORITHMS, loggable
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import Unauthorized
-from cds_service.fhir.client import is_loopback
+from cds_service.net.urls import is_loopback
 from cds_service.store.base import ReplayGuard
 from cds_service.store.memory import REPLAY_CACHE_CAPACITY, ReplayCache
 

@@ -23,7 +23,7 @@ from cds_service.clinical.common import (
     when_text,
 )
 
-# re-exported: the concepts (fhir/extract.py), the cards' reading format, and the BP-swing search that
+# re-exported: the concepts (fhir/observations.py), the cards' reading format, and the BP-swing search that
 # tests/test_limits.py times
 from cds_service.clinical.criteria import LAB_CONCEPTS as LAB_CONCEPTS
 from cds_service.clinical.criteria import VITAL_CONCEPTS as VITAL_CONCEPTS

@@ -1,4 +1,5 @@
-"""Terminology and thresholds, loaded once from the data files in ``clinical/data/``.
+"""Terminology and thresholds: the :class:`ValueSets` model, its lookups, and :func:`load`, which assembles it
+once per process from the data files in ``clinical/data/`` (rows read by :mod:`cds_service.clinical.valuesets_load`).
 
 Each TSV row names its public source and a verification mark; the thresholds file names a source for every
 number (keys [Sxx] resolve in docs/clinical-reference.md section 9). Nothing here reads the clock or the network.
@@ -6,8 +7,6 @@ number (keys [Sxx] resolve in docs/clinical-reference.md section 9). Nothing her
 
 from __future__ import annotations
 
-import ast
-import csv
 import re
 import tomllib
 from collections.abc import Iterable
@@ -15,6 +14,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from cds_service.clinical import valuesets_load as read
+from cds_service.clinical.valuesets_load import ConditionConcept as ConditionConcept
+from cds_service.clinical.valuesets_load import DrugConcept as DrugConcept
+from cds_service.clinical.valuesets_load import ObservationConcept as ObservationConcept
+from cds_service.clinical.valuesets_load import OtherDrug as OtherDrug
+from cds_service.clinical.valuesets_load import UnitConversion as UnitConversion
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
@@ -24,56 +30,6 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10"  # WHO ICD-10
 ICD10GM = "http://fhir.de/CodeSystem/bfarm/icd-10-gm"  # BfArM ICD-10-GM (German modification)
 UCUM = "http://unitsofmeasure.org"
 ATC = "http://www.whocc.no/atc"
-
-
-@dataclass(frozen=True, slots=True)
-class DrugConcept:
-    """One RxNorm code of a drug the rules care about."""
-
-    code: str
-    display: str
-    ingredients: tuple[str, ...]
-    drug_class: str  # e.g. sga, fga-high-potency, antiemetic-d2, levodopa, dopamine-agonist, lithium
-    role: str  # "antagonist", "dopaminergic" or "lithium"
-    long_acting_injectable: bool
-    route_hint: str
-
-
-@dataclass(frozen=True, slots=True)
-class UnitConversion:
-    """value_canonical = scale * value + offset (every accepted conversion in the data is linear)."""
-
-    scale: float
-    offset: float
-
-    def apply(self, value: float) -> float:
-        # Rounded to 3 decimals so that 100.4 [degF] is exactly 38.0 Cel, not 38.00000000000015.
-        return round(self.scale * value + self.offset, 3)
-
-
-@dataclass(frozen=True, slots=True)
-class ObservationConcept:
-    concept: str
-    code: str
-    display: str
-    canonical_unit: str
-    conversions: dict[str, UnitConversion] = field(hash=False)
-
-
-@dataclass(frozen=True, slots=True)
-class ConditionConcept:
-    concept: str
-    system: str
-    code: str
-    display: str
-
-
-@dataclass(frozen=True, slots=True)
-class OtherDrug:
-    """A drug that points to another cause of fever or CK rise (antimicrobial, serotonergic, ...)."""
-
-    ingredient: str
-    groups: frozenset[str]  # antibacterial, antifungal, serotonergic, mh-trigger, anticholinergic
 
 
 @dataclass(frozen=True)
@@ -274,71 +230,6 @@ def _cached_names(text: str, key_id: int, first: bool, keys: dict[str, Any]) -> 
     return result
 
 
-def _rows(name: str) -> list[dict[str, str]]:
-    text = resources.files("cds_service.clinical").joinpath("data", name).read_text(encoding="utf-8")
-    return list(csv.DictReader(text.splitlines(), delimiter="\t"))
-
-
-_ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Name, ast.Load,
-            ast.Add, ast.Sub, ast.Mult, ast.Div, ast.USub)
-
-
-def _linear(formula: str) -> UnitConversion:
-    """Turn a formula in ``x`` such as ``(x-32)*5/9`` into scale and offset, without eval on data."""
-    tree = ast.parse(formula.strip(), mode="eval")
-    for node in ast.walk(tree):
-        if not isinstance(node, _ALLOWED) or (isinstance(node, ast.Name) and node.id != "x"):
-            raise ValueError(f"unsupported unit formula: {formula!r}")
-
-    def ev(node: ast.AST, x: float) -> float:
-        if isinstance(node, ast.Expression):
-            return ev(node.body, x)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return float(node.value)
-        if isinstance(node, ast.Name):
-            return x
-        if isinstance(node, ast.UnaryOp):
-            return -ev(node.operand, x)
-        if isinstance(node, ast.BinOp):
-            a, b = ev(node.left, x), ev(node.right, x)
-            if isinstance(node.op, ast.Add):
-                return a + b
-            if isinstance(node.op, ast.Sub):
-                return a - b
-            if isinstance(node.op, ast.Mult):
-                return a * b
-            return a / b
-        raise ValueError(f"unsupported unit formula: {formula!r}")
-
-    offset = ev(tree, 0.0)
-    return UnitConversion(scale=ev(tree, 1.0) - offset, offset=offset)
-
-
-def _conversions(spec: str) -> dict[str, UnitConversion]:
-    out: dict[str, UnitConversion] = {}
-    for part in spec.split(";"):
-        if ":" not in part:
-            continue
-        unit, formula = part.split(":", 1)
-        out[unit.strip()] = _linear(formula)
-    return out
-
-
-def _drug_rows(name: str, role: str) -> list[DrugConcept]:
-    return [
-        DrugConcept(
-            code=row["code"],
-            display=row["display"],
-            ingredients=tuple(i.strip() for i in row["ingredient"].split(";") if i.strip()),
-            drug_class=row["class"],
-            role=role,
-            long_acting_injectable=row["long_acting_injectable"] == "yes",
-            route_hint=row["route_hint"],
-        )
-        for row in _rows(name)
-    ]
-
-
 @cache
 def load() -> ValueSets:
     """Load every data file once per process (startup cost, then O(1) lookups)."""
@@ -347,13 +238,13 @@ def load() -> ValueSets:
     excluded = set(thresholds["exposure"]["excluded_ingredients"])
 
     drugs: dict[str, DrugConcept] = {}
-    for concept in _drug_rows("dopamine-antagonists.tsv", "antagonist"):
+    for concept in read.drug_rows("dopamine-antagonists.tsv", "antagonist"):
         if not set(concept.ingredients) <= excluded:
             drugs[concept.code] = concept
-    for concept in _drug_rows("dopaminergic-withdrawal.tsv", "dopaminergic"):
+    for concept in read.drug_rows("dopaminergic-withdrawal.tsv", "dopaminergic"):
         if concept.drug_class != "other":  # carbidopa alone is not dopaminergic
             drugs.setdefault(concept.code, concept)
-    for row in _rows("risk-modifiers.tsv"):
+    for row in read.rows("risk-modifiers.tsv"):
         drugs.setdefault(
             row["code"],
             DrugConcept(row["code"], row["display"], (row["ingredient"],), row["concept"], "lithium", False, "unknown"),
@@ -367,12 +258,12 @@ def load() -> ValueSets:
             ing = concept.ingredients[0]
             names.setdefault(ing, (ing, concept.role, concept.drug_class))
     ordered = tuple(sorted(names.values(), key=lambda e: -len(e[0])))
-    by_atc = _atc_drugs(excluded)
+    by_atc = read.atc_drugs(excluded)
     classes = {n[0]: n for n in ordered}
     for concept in by_atc.values():
         for ing in concept.ingredients:
             classes.setdefault(ing, (ing, concept.role, concept.drug_class))
-    aliases = _aliases(classes)
+    aliases = read.aliases(classes)
     alternatives = sorted({*classes, *aliases}, key=lambda n: (-len(n), n))
     pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in alternatives) + r")\b")
     for ing, entry in classes.items():
@@ -381,41 +272,41 @@ def load() -> ValueSets:
 
     observations: dict[str, ObservationConcept] = {}
     by_concept: dict[str, list[str]] = {}
-    for row in _rows("observations.tsv"):
+    for row in read.rows("observations.tsv"):
         obs = ObservationConcept(
             concept=row["concept"],
             code=row["code"],
             display=row["display"],
             canonical_unit=row["canonical_unit"],
-            conversions=_conversions(row["accepted_units"]),
+            conversions=read.conversions(row["accepted_units"]),
         )
         observations[obs.code] = obs
         by_concept.setdefault(obs.concept, []).append(obs.code)
 
     conditions = {
         (row["system"], row["code"]): ConditionConcept(row["concept"], row["system"], row["code"], row["display"])
-        for row in _rows("conditions.tsv")
+        for row in read.rows("conditions.tsv")
     }
-    for row in _rows("observations-extra.tsv"):
+    for row in read.rows("observations-extra.tsv"):
         if row["canonical_unit"] == "-":
             continue
         obs = ObservationConcept(row["concept"], row["code"], row["display"], row["canonical_unit"],
-                                 _conversions(row["accepted_units"]))
+                                 read.conversions(row["accepted_units"]))
         observations.setdefault(obs.code, obs)
         if obs.code not in by_concept.setdefault(obs.concept, []):
             by_concept[obs.concept].append(obs.code)
-    extra = _rows("observations-extra.tsv")
+    extra = read.rows("observations-extra.tsv")
     cultures = frozenset(r["code"] for r in extra if r["concept"] == "blood-culture")
     by_concept["blood-culture"] = sorted(cultures)
     culture_results = {(r["system"], r["code"]): r["concept"].removeprefix("culture-result-")
                        for r in extra if r["concept"].startswith("culture-result-")}
-    routes = {(row["system"], row["code"]): row["concept"] for row in _rows("routes.tsv")}
-    other, other_names = _other_drugs()
+    routes = {(row["system"], row["code"]): row["concept"] for row in read.rows("routes.tsv")}
+    other, other_names = read.other_drugs()
     other_pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in sorted(other_names, key=lambda n: -len(n)))
                                + r")\b")
-    exact, prefixes = _cause_conditions(thresholds)
+    exact, prefixes = read.cause_conditions(thresholds)
     terminology = thresholds["terminology"]
-    spellings = {row["unit"]: row["canonical"] for row in _rows("ucum-variants.tsv")}
+    spellings = {row["unit"]: row["canonical"] for row in read.rows("ucum-variants.tsv")}
     return ValueSets(
         drugs_by_code=drugs,
         drug_names=ordered,
@@ -442,80 +333,3 @@ def load() -> ValueSets:
         icd10_markers=str(terminology.get("icd10_markers", "")),
         system_names=dict(terminology.get("system_names", {})),
     )
-
-
-def _atc_drugs(excluded: set[str]) -> dict[str, DrugConcept]:
-    """Substance rows of atc.tsv. Class "other" on the dopaminergic side (MAO-B and COMT inhibitors) is not a
-    dopaminergic drug for withdrawal; N05A substances without a sourced class are "antipsychotic"."""
-    out: dict[str, DrugConcept] = {}
-    for row in _rows("atc.tsv"):
-        if row["level"] != "substance":
-            continue
-        ingredients = tuple(i.strip() for i in row["ingredient"].split(";") if i.strip())
-        if not ingredients or set(ingredients) & excluded:
-            continue
-        role, drug_class = row["role"], row["class"] or "antipsychotic"
-        if role == "dopaminergic" and drug_class == "other":
-            continue
-        out[row["code"]] = DrugConcept(row["code"], row["display"], ingredients, drug_class, role, False, "unknown")
-    return out
-
-
-def _aliases(classes: dict[str, tuple[str, str, str]]) -> dict[str, tuple[str, str, str]]:
-    """Brand and national names (drug-names.tsv) of ingredients the rules classify."""
-    out: dict[str, tuple[str, str, str]] = {}
-    for row in _rows("drug-names.tsv"):
-        name = row["name"].strip().lower()
-        if len(name) < 4:
-            continue
-        ingredients = [i.strip() for i in row["ingredient"].split(";") if i.strip()]
-        known = [classes[i] for i in ingredients if i in classes and classes[i][1] == row["role"]]
-        if known and name not in classes:
-            out.setdefault(name, known[-1] if row["role"] == "dopaminergic" else known[0])
-    return out
-
-
-def _other_drugs() -> tuple[dict[tuple[str, str], OtherDrug], dict[str, OtherDrug]]:
-    groups: dict[tuple[str, str], set[str]] = {}
-    names: dict[str, set[str]] = {}
-    ingredient_of: dict[tuple[str, str], str] = {}
-    for row in _rows("antimicrobials.tsv"):
-        key = (row["system"], row["code"])
-        groups.setdefault(key, set()).add(row["class"])
-        ingredient_of[key] = row["ingredient"] or row["display"].lower()
-        for ing in row["ingredient"].split(";"):
-            if ing.strip() and len(ing.strip()) >= 4:
-                names.setdefault(ing.strip(), set()).add(row["class"])
-    for row in _rows("differential.tsv"):
-        if row["group"] not in ("serotonergic", "mh-trigger", "anticholinergic"):
-            continue
-        key = (row["system"], row["code"])
-        groups.setdefault(key, set()).add(row["group"])
-        ing = row["ingredient_or_concept"].strip().lower()
-        ingredient_of[key] = ing
-        if len(ing) >= 4:
-            names.setdefault(ing, set()).add(row["group"])
-    by_code = {key: OtherDrug(ingredient_of[key], frozenset(g)) for key, g in groups.items()}
-    by_name = {name: OtherDrug(name, frozenset(g)) for name, g in names.items()}
-    return by_code, by_name
-
-
-def _cause_conditions(thresholds: dict[str, Any]
-                      ) -> tuple[dict[tuple[str, str], str], tuple[tuple[str, str, str], ...]]:
-    exact: dict[tuple[str, str], str] = {}
-    prefixes: list[tuple[str, str, str]] = []
-    for row in _rows("infection-conditions.tsv"):
-        if row["match"] == "prefix" and row["group"] == "febrile-neutropenia":
-            continue  # D70 is neutropenia; febrile neutropenia needs R50.81 as well (valuesets README)
-        if row["match"] == "prefix":
-            prefixes.append((row["system"], row["code"], row["group"]))
-        else:
-            exact[(row["system"], row["code"])] = row["group"]
-    for row in _rows("differential.tsv"):
-        if row["group"] in ("heat-illness", "malignant-hyperthermia", "serotonin-syndrome"):
-            exact.setdefault((row["system"], row["code"]), row["group"])
-    wanted = set(thresholds["other_causes"]["condition_concepts"])
-    for row in _rows("conditions.tsv"):
-        if row["concept"] in wanted:
-            exact.setdefault((row["system"], row["code"]), row["concept"])
-    return exact, tuple(sorted(prefixes, key=lambda p: -len(p[1])))

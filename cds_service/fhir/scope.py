@@ -5,7 +5,7 @@ reference that resolves to ``Patient/{context.patientId}`` on the FHIR server in
 
 - relative ``Patient/<id>`` (optionally ``/_history/<v>``);
 - absolute on the request's ``fhirServer`` base, ``<fhirServer>/Patient/<id>`` (scheme, host and port
-  compared after normalisation, :mod:`cds_service.fhir.urls`); without ``fhirServer`` no absolute reference
+  compared after normalisation, :mod:`cds_service.net.urls`); without ``fhirServer`` no absolute reference
   is this patient's;
 - ``urn:uuid:<id>`` where ``<id>`` is the patient id itself (a transaction Bundle's fullUrl of that Patient).
 
@@ -18,7 +18,7 @@ excluded too. Resources with no patient link by type (Medication) are kept. A dr
 unproven patient is excluded like any other resource. The counts and the resource types - never the
 content - are logged as a data-integrity event and shown in the card's data section.
 
-Limits (``clinical/data/thresholds.toml`` ``[limits]``): a prefetch key or query answer holding more than
+Limits (:class:`~cds_service.config.Settings`): a prefetch key or query answer holding more than
 ``resources_per_key`` resources is cut to the first ones (searches ask for ``_sort=-date``, so the most recent)
 and marked incomplete; more than ``draft_orders_per_request`` draft orders is refused with 400.
 """
@@ -32,10 +32,10 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cds_service.clinical.valuesets import load
+from cds_service.config import Settings
 from cds_service.errors import BadRequest
 from cds_service.fhir.prefetch import KeyData
-from cds_service.fhir.urls import ParsedUrl, UrlRefused, parse_url
+from cds_service.net.urls import ParsedUrl, UrlRefused, parse_url
 
 log = logging.getLogger("cds_service.scope")
 
@@ -58,11 +58,6 @@ class Scope:
     @property
     def other_patient(self) -> tuple[tuple[str, int], ...]:
         return tuple(sorted(self.dropped.items()))
-
-
-def limits() -> Mapping[str, int]:
-    found: Mapping[str, int] = load().thresholds["limits"]
-    return found
 
 
 #: Resource types that always concern a patient: without a patient reference they prove nothing.
@@ -151,16 +146,15 @@ def _label(resource: Mapping[str, Any], why: str) -> str:
 
 
 def restrict(data: MutableMapping[str, KeyData], drafts: list[dict[str, Any]], patient_id: str,
-             fhir_server: str | None = None) -> tuple[list[dict[str, Any]], Scope]:
+             fhir_server: str | None, settings: Settings) -> tuple[list[dict[str, Any]], Scope]:
     """Drop every resource not proven to be the patient's from every key and from the drafts, apply the
-    limits (in place for ``data``); return the drafts to use and what was done. ``fhir_server``: the
-    request's ``fhirServer`` (absolute references on it count as literal references)."""
-    lim = limits()
-    if len(drafts) > lim["draft_orders_per_request"]:
+    limits of ``settings`` (in place for ``data``); return the drafts to use and what was done.
+    ``fhir_server``: the request's ``fhirServer`` (absolute references on it count as literal references)."""
+    if len(drafts) > settings.draft_orders_per_request:
         raise BadRequest(f"draftOrders holds {len(drafts):,} resources; at most "
-                         f"{lim['draft_orders_per_request']:,} are accepted", field="context.draftOrders")
+                         f"{settings.draft_orders_per_request:,} are accepted", field="context.draftOrders")
     scope = Scope()
-    per_key = lim["resources_per_key"]
+    per_key = settings.resources_per_key
     # The usual case, checked first at a dict lookup per resource: subject.reference is exactly
     # "Patient/<id>" (what belongs() would find too, for an id in FHIR's id syntax).
     own = f"Patient/{patient_id}" if _FHIR_ID.fullmatch(patient_id) else None

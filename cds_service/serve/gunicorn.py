@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.config import AuthMode, Settings
-from cds_service.fhir.client import is_loopback
+from cds_service.net.urls import is_loopback
 from cds_service.serve import front as front_
 from cds_service.serve import output
 

@@ -29,6 +29,9 @@ from cds_service.clinical import Assessment, ClinicalInput, assess
 from cds_service.config import Settings
 from cds_service.errors import FhirError, FhirNotAllowed, PreconditionFailed
 from cds_service.fhir import extract
+from cds_service.fhir import history as fhir_history
+from cds_service.fhir import medications as fhir_medications
+from cds_service.fhir import observations as fhir_observations
 from cds_service.fhir.client import Deadline, FhirClient, QueryPool
 from cds_service.fhir.prefetch import KeyData, resolve
 from cds_service.fhir.scope import restrict
@@ -178,9 +181,9 @@ class Engine:
         """Flatten the gathered FHIR data and the hook's exposure drafts into the core's input."""
         data = gathered.data
         # only this patient, within the limits (cds_service/fhir/scope.py), before anything reads the data
-        drafts, scope = restrict(data, drafts, req.patient_id, req.fhir_server)
+        drafts, scope = restrict(data, drafts, req.patient_id, req.fhir_server, self.settings)
         out = extract.Extracted()
-        records = extract.exposure_records(data)
+        records = fhir_medications.exposure_records(data)
         medication_resources = records.medications
         drafts_raw = [r for r in drafts if r.get("resourceType") == "MedicationRequest"]
         record_raw = records.requests
@@ -189,28 +192,29 @@ class Engine:
                                                 gathered.client.base_url if gathered.client else None)
         ignored = 0
         for raw in drafts_raw:
-            med = extract.medication_request(raw, is_draft=True, patient_id=req.patient_id,
-                                             medications=medication_resources, out=out)
+            med = fhir_medications.medication_request(raw, is_draft=True, patient_id=req.patient_id,
+                                                      medications=medication_resources, out=out)
             if med is None or (not med.codings and not med.names):
                 ignored += 1
             else:
                 out.medications.append(med)
         for raw in record_raw:
-            med = extract.medication_request(raw, is_draft=False, patient_id=None,
-                                             medications=medication_resources, out=out)
+            med = fhir_medications.medication_request(raw, is_draft=False, patient_id=None,
+                                                      medications=medication_resources, out=out)
             if med is not None:
                 out.medications.append(med)
-        extract.administrations_and_statements(records.administrations, records.statements, medication_resources, out)
+        fhir_medications.administrations_and_statements(records.administrations, records.statements,
+                                                        medication_resources, out)
         for key in OBSERVATION_KEYS:
-            extract.observations(data[key].resources, out)
-        extract.history(data["conditions"].resources + data["allergies"].resources, out)
+            fhir_observations.observations(data[key].resources, out)
+        fhir_history.history(data["conditions"].resources + data["allergies"].resources, out)
         metrics.unreadable_resources(out.unread_labels())
         missing = [KEY_WORDS.get(k, k) for k, v in data.items() if not v.ok and k != "patient"]
         missing += [KEY_WORDS.get(k, k) + " (only partly: " + (v.note or "incomplete") + ")"
                     for k, v in data.items() if v.ok and not v.complete]
         return ClinicalInput(
             now=self.clock(),
-            sex=extract.patient_sex(data["patient"].resources),
+            sex=fhir_history.patient_sex(data["patient"].resources),
             medications=tuple(out.medications),
             observations=tuple(out.observations),
             history=tuple(out.history),

@@ -1,4 +1,4 @@
-"""FHIR URLs the service may contact: the parsed allowlist and the checks on every outbound URL.
+"""URLs the service may contact: the parsed allowlist and the checks on every outbound URL; loopback hosts.
 
 An allowlist entry (``NMS_CDS_FHIR_ALLOWLIST``) is parsed into scheme, host, port and path prefix, normalised
 (host in lower case, ``:443``/``:80`` the same as no port, no trailing slash). A URL is admitted when its
@@ -193,3 +193,16 @@ __all__ = [
     "parse_url",
     "split_allowlist",
 ]
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` (a name, an IPv4 or a bracketed IPv6 address) is this machine: ``localhost`` or a
+    loopback address."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
