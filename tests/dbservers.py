@@ -250,10 +250,10 @@ def start_service(env: dict[str, str], *, workers: int, log: Path, threads: int 
     binds); wait until /healthz answers and the workers are up. A failed start fails the test with its output."""
     import requests
 
-    from cds_service import serving
+    from cds_service.serve.front import nginx_binary
 
     nms_cds = str(Path(sys.executable).with_name("nms-cds"))
-    front = {} if serving.nginx_binary() else {"NMS_CDS_FRONT": "none"}  # these tests are not about the front
+    front = {} if nginx_binary() else {"NMS_CDS_FRONT": "none"}  # these tests are not about the front
     for attempt in range(1, START_ATTEMPTS + 1):
         port = free_port()
         full_env = {**os.environ, "NMS_CDS_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",

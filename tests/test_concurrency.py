@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service import serving
+from cds_service.serve.front import nginx_binary
 from cds_service.devtools import fixtures, localfhir
 from cds_service.services.cards import card_uuid
 from tests.conftest import REPO, free_port, require_local_fhir, start_group, stop_group
@@ -75,7 +75,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             # one FHIR query pool per worker is shared by its THREADS requests (9 queries each)
             "NMS_CDS_FHIR_CONCURRENCY": str(9 * THREADS),
             "NMS_CDS_LOG_LEVEL": "WARNING",
-            **({} if serving.nginx_binary() else {"NMS_CDS_FRONT": "none"}),  # this test is not about the front
+            **({} if nginx_binary() else {"NMS_CDS_FRONT": "none"}),  # this test is not about the front
         }
         nms_cds = str(Path(sys.executable).with_name("nms-cds"))
         with log.open("wb") as out:

@@ -15,7 +15,6 @@ import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from cds_service.app import create_app
 from cds_service.clinical import assess
 from cds_service.clinical.model import ClinicalInput, Coding, MedicationInput, ObservationInput
 from cds_service.clinical.rules import find_exposures, normalise
@@ -28,7 +27,7 @@ from cds_service.fhir import medications as fhir_medications
 from cds_service.fhir import observations as fhir_observations
 from cds_service.fhir.models import REASONS, parse, tidy
 from cds_service.services.cards import detail
-from tests.conftest import make_settings
+from tests.conftest import app_for, make_settings
 
 NOW = fixtures.ANCHOR
 VS = load()
@@ -215,8 +214,7 @@ def test_the_check_incomplete_card_states_what_could_not_be_read(client: FlaskCl
 
 def test_unreadable_resources_are_counted_in_the_metrics() -> None:
     token = "scrape-token-0123456789"
-    application = create_app(make_settings(environment="production", metrics_token=token, fixed_now=NOW))
-    try:
+    with app_for(make_settings(environment="production", metrics_token=token, fixed_now=NOW)) as application:
         client = application.test_client()
 
         def count() -> float:
@@ -232,8 +230,6 @@ def test_unreadable_resources_are_counted_in_the_metrics() -> None:
         assert count() - before == 3
         text = client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).get_data(as_text=True)
         assert "bad-2" not in text and "nms-classic-nms" not in text  # no ids, no patient data as labels
-    finally:
-        application.extensions["nms_cds"].pool.shutdown()
 
 
 def test_metric_labels_stay_bounded() -> None:
