@@ -30,8 +30,8 @@ from typing import Any
 import pytest
 import requests
 
-from cds_service.serve.front import nginx_binary
 from cds_service.devtools import fixtures, localfhir
+from cds_service.serve.front import nginx_binary
 from cds_service.services.cards import card_uuid
 from tests.conftest import REPO, free_port, require_local_fhir, start_group, stop_group
 
