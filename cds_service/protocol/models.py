@@ -1,7 +1,7 @@
 """One typed model per CDS Hooks 2.0 wire object: the single definition of the contract.
 
-Request validation (:mod:`cds_service.hooks.request`: a 400 naming the first offending field) and the
-OpenAPI document (:mod:`cds_service.openapi`, ``/openapi.json``) are both derived from these models, so the
+Request validation (:mod:`cds_service.protocol.parse`: a 400 naming the first offending field) and the
+OpenAPI document (:mod:`cds_service.protocol.openapi`, ``/openapi.json``) are both derived from these models, so the
 two cannot drift apart. ``tests/cdshooks_check.py`` stays an independent re-statement of the spec.
 
 Strict where the spec is (REQUIRED members and their types, FHIR ids, ``Type/id`` references, the
