@@ -31,6 +31,7 @@ from typing import Any
 
 from cds_service.clinical import Assessment
 from cds_service.config import Settings
+from cds_service.protocol import models
 from cds_service.protocol.parse import HookRequest
 from cds_service.services.cards import build_cards, card_uuid
 from cds_service.services.engine import Gathered, HookPolicy
@@ -47,7 +48,35 @@ def _subject_is(resource: Mapping[str, Any], patient_id: str) -> bool:
     return isinstance(subject, dict) and subject.get("reference") == f"Patient/{patient_id}"
 
 
-def hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: str) -> list[dict[str, Any]]:
+def hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: str) -> list[models.Suggestion]:
+    """``update`` suggestions putting active dopamine-antagonist orders on hold (rules in the module text)."""
+    if a.indicator != "critical":
+        return []
+    record = {f"MedicationRequest/{r['id']}": r for r in gathered.data["medications"].resources
+              if r.get("resourceType") == "MedicationRequest" and isinstance(r.get("id"), str)}
+    out: list[models.Suggestion] = []
+    seen: set[str] = set()
+    for e in a.exposures:
+        raw = record.get(e.ref or "")
+        if (e.role != "antagonist" or e.is_draft or e.ref in seen or raw is None
+                or raw.get("status") != "active" or not _subject_is(raw, patient_id)):
+            continue
+        seen.add(e.ref or "")
+        held = {**raw, "status": "on-hold", "statusReason": {"text": HOLD_REASON}}
+        out.append(models.Suggestion(
+            label=f"Put the {plain(e.ingredient)} order on hold (reversible; pending bedside assessment)",
+            uuid=card_uuid(seed, f"suggestion:hold:{e.ref}"),
+            isRecommended=False,
+            actions=[models.Action(type="update", description=f"Set {ref(e.ref)} ({plain(e.label)}) to on-hold",
+                                   resource=models.FhirResource.model_validate(held))],
+        ))
+        if len(out) == MAX_HOLDS:
+            break
+    return out
+
+
+
+def legacy_hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: str) -> list[dict[str, Any]]:
     """``update`` suggestions putting active dopamine-antagonist orders on hold (rules in the module text)."""
     if a.indicator != "critical":
         return []
