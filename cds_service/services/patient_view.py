@@ -76,33 +76,6 @@ def hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: s
 
 
 
-def legacy_hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: str) -> list[dict[str, Any]]:
-    """``update`` suggestions putting active dopamine-antagonist orders on hold (rules in the module text)."""
-    if a.indicator != "critical":
-        return []
-    record = {f"MedicationRequest/{r['id']}": r for r in gathered.data["medications"].resources
-              if r.get("resourceType") == "MedicationRequest" and isinstance(r.get("id"), str)}
-    out: list[dict[str, Any]] = []
-    seen: set[str] = set()
-    for e in a.exposures:
-        raw = record.get(e.ref or "")
-        if (e.role != "antagonist" or e.is_draft or e.ref in seen or raw is None
-                or raw.get("status") != "active" or not _subject_is(raw, patient_id)):
-            continue
-        seen.add(e.ref or "")
-        held = {**raw, "status": "on-hold", "statusReason": {"text": HOLD_REASON}}
-        out.append({
-            "label": f"Put the {plain(e.ingredient)} order on hold (reversible; pending bedside assessment)",
-            "uuid": card_uuid(seed, f"suggestion:hold:{e.ref}"),
-            "isRecommended": False,
-            "actions": [{"type": "update", "description": f"Set {ref(e.ref)} ({plain(e.label)}) to on-hold",
-                         "resource": held}],
-        })
-        if len(out) == MAX_HOLDS:
-            break
-    return out
-
-
 class PatientViewPolicy(HookPolicy):
     hook = "patient-view"
     title = "NMS watch when a chart is opened (patients on antipsychotics or antiemetics)"
