@@ -1,4 +1,5 @@
-"""What a CDS Hooks route checks before its work: the caller (JWT) and the body (size, then decode)."""
+"""What a CDS Hooks route checks before its work: the caller (JWT) and the body (size, then decode); and the
+Runtime the routes hold (``app.extensions["nms_cds"]``)."""
 
 from __future__ import annotations
 
