@@ -347,6 +347,12 @@ _LINKS = (
     models.Link(label="NMS: a neuroimmunologic hypothesis (Anglin 2010, serum iron)", url=SEED_URL, type="absolute"),
 )
 
+# The override reasons offered: the usual ones, and those of a card for dopaminergic withdrawal alone.
+_OVERRIDES = {withdrawal_only: tuple(
+    models.OverrideReason(system=OVERRIDE_SYSTEM, code=c,
+                          display=_WITHDRAWAL_REASONS.get(c, d) if withdrawal_only else d)
+    for c, d in OVERRIDE_REASONS) for withdrawal_only in (False, True)}
+
 
 def build_card(a: Assessment, hook_instance: str, patient_id: str,
                extra_suggestions: Sequence[models.Suggestion] = ()) -> models.Card | None:
@@ -358,9 +364,7 @@ def build_card(a: Assessment, hook_instance: str, patient_id: str,
     override: list[models.OverrideReason] | None = None
     if a.indicator != "info":
         withdrawal_only = bool(a.exposures) and all(e.role != "antagonist" for e in a.exposures)
-        override = [models.OverrideReason(system=OVERRIDE_SYSTEM, code=c,
-                                          display=_WITHDRAWAL_REASONS.get(c, d) if withdrawal_only else d)
-                    for c, d in OVERRIDE_REASONS]
+        override = list(_OVERRIDES[withdrawal_only])
     suggested = suggestions(a, hook_instance, patient_id) + list(extra_suggestions)
     return models.Card(
         uuid=card_uuid(hook_instance, f"nms:{a.indicator}"),
