@@ -64,7 +64,8 @@ def stages(body: bytes, *, number: int, repeats: int) -> dict[str, float]:
     """The service's own stages on one request body (in-process, production settings, auth off)."""
     from cds_service.app import create_app
     from cds_service.clinical import assess
-    from cds_service.hooks.request import load_json, parse_hook_request
+    from cds_service.protocol.decode import load_json
+    from cds_service.protocol.parse import parse_hook_request
     from cds_service.services.engine import CallReport
 
     app = create_app()

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-# The service's body decoder (cds_service.hooks.request.load_json's fast path, after its checks) and its
+# The service's body decoder (cds_service.protocol.decode.load_json's fast path, after its checks) and its
 # request-long pause of the cyclic collector (cds_service.watchdog.GcPause). If the service changes its JSON
 # library or decoding, these must follow: the floor has to parse, and hold the parsed body, as the service does.
-from cds_service.hooks.request import loads_without_gc as DECODE  # noqa: E402
+from cds_service.protocol.decode import loads_without_gc as DECODE  # noqa: E402
 from cds_service.watchdog import GcPause  # noqa: E402
 
 BODY_ENV = "NMS_CDS_BENCH_FLOOR_BODY"

@@ -381,7 +381,7 @@ def draft_order() -> JsonDict:
 
 def _request(hook_key: str, prefetch: JsonDict | None, fhir_server: str | None = None,
              hook: str = "order-sign") -> JsonDict:
-    """A CDS Hooks 2.0 request of ``hook`` for the bench patient (context as in ``cds_service/hooks/wire.py``).
+    """A CDS Hooks 2.0 request of ``hook`` for the bench patient (context as in ``cds_service/protocol/models.py``).
 
     ``order-sign``: ``draftOrders`` with the IM haloperidol draft; ``order-select``: the same draft, named in
     ``selections``; ``patient-view``: no draft at all (the chart's own orders are the exposure).

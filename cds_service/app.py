@@ -7,12 +7,11 @@ import logging
 
 from flask import Flask
 
-from cds_service import logs
+from cds_service import logs, web
 from cds_service.clinical.valuesets import load as load_valuesets
 from cds_service.config import AuthMode, Settings
 from cds_service.config_report import load_settings, unknown_variables
 from cds_service.fhir.client import log_outbound_config
-from cds_service.hooks import blueprint
 from cds_service.runtime import Runtime
 from cds_service.services.templates import prefetch_templates
 
@@ -34,7 +33,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.extensions["nms_cds"] = Runtime.build(settings)
     log_outbound_config(settings)
-    blueprint.register(app)
+    web.register(app)
     # Start-up objects (value sets, templates, models) live for the whole process: move them out of the
     # cyclic collector's generations so that collections during requests do not walk them again.
     gc.freeze()

@@ -1,29 +1,24 @@
-"""Operations surface: Prometheus metrics (``GET /metrics``), readiness (``GET /readyz``) and the counters
-the request hooks, the FHIR client and the services update.
+"""The Prometheus counters the request middleware, the FHIR client and the services update (the ``/metrics``
+and ``/readyz`` routes are :mod:`cds_service.web.ops`).
 
 Metrics use the official ``prometheus_client``. Under ``nms-cds serve`` every gunicorn worker is its own
 process, so ``serve`` sets ``PROMETHEUS_MULTIPROC_DIR`` (emptied at start) before any worker starts and
-``/metrics`` aggregates all workers' files with ``MultiProcessCollector``. ``prometheus_client`` fixes its
+:func:`exposition` aggregates all workers' files with ``MultiProcessCollector``. ``prometheus_client`` fixes its
 value class when it is first imported, so it is imported lazily here, on the first metric update or scrape
 in a worker, never in the gunicorn master.
 
-Access: ``/metrics`` needs ``Authorization: Bearer <NMS_CDS_METRICS_TOKEN>`` (a static scrape token; CDS
-client JWTs are not meant for Prometheus). Without a token it is off (404) in production and open in
-development. Label values are bounded sets (route templates, status codes, outcome and reason categories):
+Label values are bounded sets (route templates, status codes, outcome and reason categories):
 never ids, tokens or patient data.
 """
 
 from __future__ import annotations
 
 import functools
-import hmac
 import os
 import re
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-
-from flask import Blueprint, Response, current_app, jsonify, request
 
 from cds_service.errors import (
     FhirAuthError,
@@ -34,13 +29,10 @@ from cds_service.errors import (
     FhirNotAllowed,
     FhirNotFound,
     FhirTimeout,
-    StoreUnavailable,
 )
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0)
-
-bp = Blueprint("ops", __name__)
 
 _lock = threading.Lock()
 _metrics: dict[str, Any] = {}
@@ -149,62 +141,8 @@ def count_fhir_call(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# --- readiness ----------------------------------------------------------------------------------------------
-
-def readiness(rt: Any) -> list[str]:
-    """What keeps this worker from serving calls; empty when ready.
-
-    Checks the configuration (built at start: the runtime exists), the trusted clients in JWT mode (loaded,
-    file still readable) and the runtime's ``store`` and ``replay`` guard (when it is a separate backend, e.g.
-    Redis): ``ping()`` raising or returning ``False`` is not ready. No store: nothing to check.
-    """
-    problems: list[str] = []
-    settings = rt.settings
-    if settings.auth.value == "jwt":
-        if not rt.authenticator.clients:
-            problems.append("no trusted clients loaded")
-        path = settings.trusted_clients
-        if path is not None and not os.path.isfile(path):
-            problems.append("trusted clients file is not readable")
-    store = getattr(rt, "store", None)
-    replay = getattr(rt, "replay", None)
-    for name, backend in (("store", store), ("replay guard", replay if replay is not store else None)):
-        ping = getattr(backend, "ping", None)
-        if not callable(ping):
-            continue
-        try:
-            if ping() is False:
-                problems.append(f"{name} not usable")
-        except StoreUnavailable as exc:  # its cause is safe to return by contract (no path, URL or secret)
-            problems.append(f"{name} not usable: {exc.cause}")
-        except Exception as exc:  # any other failure: the type only
-            problems.append(f"{name} not usable ({type(exc).__name__})")
-    return problems
-
-
-# --- routes -------------------------------------------------------------------------------------------------
-
-def _metrics_allowed() -> tuple[bool, int]:
-    settings = current_app.extensions["nms_cds"].settings
-    token = settings.metrics_token
-    if token is None:
-        return (True, 200) if settings.is_development else (False, 404)
-    given = request.headers.get("Authorization", "")
-    expected = "Bearer " + token.get_secret_value()
-    if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8")):
-        return True, 200
-    return False, 401
-
-
-@bp.get("/metrics")
-def metrics() -> Response | tuple[Response, int]:
-    allowed, status = _metrics_allowed()
-    if not allowed:
-        if status == 404:
-            return jsonify({"error": "not-found", "message": "metrics are off: set NMS_CDS_METRICS_TOKEN"}), 404
-        response = jsonify({"error": "unauthorized"})
-        response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
-        return response, 401
+def exposition() -> tuple[bytes, str]:
+    """The text exposition of every metric (all workers' under ``serve``) and its content type."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -212,53 +150,5 @@ def metrics() -> Response | tuple[Response, int]:
     if os.environ.get(MULTIPROC_ENV):
         registry = CollectorRegistry()
         MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        body = generate_latest(registry)
-    else:
-        body = generate_latest(REGISTRY)
-    return Response(body, status=200, mimetype=None, content_type=CONTENT_TYPE_LATEST)
-
-
-@bp.get("/readyz")
-def ready() -> tuple[Response, int]:
-    problems = readiness(current_app.extensions["nms_cds"])
-    if problems:
-        return jsonify({"status": "not-ready", "problems": problems}), 503
-    return jsonify({"status": "ready"}), 200
-
-
-def openapi_paths(public: list[Any]) -> dict[str, Any]:
-    """The two routes above for the OpenAPI document (merged into its ``paths``)."""
-
-    def error(description: str) -> dict[str, Any]:
-        return {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}
-
-    return {
-        "/metrics": {
-            "get": {
-                "operationId": "metrics",
-                "summary": "Prometheus metrics (text format); bearer NMS_CDS_METRICS_TOKEN, off without one",
-                "security": public,
-                "responses": {
-                    "200": {"description": "Prometheus text exposition format",
-                            "content": {"text/plain": {"schema": {"type": "string"}}}},
-                    "401": error("Wrong or missing metrics token"),
-                    "404": error("Metrics off (no NMS_CDS_METRICS_TOKEN in production)"),
-                },
-            },
-        },
-        "/readyz": {
-            "get": {
-                "operationId": "ready",
-                "summary": "Readiness: configuration, trusted clients and the store (when configured) usable",
-                "security": public,
-                "responses": {
-                    "200": {"description": "Ready", "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["status"], "properties": {"status": {"const": "ready"}}}}}},
-                    "503": {"description": "Not ready; `problems` says why", "content": {"application/json": {
-                        "schema": {"type": "object", "required": ["status", "problems"],
-                                   "properties": {"status": {"const": "not-ready"},
-                                                  "problems": {"type": "array", "items": {"type": "string"}}}}}}},
-                },
-            },
-        },
-    }
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

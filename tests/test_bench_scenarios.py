@@ -29,7 +29,7 @@ from cds_service.errors import BadRequest
 from cds_service.fhir import extract, plain_json
 from cds_service.fhir import medications as fhir_medications
 from cds_service.fhir import observations as fhir_observations
-from cds_service.hooks.request import json_depth, load_json
+from cds_service.protocol.decode import json_depth, load_json
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import make_settings
 
@@ -115,7 +115,7 @@ def test_scenario_1_answers_the_expected_critical_card(client: FlaskClient) -> N
 def test_the_other_hooks_requests_follow_the_wire_shape() -> None:
     """Scenario 1's variants: patient-view has no draft; order-select names the draft in ``selections``;
     every hook's prefetch is filled from that hook's own templates."""
-    from cds_service.hooks.wire import REQUEST_MODELS
+    from cds_service.protocol.models import REQUEST_MODELS
 
     for hook in scenarios.HOOKS:
         request = scenarios.admission_request(hook)
@@ -391,9 +391,9 @@ def test_the_floor_decodes_as_the_service_does() -> None:
     """Issue 16: the floor parses with the service's own decoder (library and GC handling), so decoding
     speed-ups lower both apps alike."""
     from bench import floor_app
-    from cds_service.hooks import request
+    from cds_service.protocol import decode
 
-    assert floor_app.DECODE is request.loads_without_gc
+    assert floor_app.DECODE is decode.loads_without_gc
     body = scenarios.dumps(scenarios.admission_request())
     assert floor_app.DECODE(body) == load_json(body, max_depth=64)
     app = floor_app.create_floor_app(b'{"cards":[]}')

@@ -305,7 +305,7 @@ def test_sandbox_requests_answer_200(client: FlaskClient, url: str, name: str) -
 
 @pytest.mark.parametrize("hook", fixtures.HOOKS)
 def test_every_scenario_answer_fits_the_typed_response_model(client: FlaskClient, hook: str) -> None:
-    from cds_service.hooks import wire
+    from cds_service.protocol import models as wire
 
     for scenario in fixtures.load_scenarios():
         response = client.post(f"/cds-services/nms-{hook}", json=scenario.request_for(hook))

@@ -1,9 +1,10 @@
 """The package's layering holds: the import-linter contracts in pyproject.toml ``[tool.importlinter]``.
 
 ``lint-imports`` checks every import of ``cds_service`` (function-level ones too) against the layers (command
-line, developer tools, serving, app, routes, runtime, services, FHIR, clinical core), the pure clinical core,
-the developer tooling as a leaf, and no circle between the top-level modules. The contract lets the command
-line import the developer commands; that ``nms-cds serve`` never does is checked here at run time.
+line, developer tools, serving, app, web surface, runtime, services, CDS Hooks contract, FHIR, clinical
+core), the pure clinical core, the developer tooling as a leaf, and no circle between the top-level modules.
+The contract lets the command line import the developer commands; that ``nms-cds serve`` never does is checked
+here at run time.
 """
 
 from __future__ import annotations

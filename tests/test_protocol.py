@@ -137,7 +137,7 @@ def test_non_object_bodies_get_400_json(client: FlaskClient, raw: bytes) -> None
 @pytest.mark.parametrize("spelling", [b'"\\ud800"', b'"\\uDFFF tail"', b'"\xed\xa0\x80"', b'"x\xed\xbf\xbf"'])
 def test_a_lone_surrogate_in_either_spelling_gets_400(client: FlaskClient, spelling: bytes) -> None:
     """As a JSON escape or as raw (surrogatepass) bytes, anywhere in a large body: the quick one-byte
-    pre-checks in hooks/request.py must never skip the search."""
+    pre-checks in protocol/decode.py must never skip the search."""
     body = json.dumps(hook_request()).encode()
     body = body[:-1] + b', "note": ' + spelling + b"}"
     response = client.post(URL, data=body, content_type="application/json")

@@ -14,6 +14,7 @@ from typing import Any
 from cds_service.clinical.model import Assessment, Criterion, Exposure
 from cds_service.clinical.rules import fmt_reading
 from cds_service.clinical.valuesets import LOINC, load
+from cds_service.protocol import models
 from cds_service.services.markup import md, plain, ref
 
 CARD_NAMESPACE = uuid.UUID("6f1c1e52-3c1b-4a8e-9a55-2f0c7f4b9d10")
@@ -301,11 +302,11 @@ def _implausible(a: Assessment) -> list[str]:
     return out
 
 
-def _service_request(code: str, patient_id: str) -> dict[str, Any]:
+def _service_request(code: str, patient_id: str) -> models.FhirResource:
     vs = load()
     concept = vs.observation(code)
     display = concept.display.split(" (LOINC")[0] if concept else code
-    return {
+    return models.FhirResource.model_validate({
         "resourceType": "ServiceRequest",
         "status": "draft",
         "intent": "order",
@@ -314,68 +315,72 @@ def _service_request(code: str, patient_id: str) -> dict[str, Any]:
         "code": {"coding": [{"system": LOINC, "code": code, "display": display}], "text": display},
         "subject": {"reference": f"Patient/{patient_id}"},
         "reasonCode": [{"text": "Possible neuroleptic malignant syndrome"}],
-    }
+    })
 
 
-def suggestions(a: Assessment, hook_instance: str, patient_id: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def suggestions(a: Assessment, hook_instance: str, patient_id: str) -> list[models.Suggestion]:
+    out: list[models.Suggestion] = []
     deletable = [e for e in a.draft_exposures if e.ref]
     if deletable and a.indicator in ("critical", "warning"):
         names = ", ".join(sorted({e.ingredient for e in deletable}))
-        out.append({
-            "label": f"Remove the draft {names} order",
-            "uuid": card_uuid(hook_instance, "suggestion:remove-draft"),
-            "isRecommended": a.indicator == "critical",
-            "actions": [{"type": "delete", "description": f"Remove draft order for {plain(e.label)}",
-                         "resourceId": e.ref} for e in deletable],
-        })
+        out.append(models.Suggestion(
+            label=f"Remove the draft {names} order",
+            uuid=card_uuid(hook_instance, "suggestion:remove-draft"),
+            isRecommended=a.indicator == "critical",
+            actions=[models.Action(type="delete", description=f"Remove draft order for {plain(e.label)}",
+                                   resourceId=e.ref) for e in deletable],
+        ))
     if a.missing_labs and a.indicator in ("critical", "warning"):
         labels = ", ".join(dict.fromkeys(_LAB_LABELS.get(c, c) for c in a.missing_labs))
-        out.append({
-            "label": f"Order {labels}",
-            "uuid": card_uuid(hook_instance, "suggestion:order-labs"),
-            "actions": [{"type": "create", "description": f"Order {_LAB_LABELS.get(c, c)} (LOINC {c})",
-                         "resource": _service_request(c, patient_id)} for c in a.missing_labs],
-        })
+        out.append(models.Suggestion(
+            label=f"Order {labels}",
+            uuid=card_uuid(hook_instance, "suggestion:order-labs"),
+            actions=[models.Action(type="create", description=f"Order {_LAB_LABELS.get(c, c)} (LOINC {c})",
+                                   resource=_service_request(c, patient_id)) for c in a.missing_labs],
+        ))
     return out
 
 
-def build_cards(a: Assessment, hook_instance: str, patient_id: str,
-                extra_suggestions: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """The card for ``a``. ``hook_instance`` seeds the card and suggestion uuids (a hook policy may pass a
-    stable evidence key instead); ``extra_suggestions`` are a hook policy's own, appended after these."""
+_SOURCE = models.Source(label=SOURCE_LABEL, url=IEC_URL)
+_LINKS = (
+    models.Link(label="IEC consensus criteria for NMS (Gurrera 2011)", url=IEC_URL, type="absolute"),
+    models.Link(label="NMS: a neuroimmunologic hypothesis (Anglin 2010, serum iron)", url=SEED_URL, type="absolute"),
+)
+
+# The override reasons offered: the usual ones, and those of a card for dopaminergic withdrawal alone.
+_OVERRIDES = {withdrawal_only: tuple(
+    models.OverrideReason(system=OVERRIDE_SYSTEM, code=c,
+                          display=_WITHDRAWAL_REASONS.get(c, d) if withdrawal_only else d)
+    for c, d in OVERRIDE_REASONS) for withdrawal_only in (False, True)}
+
+
+def build_card(a: Assessment, hook_instance: str, patient_id: str,
+               extra_suggestions: Sequence[models.Suggestion] = ()) -> models.Card | None:
+    """The card for ``a`` (``None``: no finding, no card). ``hook_instance`` seeds the card and suggestion uuids
+    (a hook policy may pass a stable evidence key instead); ``extra_suggestions`` are a hook policy's own,
+    appended after these."""
     if a.indicator is None:
-        return []
-    card: dict[str, Any] = {
-        "uuid": card_uuid(hook_instance, f"nms:{a.indicator}"),
-        "summary": summary(a),
-        "indicator": a.indicator,
-        "detail": detail(a),
-        "source": {"label": SOURCE_LABEL, "url": IEC_URL},
-        "links": [
-            {"label": "IEC consensus criteria for NMS (Gurrera 2011)", "url": IEC_URL, "type": "absolute"},
-            {"label": "NMS: a neuroimmunologic hypothesis (Anglin 2010, serum iron)", "url": SEED_URL,
-             "type": "absolute"},
-        ],
-    }
+        return None
+    override: list[models.OverrideReason] | None = None
     if a.indicator != "info":
         withdrawal_only = bool(a.exposures) and all(e.role != "antagonist" for e in a.exposures)
-        card["overrideReasons"] = [{"system": OVERRIDE_SYSTEM, "code": c,
-                                    "display": _WITHDRAWAL_REASONS.get(c, d) if withdrawal_only else d}
-                                   for c, d in OVERRIDE_REASONS]
+        override = list(_OVERRIDES[withdrawal_only])
     suggested = suggestions(a, hook_instance, patient_id) + list(extra_suggestions)
-    if suggested:
-        card["suggestions"] = suggested
-        card["selectionBehavior"] = "any"
-    return [prune(card)]
+    return models.Card(
+        uuid=card_uuid(hook_instance, f"nms:{a.indicator}"),
+        summary=summary(a),
+        indicator=a.indicator,
+        detail=detail(a),
+        source=_SOURCE,
+        links=list(_LINKS),
+        overrideReasons=override,
+        suggestions=suggested or None,
+        selectionBehavior="any" if suggested else None,
+    )
 
 
-def prune(value: Any) -> Any:
-    """Drop None, empty strings, lists and objects anywhere (CDS Hooks: no null or empty values)."""
-    if isinstance(value, dict):
-        cleaned = {k: prune(v) for k, v in value.items()}
-        return {k: v for k, v in cleaned.items() if v not in (None, "", [], {})}
-    if isinstance(value, list):
-        cleaned_list = [prune(v) for v in value]
-        return [v for v in cleaned_list if v not in (None, "", [], {})]
-    return value
+def build_cards(a: Assessment, hook_instance: str, patient_id: str,
+                extra_suggestions: Sequence[models.Suggestion] = ()) -> list[dict[str, Any]]:
+    """The cards for ``a`` as JSON: none, or the one of :func:`build_card` (absent members left out)."""
+    card = build_card(a, hook_instance, patient_id, extra_suggestions)
+    return [] if card is None else [card.model_dump(exclude_none=True)]

@@ -35,8 +35,8 @@ from cds_service.fhir import observations as fhir_observations
 from cds_service.fhir.client import Deadline, FhirClient, QueryPool
 from cds_service.fhir.prefetch import KeyData, resolve
 from cds_service.fhir.scope import restrict
-from cds_service.hooks.request import HookRequest
-from cds_service.hooks.wire import ServiceDefinition
+from cds_service.protocol.models import ServiceDefinition
+from cds_service.protocol.parse import HookRequest
 from cds_service.services.templates import fhir_reads, prefetch_templates
 
 log = logging.getLogger("cds_service.engine")

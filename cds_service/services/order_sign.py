@@ -6,7 +6,7 @@ from typing import Any
 
 from cds_service.clinical import Assessment
 from cds_service.config import Settings
-from cds_service.hooks.request import HookRequest
+from cds_service.protocol.parse import HookRequest
 from cds_service.services.cards import build_cards
 from cds_service.services.engine import CallReport, Gathered, HookPolicy
 

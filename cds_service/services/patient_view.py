@@ -31,7 +31,8 @@ from typing import Any
 
 from cds_service.clinical import Assessment
 from cds_service.config import Settings
-from cds_service.hooks.request import HookRequest
+from cds_service.protocol import models
+from cds_service.protocol.parse import HookRequest
 from cds_service.services.cards import build_cards, card_uuid
 from cds_service.services.engine import Gathered, HookPolicy
 from cds_service.services.markup import plain, ref
@@ -47,13 +48,13 @@ def _subject_is(resource: Mapping[str, Any], patient_id: str) -> bool:
     return isinstance(subject, dict) and subject.get("reference") == f"Patient/{patient_id}"
 
 
-def hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: str) -> list[dict[str, Any]]:
+def hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: str) -> list[models.Suggestion]:
     """``update`` suggestions putting active dopamine-antagonist orders on hold (rules in the module text)."""
     if a.indicator != "critical":
         return []
     record = {f"MedicationRequest/{r['id']}": r for r in gathered.data["medications"].resources
               if r.get("resourceType") == "MedicationRequest" and isinstance(r.get("id"), str)}
-    out: list[dict[str, Any]] = []
+    out: list[models.Suggestion] = []
     seen: set[str] = set()
     for e in a.exposures:
         raw = record.get(e.ref or "")
@@ -62,16 +63,17 @@ def hold_suggestions(a: Assessment, gathered: Gathered, patient_id: str, seed: s
             continue
         seen.add(e.ref or "")
         held = {**raw, "status": "on-hold", "statusReason": {"text": HOLD_REASON}}
-        out.append({
-            "label": f"Put the {plain(e.ingredient)} order on hold (reversible; pending bedside assessment)",
-            "uuid": card_uuid(seed, f"suggestion:hold:{e.ref}"),
-            "isRecommended": False,
-            "actions": [{"type": "update", "description": f"Set {ref(e.ref)} ({plain(e.label)}) to on-hold",
-                         "resource": held}],
-        })
+        out.append(models.Suggestion(
+            label=f"Put the {plain(e.ingredient)} order on hold (reversible; pending bedside assessment)",
+            uuid=card_uuid(seed, f"suggestion:hold:{e.ref}"),
+            isRecommended=False,
+            actions=[models.Action(type="update", description=f"Set {ref(e.ref)} ({plain(e.label)}) to on-hold",
+                                   resource=models.FhirResource.model_validate(held))],
+        ))
         if len(out) == MAX_HOLDS:
             break
     return out
+
 
 
 class PatientViewPolicy(HookPolicy):

@@ -1,7 +1,7 @@
 """One typed model per CDS Hooks 2.0 wire object: the single definition of the contract.
 
-Request validation (:mod:`cds_service.hooks.request`: a 400 naming the first offending field) and the
-OpenAPI document (:mod:`cds_service.openapi`, ``/openapi.json``) are both derived from these models, so the
+Request validation (:mod:`cds_service.protocol.parse`: a 400 naming the first offending field) and the
+OpenAPI document (:mod:`cds_service.protocol.openapi`, ``/openapi.json``) are both derived from these models, so the
 two cannot drift apart. ``tests/cdshooks_check.py`` stays an independent re-statement of the spec.
 
 Strict where the spec is (REQUIRED members and their types, FHIR ids, ``Type/id`` references, the
@@ -16,7 +16,15 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    WithJsonSchema,
+    model_serializer,
+)
 from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
@@ -85,12 +93,28 @@ class Closed(BaseModel):
 
 # --- shared ------------------------------------------------------------------------------------------
 
+def _fhir_json(value: Any) -> Any:
+    """FHIR JSON has no null or empty values (R4 JSON representation, 2.6.2): drop them anywhere."""
+    if isinstance(value, dict):
+        cleaned = {k: _fhir_json(v) for k, v in value.items()}
+        return {k: v for k, v in cleaned.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        cleaned_list = [_fhir_json(v) for v in value]
+        return [v for v in cleaned_list if v not in (None, "", [], {})]
+    return value
+
+
 class FhirResource(BaseModel):
-    """Any FHIR R4 resource as JSON (read leniently: unknown members are ignored)."""
+    """Any FHIR R4 resource as JSON (read leniently: unknown members are ignored). Written without the null or
+    empty values a FHIR server's copy may hold (an ``update`` action carries the record's resource)."""
 
     model_config = ConfigDict(extra="allow")
     resourceType: str
     id: str | Omitted = None
+
+    @model_serializer(mode="wrap")
+    def _without_empty_values(self, handler: SerializerFunctionWrapHandler) -> Any:
+        return _fhir_json(handler(self))
 
 
 class Coding(BaseModel):
@@ -250,17 +274,19 @@ class Link(BaseModel):
 
 
 class Card(BaseModel):
+    """One card; members in the order this service writes them (``model_dump(exclude_none=True)`` is the wire)."""
+
     uuid: str | Omitted = Field(None, json_schema_extra={
         "format": "uuid", "description": "order-sign: uuid5 of hookInstance and card kind; patient-view and "
                                          "order-select: uuid5 of the evidence shown (repeated openings, same uuid)"})
     summary: str = Field(min_length=1, max_length=139)
-    detail: str | Omitted = Field(None, min_length=1, description="GitHub Flavored Markdown")
     indicator: Literal["info", "warning", "critical"]
+    detail: str | Omitted = Field(None, min_length=1, description="GitHub Flavored Markdown")
     source: Source
+    links: Annotated[list[Link], Field(min_length=1)] | Omitted = None
+    overrideReasons: Annotated[list[OverrideReason], Field(min_length=1)] | Omitted = None
     suggestions: Annotated[list[Suggestion], Field(min_length=1)] | Omitted = None
     selectionBehavior: Literal["at-most-one", "any"] | Omitted = None
-    overrideReasons: Annotated[list[OverrideReason], Field(min_length=1)] | Omitted = None
-    links: Annotated[list[Link], Field(min_length=1)] | Omitted = None
 
 
 class HookResponse(BaseModel):

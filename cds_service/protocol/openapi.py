@@ -1,12 +1,12 @@
 """The OpenAPI 3.1 document of the HTTP surface, served at ``GET /openapi.json``.
 
-It describes exactly the routes of :mod:`cds_service.hooks.blueprint` (``tests/test_openapi.py`` keeps
+It describes exactly the routes of :mod:`cds_service.web` (``tests/test_openapi.py`` keeps
 the two in sync). The body schemas are not written here: they are the JSON Schemas of the typed wire models
-in :mod:`cds_service.hooks.wire`, the same models that validate the requests, so they describe the bodies as
+in :mod:`cds_service.protocol.models`, the same models that validate the requests, so they describe the bodies as
 the service reads and writes them: strict where the service is strict
 (the REQUIRED CDS Hooks fields and their types, FHIR ids, the 128-character ``hookInstance``), lenient
 where the service is deliberately lenient (extra members, prefetch values of any shape, Bundle entries
-that are not objects are ignored). Error bodies are the ones ``blueprint._error_response`` builds:
+that are not objects are ignored). Error bodies are the ones :mod:`cds_service.web.errors` builds:
 ``{"error", "message", "field"?}`` for 400/404/405/413, a bare ``{"error": "unauthorized"}`` for 401
 (no detail on purpose) and a FHIR ``OperationOutcome`` for 412.
 
@@ -22,9 +22,9 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from cds_service import __version__, metrics
+from cds_service import __version__
 from cds_service.config import AuthMode, Settings
-from cds_service.hooks import wire
+from cds_service.protocol import models
 
 JSON = "application/json"
 OPENAPI_VERSION = "3.1.0"
@@ -60,7 +60,7 @@ def _tidy(schema: Any) -> Any:
 
 @cache
 def _model_schemas() -> dict[str, Any]:
-    _, top = models_json_schema([(m, "validation") for m in wire.SCHEMA_MODELS],
+    _, top = models_json_schema([(m, "validation") for m in models.SCHEMA_MODELS],
                                 ref_template="#/components/schemas/{model}")
     schemas: dict[str, Any] = _tidy(top["$defs"])
     return schemas
@@ -69,8 +69,8 @@ def _model_schemas() -> dict[str, Any]:
 def _schemas(hooks: list[str]) -> dict[str, Any]:
     """Every component schema, from the typed wire models; ``HookRequest`` is one of the served hooks'."""
     schemas = copy.deepcopy(_model_schemas())
-    names = {hook: wire.REQUEST_MODELS[hook].__name__ for hook in hooks}
-    for hook, model in wire.REQUEST_MODELS.items():
+    names = {hook: models.REQUEST_MODELS[hook].__name__ for hook in hooks}
+    for hook, model in models.REQUEST_MODELS.items():
         if hook not in names:
             schemas.pop(model.__name__, None)
     schemas["HookRequest"] = {"description": "CDS Hooks 2.0 service request of one of the served hooks (the "
@@ -95,6 +95,44 @@ def _errors(settings: Settings, *statuses: int) -> dict[str, Any]:
               "send the same request again (Retry-After)", "Error"),
     }
     return {str(s): _json(_ref(texts[s][1]), texts[s][0]) for s in statuses}
+
+
+def _ops_paths(public: list[Any]) -> dict[str, Any]:
+    """``/metrics`` and ``/readyz`` (:mod:`cds_service.web.ops`), merged into the document's ``paths``."""
+
+    def error(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}
+
+    return {
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format); bearer NMS_CDS_METRICS_TOKEN, off without one",
+                "security": public,
+                "responses": {
+                    "200": {"description": "Prometheus text exposition format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "401": error("Wrong or missing metrics token"),
+                    "404": error("Metrics off (no NMS_CDS_METRICS_TOKEN in production)"),
+                },
+            },
+        },
+        "/readyz": {
+            "get": {
+                "operationId": "ready",
+                "summary": "Readiness: configuration, trusted clients and the store (when configured) usable",
+                "security": public,
+                "responses": {
+                    "200": {"description": "Ready", "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["status"], "properties": {"status": {"const": "ready"}}}}}},
+                    "503": {"description": "Not ready; `problems` says why", "content": {"application/json": {
+                        "schema": {"type": "object", "required": ["status", "problems"],
+                                   "properties": {"status": {"const": "not-ready"},
+                                                  "problems": {"type": "array", "items": {"type": "string"}}}}}}},
+                },
+            },
+        },
+    }
 
 
 def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
@@ -169,7 +207,7 @@ def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
                     "responses": {"200": _json(_ref("OpenApiDocument"), "OpenAPI 3.1 document")},
                 },
             },
-            **metrics.openapi_paths(public),  # /metrics and /readyz (cds_service/metrics.py)
+            **_ops_paths(public),
         },
         "components": {
             "schemas": _schemas(list(dict.fromkeys(services.values()))),

@@ -1,0 +1,15 @@
+"""The Flask surface: the CDS Hooks routes, the operations routes, the middleware and the JSON errors."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from cds_service.web import errors, hooks, middleware, ops
+
+
+def register(app: Flask) -> None:
+    """Every route, the per-request middleware and the error handlers, on ``app``."""
+    app.register_blueprint(hooks.bp)
+    app.register_blueprint(ops.bp)
+    middleware.register(app)
+    errors.register(app)

@@ -1,0 +1,76 @@
+"""JSON error answers: a :class:`cds_service.errors.RequestError` as its status and ``{"error", "message",
+"field"?}``, 401 without detail, 412 as an OperationOutcome, a broken store as 503 with Retry-After, and
+anything unexpected as a bare 500 (the details go to the log only)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from cds_service import metrics
+from cds_service.errors import (
+    PayloadTooLarge,
+    PreconditionFailed,
+    RequestError,
+    ServiceOverrun,
+    StoreUnavailable,
+    Unauthorized,
+)
+
+log = logging.getLogger("cds_service.http")
+
+
+def _error_response(exc: RequestError) -> tuple[Response, int]:
+    if isinstance(exc, Unauthorized):
+        log.warning("unauthorized", extra={"event": "auth-failed", "reason": exc.reason,
+                                          "iss": g.get("iss"), "jti": g.get("jti")})
+        metrics.auth_failure(exc.reason)
+        response = jsonify({"error": "unauthorized"})
+        response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'  # RFC 6750; no error detail
+        return response, 401
+    if isinstance(exc, PreconditionFailed):
+        outcome = {
+            "resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": exc.code, "diagnostics": exc.message}],
+        }
+        log.info("precondition failed", extra={"event": "precondition-failed", "error": exc.message})
+        return jsonify(outcome), 412
+    if isinstance(exc, ServiceOverrun):
+        metrics.overrun()
+        log.error("request overran NMS_CDS_REQUEST_TIMEOUT_SECONDS; stopped", extra={"event": "overrun"})
+    body: dict[str, Any] = {"error": exc.code, "message": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    log.info("request rejected", extra={"event": "bad-request", "status": exc.status, "error": exc.message})
+    return jsonify(body), exc.status
+
+
+def _store_error(exc: StoreUnavailable) -> tuple[Response, int]:
+    log.error("store unavailable", extra={"event": "store-unavailable", "error": exc.cause})
+    response = jsonify({"error": exc.code, "message": f"storage unavailable: {exc.cause}; nothing was stored, "
+                        "send the same request again later"})
+    response.headers["Retry-After"] = "5"
+    return response, 503
+
+
+def _http_error(exc: HTTPException) -> tuple[Response, int]:
+    status = exc.code or 500
+    if status == 413:
+        return _error_response(PayloadTooLarge("request body too large"))
+    names = {404: "not-found", 405: "method-not-allowed", 400: "invalid"}
+    return jsonify({"error": names.get(status, "error"), "message": exc.description or exc.name}), status
+
+
+def _unexpected(exc: Exception) -> tuple[Response, int]:
+    log.error("unexpected error", extra={"event": "internal-error", "error": type(exc).__name__})
+    return jsonify({"error": "internal", "message": "internal error; see the service log"}), 500
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(RequestError, _error_response)
+    app.register_error_handler(StoreUnavailable, _store_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

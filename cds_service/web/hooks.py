@@ -1,0 +1,73 @@
+"""The CDS Hooks 2.0 routes: discovery, service calls and feedback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify
+
+from cds_service import feedback as feedback_items
+from cds_service import metrics
+from cds_service.errors import NotFound
+from cds_service.protocol.parse import parse_feedback, parse_hook_request
+from cds_service.web import guards
+
+bp = Blueprint("cds_hooks", __name__)
+log = logging.getLogger("cds_service.http")
+
+
+@bp.get("/cds-services")
+def discovery() -> Response:
+    guards.authenticate("/cds-services")
+    rt = guards.runtime()
+    return jsonify({"services": [svc.definition() for svc in rt.services.values()]})
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str) -> Response:
+    rt = guards.runtime()
+    service = rt.services.get(service_id)
+    guards.authenticate(f"/cds-services/{service_id}")
+    if service is None:
+        raise NotFound(f"no CDS service with id '{service_id[:64]}'")
+    hook_request = parse_hook_request(guards.body(), expected_hook=service.hook)
+    g.hook_instance = hook_request.hook_instance
+    response, report = service.call(hook_request)
+    rt.audit_cards(response.get("cards", []), hook=service.hook, service_id=service_id,
+                   hook_instance=hook_request.hook_instance, patient_id=hook_request.patient_id, report=report,
+                   iss=g.get("iss"))
+    extra: dict[str, Any] = {
+        "event": "hook-call",
+        "service": service_id,
+        "prefetch": report.keys,
+        "fhir_requests": report.fhir_requests,
+        "fhir_server": report.fhir_server,
+        "indicator": report.indicator or "none",
+        "score": report.score,
+        "timings_ms": {k: round(v, 1) for k, v in report.timings_ms.items()},
+    }
+    if rt.settings.log_patient_ids:
+        extra["patient_id"] = hook_request.patient_id
+    log.info("hook answered", extra=extra)
+    metrics.observe_hook(service_id, service.hook, time.perf_counter() - g.started,
+                         [str(card.get("indicator")) for card in response.get("cards", [])])
+    return jsonify(response)
+
+
+@bp.post("/cds-services/<service_id>/feedback")
+def feedback(service_id: str) -> Response:
+    rt = guards.runtime()
+    guards.authenticate(f"/cds-services/{service_id}/feedback")
+    if service_id not in rt.services:
+        raise NotFound(f"no CDS service with id '{service_id[:64]}'")
+    body = guards.body()
+    feedback_items.check_limits(body, rt.settings)
+    items = parse_feedback(body)
+    # Stored (and "new" decided) in one transaction before the answer; StoreUnavailable → 503, nothing kept.
+    new = rt.store.add_feedback(feedback_items.records(service_id, items, iss=g.get("iss"), now=rt.wall_clock()))
+    rt.maybe_purge()
+    log.info("feedback stored", extra={"event": "feedback", "service": service_id,
+                                       "feedback_items": len(items), "feedback_new": new})
+    return jsonify({"received": len(items), "new": new})
