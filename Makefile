@@ -63,13 +63,14 @@ run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/nms-cds dev --host 127.0.0.1 --port $(PORT) --fhir-port $(FHIR_PORT)
 
-## make test [TEST_WORKERS=auto]: lint, type-check, every Python test in parallel (pytest-xdist; integration tests
+## make test [TEST_WORKERS=auto]: lint, type-check, the import-layer contracts, every Python test in parallel (pytest-xdist; integration tests
 ## use the local Node FHIR server and the nginx front) and the local FHIR server's own Node tests. No root needed:
 ## PostgreSQL and Redis come from the dev extras' wheels; only nginx is a Debian package (named when missing).
 TEST_WORKERS ?= auto
 test: install node servers front
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/pytest -q -n $(TEST_WORKERS)
 	cd fhir_server && npm test --silent
 
