@@ -17,7 +17,7 @@ import pytest
 from cds_service.auth import Authenticator
 from cds_service.errors import Unauthorized
 from tests.conftest import make_settings
-from tests.jwt_helpers import ec_key, jwks, write_trusted_clients
+from tests.helpers.jwt_helpers import ec_key, jwks, write_trusted_clients
 
 ISS = "https://ehr.example.org"
 BASE = "https://cds.example.org"

@@ -27,7 +27,7 @@ from cds_service.devtools import localfhir
 from cds_service.errors import UsageError
 from cds_service.serve import preflight
 from tests.conftest import free_port, make_settings, session_tmp, start_group, stop_group
-from tests.jwt_helpers import ec_key, jwks, write_trusted_clients
+from tests.helpers.jwt_helpers import ec_key, jwks, write_trusted_clients
 
 REPO = Path(__file__).resolve().parents[1]
 NMS_CDS = str(Path(sys.executable).with_name("nms-cds"))

@@ -19,8 +19,8 @@ from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, Ob
 from cds_service.clinical.valuesets import ATC, ICD10CM, RXNORM, SNOMED, load
 from cds_service.config import Settings
 from cds_service.devtools import fixtures
-from tests.cdshooks_check import response_problems
 from tests.conftest import make_settings
+from tests.helpers.cdshooks_check import response_problems
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 URL = "/cds-services/nms-order-sign"

@@ -36,8 +36,8 @@ from requests.adapters import HTTPAdapter
 
 from cds_service.app import create_app
 from cds_service.devtools import fixtures, localfhir
-from tests.cdshooks_check import response_problems
 from tests.conftest import make_settings, require_local_fhir
+from tests.helpers.cdshooks_check import response_problems
 
 pytestmark = pytest.mark.integration
 

@@ -45,8 +45,8 @@ from cds_service.clinical.valuesets import LOINC, load
 from cds_service.devtools import fixtures
 from cds_service.services.cards import card_uuid
 from cds_service.services.templates import prefetch_templates
-from tests.cdshooks_check import discovery_problems, response_problems
 from tests.conftest import REPO, make_settings
+from tests.helpers.cdshooks_check import discovery_problems, response_problems
 from tests.test_protocol import hook_request
 
 # A failing example can be large (a whole fixture request); hypothesis warns before printing it.

@@ -14,8 +14,8 @@ from flask.testing import FlaskClient
 
 from cds_service.config import Settings
 from cds_service.devtools import fixtures
-from tests.cdshooks_check import card_problems, discovery_problems, response_problems
 from tests.conftest import dataset_json, make_settings
+from tests.helpers.cdshooks_check import card_problems, discovery_problems, response_problems
 from tests.test_protocol import HALOPERIDOL_DRAFT, empty_prefetch, febrile_prefetch, hook_request
 
 PATIENT_VIEW = "/cds-services/nms-patient-view"

@@ -19,8 +19,8 @@ from flask import Flask
 from cds_service.app import create_app
 from cds_service.devtools import fixtures, localfhir
 from cds_service.devtools.tools import fill_prefetch_from_server, load_fixtures
-from tests.cdshooks_check import response_problems
 from tests.conftest import make_settings, require_local_fhir
+from tests.helpers.cdshooks_check import response_problems
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ from flask import Flask
 from cds_service.app import create_app
 from cds_service.logs import JsonFormatter, RequestContextFilter
 from tests.conftest import FHIR_BASE, make_settings
-from tests.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
+from tests.helpers.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
 
 BASE = "https://cds.example.org"
 ISS = "https://ehr.example.org"

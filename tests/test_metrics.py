@@ -22,7 +22,7 @@ from cds_service import metrics
 from cds_service.app import create_app
 from cds_service.devtools import fixtures
 from tests.conftest import FHIR_BASE, make_settings
-from tests.jwt_helpers import ec_key, jwks, write_trusted_clients
+from tests.helpers.jwt_helpers import ec_key, jwks, write_trusted_clients
 
 TOKEN = "scrape-token-0123456789"
 HOOK = "/cds-services/nms-order-sign"
@@ -232,7 +232,7 @@ def test_metrics_add_up_across_gunicorn_workers(tmp_path: Path) -> None:
 
     _require_nginx()
     env = {"NMS_CDS_METRICS_TOKEN": TOKEN}
-    with serve(tmp_path, "--workers", "2", "--app", "tests.serving_apps:spinning_app", env=env,
+    with serve(tmp_path, "--workers", "2", "--app", "tests.helpers.serving_apps:spinning_app", env=env,
                ready_workers=2) as served:
         pids: list[int] = []
 

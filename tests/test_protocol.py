@@ -12,8 +12,8 @@ import responses
 from flask.testing import FlaskClient
 
 from cds_service.services.templates import prefetch_templates
-from tests.cdshooks_check import card_problems, discovery_problems, response_problems
 from tests.conftest import dataset_json
+from tests.helpers.cdshooks_check import card_problems, discovery_problems, response_problems
 
 URL = "/cds-services/nms-order-sign"
 HALOPERIDOL_DRAFT = {

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from cds_service.store.redis_replay import RedisReplayGuard
-from tests.dbservers import (  # noqa: F401  (session fixtures)
+from tests.helpers.dbservers import (  # noqa: F401  (session fixtures)
     PostgresServer,
     RedisServer,
     ServiceProcess,
@@ -27,7 +27,7 @@ from tests.dbservers import (  # noqa: F401  (session fixtures)
     redis_server,
     start_service,
 )
-from tests.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
+from tests.helpers.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
 from tests.test_protocol import febrile_prefetch, hook_request
 
 ISS = "https://ehr.example.org"

@@ -15,8 +15,8 @@ from cds_service.clinical import assess
 from cds_service.clinical.model import ClinicalInput
 from cds_service.config import Settings
 from cds_service.devtools import fixtures
-from tests.cdshooks_check import response_problems
 from tests.conftest import make_settings
+from tests.helpers.cdshooks_check import response_problems
 
 SCENARIOS = fixtures.load_scenarios()
 URL = "/cds-services/nms-order-sign"

@@ -30,9 +30,9 @@ from cds_service.app import create_app
 from cds_service.auth import Authenticator, ReplayCache, TrustedClientsError
 from cds_service.logs import JsonFormatter
 from cds_service.services.templates import prefetch_templates
-from tests.cdshooks_check import response_problems
 from tests.conftest import FHIR_BASE, dataset_json, make_settings
-from tests.jwt_helpers import (
+from tests.helpers.cdshooks_check import response_problems
+from tests.helpers.jwt_helpers import (
     SANDBOX_JKU,
     SPEC_PUBLIC_JWKS_FILE,
     SigningKey,

@@ -284,7 +284,7 @@ def test_slow_clients_do_not_starve_the_service(tmp_path: Path) -> None:
 def test_an_overrunning_request_answers_json_and_the_worker_survives(tmp_path: Path) -> None:
     _require_nginx()
     env = {"NMS_CDS_REQUEST_TIMEOUT_SECONDS": "1.5"}
-    with serve(tmp_path, "--workers", "1", "--app", "tests.serving_apps:spinning_app", env=env) as served:
+    with serve(tmp_path, "--workers", "1", "--app", "tests.helpers.serving_apps:spinning_app", env=env) as served:
         pid_before = requests.get(f"{served.base}/test/pid", timeout=5).json()["pid"]
         started = time.monotonic()
         response = requests.get(f"{served.base}/test/spin", timeout=30)
@@ -304,7 +304,7 @@ def test_a_request_stuck_in_c_code_gets_gunicorns_error_as_json(tmp_path: Path) 
     worker: the client still gets the JSON error, never gunicorn's HTML page, and a new worker takes over."""
     _require_nginx()
     env = {"NMS_CDS_REQUEST_TIMEOUT_SECONDS": "1"}
-    with serve(tmp_path, "--workers", "1", "--timeout", "3", "--app", "tests.serving_apps:spinning_app",
+    with serve(tmp_path, "--workers", "1", "--timeout", "3", "--app", "tests.helpers.serving_apps:spinning_app",
                env=env) as served:
         response = requests.get(f"{served.base}/test/block", timeout=30)
         # gunicorn's SIGABRT wakes the sleep; then either the watchdog's pending exception answers first (503
@@ -330,7 +330,7 @@ def test_every_output_line_is_json_and_no_control_socket(tmp_path: Path) -> None
     a slow header), then parse every stdout and stderr line."""
     _require_nginx()
     env = {"NMS_CDS_CLIENT_HEADER_TIMEOUT_SECONDS": "1", "NMS_CDS_MAX_BODY_BYTES": "4096"}
-    with serve(tmp_path, "--workers", "2", "--app", "tests.serving_apps:spinning_app", env=env,
+    with serve(tmp_path, "--workers", "2", "--app", "tests.helpers.serving_apps:spinning_app", env=env,
                ready_workers=2) as served:
         assert requests.get(f"{served.base}/test/warn", timeout=5).status_code == 200
         assert requests.get(f"{served.base}/test/print", timeout=5).status_code == 200
@@ -369,7 +369,7 @@ def test_a_worker_that_cannot_boot_ends_the_server_with_json_lines_only(tmp_path
     env = {key: value for key, value in os.environ.items() if not key.startswith("NMS_CDS_")}
     env.update({"HOME": str(tmp_path), "PYTHONPATH": str(REPO), "NMS_CDS_AUTH": "off"})
     result = subprocess.run([str(NMS_CDS), "serve", "--port", str(free_port()), "--workers", "1",
-                             "--app", "tests.serving_apps:broken_app"], env=env, capture_output=True,
+                             "--app", "tests.helpers.serving_apps:broken_app"], env=env, capture_output=True,
                             timeout=60, cwd=tmp_path)
     assert result.returncode != 0
     lines = (result.stdout + result.stderr).decode().splitlines()

@@ -1,6 +1,6 @@
 """The store: every test runs against the embedded SQLite file and a real PostgreSQL server.
 
-PostgreSQL is started by the test suite (``tests/dbservers.py``); under ``CI=true`` a server that
+PostgreSQL is started by the test suite (``tests/helpers/dbservers.py``); under ``CI=true`` a server that
 cannot start fails these tests.
 """
 
@@ -25,7 +25,7 @@ from cds_service.store.migrations import LATEST
 from cds_service.store.sql import SqlStore
 from cds_service.store.sqlite import FILENAME
 from tests.conftest import make_settings
-from tests.dbservers import PostgresServer, postgres  # noqa: F401  (session fixture)
+from tests.helpers.dbservers import PostgresServer, postgres  # noqa: F401  (session fixture)
 from tests.test_openapi import assert_documented
 from tests.test_protocol import febrile_prefetch, hook_request
 
@@ -413,7 +413,7 @@ def test_replay_check_with_the_store_locked_is_503_never_skipped(make_app: Calla
                                                                  backend: str) -> None:
     import time
 
-    from tests.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
+    from tests.helpers.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
 
     clients = write_trusted_clients(tmp_path / "clients.json", [{"iss": "https://ehr.example.org",
                                                                   "jwks": jwks(ec_key())}])
@@ -440,7 +440,7 @@ def test_one_client_filling_the_replay_cache_does_not_lock_out_another_over_http
     """Issue 14's measurement: one client's unique tokens filled the single cache and every client got 401."""
     import time
 
-    from tests.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
+    from tests.helpers.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
 
     flooder, other = "https://flooder.example.org", "https://ehr.example.org"
     clients = write_trusted_clients(tmp_path / "clients.json", [

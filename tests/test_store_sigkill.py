@@ -22,7 +22,7 @@ import requests
 from cds_service.config import Settings
 from cds_service.store import open_store
 from tests.conftest import make_settings
-from tests.dbservers import PostgresServer, postgres, start_service  # noqa: F401  (session fixture)
+from tests.helpers.dbservers import PostgresServer, postgres, start_service  # noqa: F401  (session fixture)
 
 URL = "/cds-services/nms-order-sign/feedback"
 SECONDS = 6.0

@@ -16,8 +16,8 @@ from cds_service.app import create_app
 from cds_service.clinical.valuesets import RXNORM
 from cds_service.devtools import fixtures
 from cds_service.services.templates import prefetch_templates
-from tests.cdshooks_check import response_problems
 from tests.conftest import DATASETS, make_settings
+from tests.helpers.cdshooks_check import response_problems
 
 # The five COVID-19 patients with repeated fever (datasets/README.md): fever x2 + a draft antipsychotic used to
 # give a warning; the draft is their only exposure and comes after the fever, so now no card.

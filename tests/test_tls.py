@@ -33,7 +33,7 @@ from cds_service.config import Settings
 from cds_service.errors import FhirTlsError, Unauthorized
 from cds_service.fhir.client import Deadline, FhirClient
 from tests.conftest import make_settings
-from tests.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
+from tests.helpers.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
 
 TRUST_VARIABLES = ("NMS_CDS_CA_BUNDLE", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
 KEY = ec_key("tls-es384")

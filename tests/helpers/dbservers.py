@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from bench.run_bench import child_pids
-from tests.conftest import IN_CI, free_port, start_group, stop_group
+from tests.conftest import IN_CI, REPO, free_port, start_group, stop_group
 
 START_ATTEMPTS = 5  # a port taken between free_port() and the server's bind: another port, at most this often
 PORT_TAKEN = ("Address already in use", "could not bind", "could not create any TCP/IP sockets")
@@ -227,7 +227,6 @@ def redis_server() -> Iterator[RedisServer]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""App factories for ``nms-cds serve --app tests.serving_apps:NAME`` in tests/test_serving.py: the real app
+"""App factories for ``nms-cds serve --app tests.helpers.serving_apps:NAME`` in tests/test_serving.py: the real app
 plus routes that misbehave on purpose (a request that never ends, a warning, stray output, a thread crash)."""
 
 from __future__ import annotations
