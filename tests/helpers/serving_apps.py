@@ -1,5 +1,5 @@
-"""App factories for ``nms-cds serve --app tests.helpers.serving_apps:NAME`` in tests/test_serving.py: the real app
-plus routes that misbehave on purpose (a request that never ends, a warning, stray output, a thread crash)."""
+"""App factories for ``nms-cds serve --app tests.helpers.serving_apps:NAME`` in tests/system/test_serving.py: the real
+app plus routes that misbehave on purpose (a request that never ends, a warning, stray output, a thread crash)."""
 
 from __future__ import annotations
 

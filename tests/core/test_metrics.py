@@ -228,7 +228,7 @@ def test_cors_refusals_and_preflights_are_logged_without_request_data(
 # --- several workers ---------------------------------------------------------------------------------------
 
 def test_metrics_add_up_across_gunicorn_workers(tmp_path: Path) -> None:
-    from tests.test_serving import _require_nginx, serve
+    from tests.system.test_serving import _require_nginx, serve
 
     _require_nginx()
     env = {"NMS_CDS_METRICS_TOKEN": TOKEN}

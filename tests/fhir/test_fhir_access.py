@@ -19,7 +19,7 @@ from cds_service.errors import FhirAuthError, FhirBadResponse, FhirNotAllowed, F
 from cds_service.fhir.client import Deadline, FhirClient, check_allowed, resource_name
 from cds_service.logs import JsonFormatter
 from tests.conftest import FHIR_BASE, make_settings
-from tests.test_protocol import URL, empty_prefetch, febrile_prefetch, hook_request
+from tests.protocol.test_protocol import URL, empty_prefetch, febrile_prefetch, hook_request
 
 OBS = re.compile(re.escape(FHIR_BASE) + r"/Observation.*")
 ANY = re.compile(re.escape(FHIR_BASE) + r"/.*")

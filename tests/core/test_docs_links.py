@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
+ROOT = REPO
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 # [text](target) and ![alt](target); a target ends at whitespace or the closing parenthesis
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")

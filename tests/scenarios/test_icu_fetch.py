@@ -27,8 +27,9 @@ pytestmark = pytest.mark.integration
 
 # 250 ms before every answer, 250 ms more for a new search: 500 ms a search, 250 ms a later page
 PAGE_LATENCY = ("--paging", "hapi", "--latency-ms", "250", "--search-latency-ms", "250")
-# As in tests/test_long_stay_fetch.py: the local server is one Node thread, and on a busy machine its first byte
-# can come after the default 2 s read timeout with budget left; the read timeout is raised to the hook budget.
+# As in tests/scenarios/test_long_stay_fetch.py: the local server is one Node thread, and on a busy machine its
+# first byte can come after the default 2 s read timeout with budget left; the read timeout is raised to the hook
+# budget.
 SETTINGS = {"fixed_now": ANCHOR, "fhir_read_timeout": 3.0}
 AUTH = {"access_token": "tok-icu-1", "token_type": "Bearer", "expires_in": 300, "scope": "user/*.read",
         "subject": "nms-cds"}

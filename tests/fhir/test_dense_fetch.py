@@ -1,7 +1,7 @@
 """A dense window read concurrently: offset pages of a kept result set, time slices, the page cap, the token.
 
 Unit level with ``responses`` (cds_service/fhir/prefetch.py, cds_service/fhir/bounds.py); the ICU record on
-the local FHIR server with page latency is in tests/test_long_stay_fetch.py.
+the local FHIR server with page latency is in tests/scenarios/test_long_stay_fetch.py.
 """
 
 from __future__ import annotations

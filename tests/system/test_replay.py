@@ -28,7 +28,7 @@ from tests.helpers.dbservers import (  # noqa: F401  (session fixtures)
     start_service,
 )
 from tests.helpers.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
-from tests.test_protocol import febrile_prefetch, hook_request
+from tests.protocol.test_protocol import febrile_prefetch, hook_request
 
 ISS = "https://ehr.example.org"
 SENDS = 11

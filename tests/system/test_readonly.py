@@ -19,11 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.test_cli import run, wait_healthy
+from tests.conftest import REPO, free_port
+from tests.system.test_cli import run, wait_healthy
 
 NMS_CDS = str(Path(sys.executable).with_name("nms-cds"))
-REPO = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix).resolve()
 
 

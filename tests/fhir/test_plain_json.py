@@ -1,5 +1,6 @@
 """The plain-JSON fast path on its own: what it accepts, what it sends to the R4B path (None), and the records
-it gives. (tests/test_bench_scenarios.py checks it against the R4B path on whole records and their mutations.)"""
+it gives. (tests/scenarios/test_bench_scenarios.py checks it against the R4B path on whole records and their
+mutations.)"""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
 - a wheel built from this checkout carries the fixture scenarios and, installed alone into an empty target,
   runs ``nms-cds demo`` with them;
 - the Dockerfile installs from the locks, has no fixed-port HEALTHCHECK, and ``.dockerignore`` keeps the
-  build context to a few MB (tests/test_docker.py builds and runs the image where a Docker engine exists).
+  build context to a few MB (tests/system/test_docker.py builds and runs the image where a Docker engine exists).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from types import ModuleType
 import pytest
 
 from cds_service.devtools import fixtures
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 LOCKS = ("requirements.lock", "requirements-dev.lock", "requirements-build.lock")
 CONTEXT_LIMIT_BYTES = 8 * 1024 * 1024
 ABSENT = "nms-cds-test-not-a-dependency"  # a requirement no lock can hold

@@ -26,8 +26,8 @@ from cds_service.store.sql import SqlStore
 from cds_service.store.sqlite import FILENAME
 from tests.conftest import make_settings
 from tests.helpers.dbservers import PostgresServer, postgres  # noqa: F401  (session fixture)
-from tests.test_openapi import assert_documented
-from tests.test_protocol import febrile_prefetch, hook_request
+from tests.protocol.test_openapi import assert_documented
+from tests.protocol.test_protocol import febrile_prefetch, hook_request
 
 URL = "/cds-services/nms-order-sign"
 BACKENDS = ["sqlite", "postgres"]

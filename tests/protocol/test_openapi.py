@@ -20,7 +20,7 @@ from cds_service.devtools import fixtures
 from cds_service.protocol.openapi import openapi_document
 from tests.conftest import make_settings
 from tests.helpers.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
-from tests.test_protocol import hook_request
+from tests.protocol.test_protocol import hook_request
 
 URL = "/cds-services/nms-order-sign"
 AUTOMATIC_METHODS = {"HEAD", "OPTIONS"}  # Flask adds these to every rule; CORS preflight is not an API

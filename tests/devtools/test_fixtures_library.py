@@ -31,8 +31,8 @@ from cds_service.devtools.fixtures import (
 )
 from cds_service.fhir.models import tidy
 from cds_service.services.templates import prefetch_templates
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 GENERATOR = REPO / "fhir_fixtures" / "build_fixtures.py"
 POINTS = {"exposure": 20, "hyperthermia": 18, "ck": 10, "autonomic": 10, "hypermetabolism": 5}
 FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")

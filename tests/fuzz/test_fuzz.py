@@ -47,7 +47,7 @@ from cds_service.services.cards import card_uuid
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import REPO, make_settings
 from tests.helpers.cdshooks_check import discovery_problems, response_problems
-from tests.test_protocol import hook_request
+from tests.protocol.test_protocol import hook_request
 
 # A failing example can be large (a whole fixture request); hypothesis warns before printing it.
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr:hypothesis.errors.HypothesisWarning")

@@ -20,11 +20,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
 BUILD_TIMEOUT_SECONDS = 1200
 HEALTHY_TIMEOUT_SECONDS = 120
 CONTEXT_LIMIT_MB = 8.0

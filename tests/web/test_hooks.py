@@ -16,7 +16,7 @@ from cds_service.config import Settings
 from cds_service.devtools import fixtures
 from tests.conftest import dataset_json, make_settings
 from tests.helpers.cdshooks_check import card_problems, discovery_problems, response_problems
-from tests.test_protocol import HALOPERIDOL_DRAFT, empty_prefetch, febrile_prefetch, hook_request
+from tests.protocol.test_protocol import HALOPERIDOL_DRAFT, empty_prefetch, febrile_prefetch, hook_request
 
 PATIENT_VIEW = "/cds-services/nms-patient-view"
 ORDER_SELECT = "/cds-services/nms-order-select"
@@ -296,7 +296,7 @@ def test_sandbox_requests_answer_200(client: FlaskClient, url: str, name: str) -
     assert response_problems(response.get_json()) == []
     sent = [c.request.url or "" for c in responses.calls]
     # its "patient" key is used as sent; the six other keys are fetched, plus the two queries for readings from
-    # before the vitals' and labs' windows (as for order-sign, tests/test_protocol.py)
+    # before the vitals' and labs' windows (as for order-sign, tests/protocol/test_protocol.py)
     keys = len(client.application.extensions["nms_cds"].services["nms-order-sign"].templates)
     assert len(sent) == keys - 1 + 2 and not any("/Patient/" in u for u in sent)
 

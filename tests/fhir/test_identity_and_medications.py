@@ -24,7 +24,7 @@ from cds_service.fhir.scope import unproven
 from cds_service.net.urls import parse_url
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import FHIR_BASE
-from tests.test_protocol import URL, febrile_prefetch, hook_request
+from tests.protocol.test_protocol import URL, febrile_prefetch, hook_request
 
 PID = "p1"
 OTHER_SERVER = "https://other.example/fhir"

@@ -26,10 +26,9 @@ from cds_service.app import create_app
 from cds_service.devtools import localfhir
 from cds_service.errors import UsageError
 from cds_service.serve import preflight
-from tests.conftest import free_port, make_settings, session_tmp, start_group, stop_group
+from tests.conftest import REPO, free_port, make_settings, session_tmp, start_group, stop_group
 from tests.helpers.jwt_helpers import ec_key, jwks, write_trusted_clients
 
-REPO = Path(__file__).resolve().parents[1]
 NMS_CDS = str(Path(sys.executable).with_name("nms-cds"))
 CTRL_C_LIMIT_SECONDS = 2.0
 START_TIMEOUT_SECONDS = 90.0

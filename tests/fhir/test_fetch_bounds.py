@@ -22,7 +22,7 @@ from cds_service.fhir.client import Deadline, FhirClient, PageStop
 from cds_service.fhir.prefetch import substitute
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import FHIR_BASE, NOW, make_settings
-from tests.test_protocol import URL, febrile_prefetch, hook_request
+from tests.protocol.test_protocol import URL, febrile_prefetch, hook_request
 
 ANY = re.compile(re.escape(FHIR_BASE) + r"/.*")
 NOT_OBS = re.compile(re.escape(FHIR_BASE) + r"/(MedicationRequest|MedicationAdministration|MedicationStatement|"

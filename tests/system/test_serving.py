@@ -5,7 +5,7 @@ Every server here is a real ``nms-cds serve`` process (gunicorn + nginx) on a fr
 and stopped by the test. nginx comes from the Debian package (``make test`` installs it); without it these
 tests skip, and fail under ``CI=true``.
 
-``python -m tests.test_serving [--front none]`` runs the slow-client attack alone and prints its figures
+``python -m tests.system.test_serving [--front none]`` runs the slow-client attack alone and prints its figures
 (docs/reliability.md "Serving").
 """
 
@@ -32,9 +32,8 @@ import requests
 
 from cds_service.devtools import fixtures
 from cds_service.serve import front, output
-from tests.conftest import free_port, start_group, stop_group
+from tests.conftest import REPO, free_port, start_group, stop_group
 
-REPO = Path(__file__).resolve().parents[1]
 NMS_CDS = REPO / ".venv" / "bin" / "nms-cds"
 HOOK_PATH = "/cds-services/nms-order-sign"
 

@@ -31,6 +31,7 @@ from cds_service.config_report import (
     unknown_variables,
 )
 from cds_service.errors import ConfigError, NmsCdsError
+from tests.conftest import REPO
 
 NMS_CDS = str(Path(sys.executable).with_name("nms-cds"))
 
@@ -118,7 +119,7 @@ def test_values_are_normalised(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_setting_has_an_accepted_form_in_the_configuration_doc() -> None:
-    readme = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     for field in Settings.model_fields:
         assert accepted_form(field)
         assert f"| `{env_name(field)}` |" in readme, f"{env_name(field)} missing from docs/configuration.md's table"
