@@ -133,7 +133,7 @@ burden: install node
 
 ## make fuzz: property-based fuzzing of the HTTP surface, at least 10,000 cases
 fuzz: install
-	NMS_CDS_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/test_fuzz.py
+	NMS_CDS_FUZZ_EXAMPLES=10000 $(BIN)/pytest -q -p no:cacheprovider tests/fuzz/test_fuzz.py
 
 ## make soak: sustained mixed load at about half the measured saturation rate (default 10 minutes)
 soak: install node front

@@ -16,7 +16,7 @@ Three scenarios (see ``bench/README.md``):
    FHIR server in its HAPI-like paging mode with a simulated cost of about 1 s per search.
 5. :func:`icu_request` + :func:`icu_bundle` - no prefetch, dense record: an ICU stay with vital signs every
    15 minutes (about 3,900 Observations), served by the local FHIR server paging like HAPI at 250-500 ms a
-   page (``tests/test_icu_fetch.py``); with prefetch (:func:`icu_request` ``prefetch=``) it is critical.
+   page (``tests/scenarios/test_icu_fetch.py``); with prefetch (:func:`icu_request` ``prefetch=``) it is critical.
 
 Everything is built relative to :data:`cds_service.devtools.fixtures.ANCHOR`; run the service with
 ``NMS_CDS_FIXED_NOW`` set to it so that the clinical answer is the real one. Same arguments, same bytes.

@@ -1973,7 +1973,7 @@ by whole days, except `birthDate` and `deceasedDateTime`.
 ```
 
 `build_fixtures.py` is the source of truth; the JSON files and this README are its output (byte-for-byte
-deterministic; `tests/test_fixtures_library.py` checks that the committed files match). Codes come from
+deterministic; `tests/devtools/test_fixtures_library.py` checks that the committed files match). Codes come from
 `cds_service/clinical/data/*.tsv`; the generator raises on a code that is not there (except the
 acetaminophen code and the text-only antibiotic, marked in the generator).
 

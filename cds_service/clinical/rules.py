@@ -24,7 +24,7 @@ from cds_service.clinical.common import (
 )
 
 # re-exported: the concepts (fhir/observations.py), the cards' reading format, and the BP-swing search that
-# tests/test_limits.py times
+# tests/web/test_limits.py times
 from cds_service.clinical.criteria import LAB_CONCEPTS as LAB_CONCEPTS
 from cds_service.clinical.criteria import VITAL_CONCEPTS as VITAL_CONCEPTS
 from cds_service.clinical.criteria import fmt_reading as fmt_reading

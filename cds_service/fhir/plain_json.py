@@ -8,8 +8,8 @@ checks, with fhir_core's own date and decimal patterns, are :mod:`cds_service.fh
 the raw JSON directly. Anything not positively recognised - another element, an extension, an empty or null
 value, a string that is not plainly valid, a partial date, a leap second, a missing required element -
 returns None and takes the R4B path, so the records are always the ones the model would give.
-tests/test_plain_json.py checks the fast path element by element; tests/test_bench_scenarios.py checks both
-paths against each other on the fixture library, Synthea records and mutations of them.
+tests/fhir/test_plain_json.py checks the fast path element by element; tests/scenarios/test_bench_scenarios.py
+checks both paths against each other on the fixture library, Synthea records and mutations of them.
 """
 
 from __future__ import annotations

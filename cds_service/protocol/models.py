@@ -2,7 +2,7 @@
 
 Request validation (:mod:`cds_service.protocol.parse`: a 400 naming the first offending field) and the
 OpenAPI document (:mod:`cds_service.protocol.openapi`, ``/openapi.json``) are both derived from these models, so the
-two cannot drift apart. ``tests/cdshooks_check.py`` stays an independent re-statement of the spec.
+two cannot drift apart. ``tests/helpers/cdshooks_check.py`` stays an independent re-statement of the spec.
 
 Strict where the spec is (REQUIRED members and their types, FHIR ids, ``Type/id`` references, the
 128-character ``hookInstance``), lenient where real clients deviate: unknown members and ``extension`` are

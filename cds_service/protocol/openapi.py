@@ -1,6 +1,6 @@
 """The OpenAPI 3.1 document of the HTTP surface, served at ``GET /openapi.json``.
 
-It describes exactly the routes of :mod:`cds_service.web` (``tests/test_openapi.py`` keeps
+It describes exactly the routes of :mod:`cds_service.web` (``tests/protocol/test_openapi.py`` keeps
 the two in sync). The body schemas are not written here: they are the JSON Schemas of the typed wire models
 in :mod:`cds_service.protocol.models`, the same models that validate the requests, so they describe the bodies as
 the service reads and writes them: strict where the service is strict
