@@ -75,6 +75,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
             # one FHIR query pool per worker is shared by its THREADS requests (9 queries each)
             "NMS_CDS_FHIR_CONCURRENCY": str(9 * THREADS),
             "NMS_CDS_LOG_LEVEL": "WARNING",
+            # its own store: the process-wide default data directory is shared with other tests of this worker
+            "NMS_CDS_DATA_DIR": str(tmp_path_factory.mktemp("concurrency-data")),
             **({} if nginx_binary() else {"NMS_CDS_FRONT": "none"}),  # this test is not about the front
         }
         nms_cds = str(Path(sys.executable).with_name("nms-cds"))
