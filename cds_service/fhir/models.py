@@ -201,26 +201,17 @@ def parse(resource: Any, defaults: dict[str, Any] | None = None) -> ParseResult:
     if model_cls is None:
         return ParseResult(None, [f"unsupported resourceType {resource.get('resourceType')!r}"[:80]],
                            "unsupported type")
-    try:
-        return ParseResult(model_cls.model_validate(resource))
-    except ValidationError as exc:
-        errors = exc.errors()
-    except RecursionError:  # e.g. extensions nested ~130 deep in a FHIR server's answer (prefetch is depth-capped)
-        return ParseResult(None, ["nested too deeply"], "nested too deeply")
-    except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
-        # fhir_core validators can raise plain exceptions on odd input (e.g. "_status": 1.5): unreadable, not fatal
-        return ParseResult(None, [f"unparseable ({type(exc).__name__})"], "unparseable value")
+    result = _validate(model_cls, resource, [])
+    if isinstance(result, ParseResult):
+        return result
+    errors = result
     data = copy.deepcopy(resource)
     repairs: list[str] = tidy(data)
     if repairs:  # the harmless malformations first: they may be all that was wrong
-        try:
-            return ParseResult(model_cls.model_validate(data), repairs)
-        except ValidationError as exc:
-            errors = exc.errors()
-        except RecursionError:
-            return ParseResult(None, [*repairs, "nested too deeply"], "nested too deeply")
-        except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
-            return ParseResult(None, [*repairs, f"unparseable ({type(exc).__name__})"], "unparseable value")
+        result = _validate(model_cls, data, repairs)
+        if isinstance(result, ParseResult):
+            return result
+        errors = result
     for _ in range(_MAX_REPAIRS):
         progressed = False
         for err in errors:
@@ -231,13 +222,22 @@ def parse(resource: Any, defaults: dict[str, Any] | None = None) -> ParseResult:
                 break  # re-validate after each repair: later locs may have shifted
         if not progressed:
             break
-        try:
-            return ParseResult(model_cls.model_validate(data), repairs)
-        except ValidationError as exc:
-            errors = exc.errors()
-        except RecursionError:
-            return ParseResult(None, [*repairs, "nested too deeply"], "nested too deeply")
-        except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
-            return ParseResult(None, [*repairs, f"unparseable ({type(exc).__name__})"], "unparseable value")
+        result = _validate(model_cls, data, repairs)
+        if isinstance(result, ParseResult):
+            return result
+        errors = result
     repairs.append("unrepairable")
     return ParseResult(None, repairs, _reason([dict(e) for e in errors], resource))
+
+
+def _validate(model_cls: type[Any], data: Any, repairs: list[str]) -> ParseResult | list[Any]:
+    """The model, or an unreadable result, as a ParseResult; the validation errors (to repair) otherwise."""
+    try:
+        return ParseResult(model_cls.model_validate(data), repairs)
+    except ValidationError as exc:
+        return list(exc.errors())
+    except RecursionError:  # e.g. extensions nested ~130 deep in a FHIR server's answer (prefetch is depth-capped)
+        return ParseResult(None, [*repairs, "nested too deeply"], "nested too deeply")
+    except (TypeError, AttributeError, ValueError, ArithmeticError) as exc:
+        # fhir_core validators can raise plain exceptions on odd input (e.g. "_status": 1.5): unreadable, not fatal
+        return ParseResult(None, [*repairs, f"unparseable ({type(exc).__name__})"], "unparseable value")
