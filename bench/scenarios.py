@@ -233,6 +233,34 @@ def _drug_display(code: str) -> str:
     return concept.display
 
 
+def _vital_signs(rec: _Record, hours: float, temp: float, hr: int, rr: int, sbp: int, dbp: int) -> None:
+    """One time point's temperature, heart rate, respiratory rate and blood-pressure panel."""
+    rec.vital("temp", "8310-5", hours, temp, "Cel")
+    rec.vital("hr", "8867-4", hours, hr, "/min")
+    rec.vital("rr", "9279-1", hours, rr, "/min")
+    rec.observation("bp", "85354-9", rec.known("85354-9", "mm[Hg]"), hours, category="vital-signs",
+                    components=[("8480-6", rec.known("8480-6", "mm[Hg]"), sbp, "mm[Hg]"),
+                                ("8462-4", rec.known("8462-4", "mm[Hg]"), dbp, "mm[Hg]")])
+
+
+def _daily_labs(rec: _Record, start: float, days: int) -> None:
+    """Daily labs at 06:00 UTC (the anchor being noon): CK, serum iron, WBC, CRP, creatinine; the NMS course
+    over the last ADMISSION_DAYS days, the first day's values before."""
+    ck = (140, 150, 135, 160, 1900, 6800, 9400)
+    iron = (18.0, 17.5, 18.2, 16.9, 9.8, 6.1, 5.4)
+    wbc = (7.2, 7.6, 8.1, 7.9, 11.8, 14.2, 13.9)
+    crp = (3.0, 2.8, 3.5, 4.1, 21.0, 45.0, 52.0)
+    creat = (0.9, 0.9, 1.0, 0.9, 1.2, 1.5, 1.6)
+    for day in range(days):
+        hours = start + 24 * day + 18
+        i = max(0, day - (days - ADMISSION_DAYS))
+        rec.lab_result("ck", "2157-6", hours, ck[i], "U/L", (30, 200))
+        rec.lab_result("iron", "14798-3", hours, iron[i], "umol/L", (13, 32))
+        rec.lab_result("wbc", "6690-2", hours, wbc[i], "10*9/L", (4, 11))
+        rec.lab_result("crp", "1988-5", hours, crp[i], "mg/L", (None, 5))
+        rec.lab_result("creatinine", "2160-0", hours, creat[i], "mg/dL", (0.7, 1.3))
+
+
 def admission_resources(days: int = ADMISSION_DAYS) -> list[JsonDict]:
     """Scenario 1's record: Patient, 10 MedicationRequests and ~200 Observations over a 7-day stay.
 
@@ -267,27 +295,9 @@ def admission_resources(days: int = ADMISSION_DAYS) -> list[JsonDict]:
                 118 + rng.randint(0, 6), 72 + rng.randint(0, 6))
         else:
             sbp, dbp = 116 + rng.randint(0, 8), 72 + rng.randint(0, 6)
-        rec.vital("temp", "8310-5", hours, temp, "Cel")
-        rec.vital("hr", "8867-4", hours, hr, "/min")
-        rec.vital("rr", "9279-1", hours, rr, "/min")
-        rec.observation("bp", "85354-9", rec.known("85354-9", "mm[Hg]"), hours, category="vital-signs",
-                        components=[("8480-6", rec.known("8480-6", "mm[Hg]"), sbp, "mm[Hg]"),
-                                    ("8462-4", rec.known("8462-4", "mm[Hg]"), dbp, "mm[Hg]")])
+        _vital_signs(rec, hours, temp, hr, rr, sbp, dbp)
 
-    # Daily labs at 06:00: CK, serum iron, WBC, CRP, creatinine.
-    ck = (140, 150, 135, 160, 1900, 6800, 9400)
-    iron = (18.0, 17.5, 18.2, 16.9, 9.8, 6.1, 5.4)
-    wbc = (7.2, 7.6, 8.1, 7.9, 11.8, 14.2, 13.9)
-    crp = (3.0, 2.8, 3.5, 4.1, 21.0, 45.0, 52.0)
-    creat = (0.9, 0.9, 1.0, 0.9, 1.2, 1.5, 1.6)
-    for day in range(days):
-        hours = start + 24 * day + 18  # 06:00 UTC, the anchor being noon
-        i = max(0, day - (days - ADMISSION_DAYS))
-        rec.lab_result("ck", "2157-6", hours, ck[i], "U/L", (30, 200))
-        rec.lab_result("iron", "14798-3", hours, iron[i], "umol/L", (13, 32))
-        rec.lab_result("wbc", "6690-2", hours, wbc[i], "10*9/L", (4, 11))
-        rec.lab_result("crp", "1988-5", hours, crp[i], "mg/L", (None, 5))
-        rec.lab_result("creatinine", "2160-0", hours, creat[i], "mg/dL", (0.7, 1.3))
+    _daily_labs(rec, start, days)
     return rec.resources
 
 
@@ -324,25 +334,8 @@ def icu_resources(days: int = ICU_DAYS, every_minutes: int = ICU_VITALS_EVERY_MI
             sbp, dbp = 118 + rng.randint(0, 6), 72 + rng.randint(0, 6)
         else:
             sbp, dbp = 116 + rng.randint(0, 8), 72 + rng.randint(0, 6)
-        rec.vital("temp", "8310-5", hours, temp, "Cel")
-        rec.vital("hr", "8867-4", hours, hr, "/min")
-        rec.vital("rr", "9279-1", hours, rr, "/min")
-        rec.observation("bp", "85354-9", rec.known("85354-9", "mm[Hg]"), hours, category="vital-signs",
-                        components=[("8480-6", rec.known("8480-6", "mm[Hg]"), sbp, "mm[Hg]"),
-                                    ("8462-4", rec.known("8462-4", "mm[Hg]"), dbp, "mm[Hg]")])
-    ck = (140, 150, 135, 160, 1900, 6800, 9400)
-    iron = (18.0, 17.5, 18.2, 16.9, 9.8, 6.1, 5.4)
-    wbc = (7.2, 7.6, 8.1, 7.9, 11.8, 14.2, 13.9)
-    crp = (3.0, 2.8, 3.5, 4.1, 21.0, 45.0, 52.0)
-    creat = (0.9, 0.9, 1.0, 0.9, 1.2, 1.5, 1.6)
-    for day in range(days):
-        hours = start + 24 * day + 18
-        i = max(0, day - (days - ADMISSION_DAYS))
-        rec.lab_result("ck", "2157-6", hours, ck[i], "U/L", (30, 200))
-        rec.lab_result("iron", "14798-3", hours, iron[i], "umol/L", (13, 32))
-        rec.lab_result("wbc", "6690-2", hours, wbc[i], "10*9/L", (4, 11))
-        rec.lab_result("crp", "1988-5", hours, crp[i], "mg/L", (None, 5))
-        rec.lab_result("creatinine", "2160-0", hours, creat[i], "mg/dL", (0.7, 1.3))
+        _vital_signs(rec, hours, temp, hr, rr, sbp, dbp)
+    _daily_labs(rec, start, days)
     return rec.resources
 
 
