@@ -8,6 +8,7 @@ cards and overrides per day (matplotlib, imported only here: never on the reques
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import time
@@ -15,6 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cds_service.store.base import ReportRows
 
@@ -81,6 +83,19 @@ def build(rows: ReportRows, *, since: float, now: float) -> Report:
     return report
 
 
+def as_json(r: Report) -> dict[str, Any]:
+    """The card report for dashboards: the same numbers as the tables."""
+    return {
+        "window": {"since": r.since.isoformat(), "until": r.until.isoformat()},
+        "cards": r.cards, "accepted": r.accepted, "overridden": r.overridden,
+        "by_indicator": {k: {"cards": n, **r.indicator_outcomes[k]} for k, n in r.by_indicator.items()},
+        "by_hook": dict(r.by_hook),
+        "by_rule": {k: {"cards": n, **r.rule_outcomes[k]} for k, n in r.by_rule.items()},
+        "override_reasons": dict(r.override_reasons),
+        "feedback_items": r.feedback_items, "unlinked_feedback": r.unlinked_feedback,
+    }
+
+
 def _pct(part: int, whole: int) -> str:
     return f"{100 * part / whole:5.1f} %" if whole else "    –  "
 
@@ -140,6 +155,50 @@ def render_png(r: Report, path: Path) -> None:
     plt.close(fig)
 
 
+def _clean(text: str) -> str:
+    """Client-supplied text for a terminal: control characters shown as escapes, never interpreted."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+def _outcome_records(args: argparse.Namespace, settings: Any) -> Any:
+    from cds_service.net.http import new_session
+    from cds_service.outcomes import records
+
+    if args.export:
+        directory = Path(args.export)
+        if not directory.is_dir():
+            raise ValueError(f"--export {args.export}: not a directory")
+        return records.from_export(directory)
+    token = Path(args.fhir_token_file).read_text(encoding="utf-8").strip() if args.fhir_token_file else None
+    limits = records.ServerLimits(settings.fhir_connect_timeout, settings.fhir_read_timeout,
+                                  max_pages=args.max_pages)
+    with new_session(settings.tls_trust()[0]) as session:
+        return records.from_server(args.fhir_base, session, limits, token)
+
+
+def run_outcomes(args: argparse.Namespace, rows: ReportRows, key: bytes, *, since: float, now: float) -> int:
+    import requests
+
+    from cds_service.audit import patient_token
+    from cds_service.config import Settings
+    from cds_service.outcomes import summary
+
+    settings = Settings()
+    try:
+        horizon = timedelta(seconds=parse_since(args.horizon))
+        found = _outcome_records(args, settings)
+    except (ValueError, OSError, requests.RequestException) as exc:
+        print(f"nms-cds report --outcomes: {_clean(str(exc))[:300]}", file=sys.stderr)
+        return 1
+    result = summary.build(rows.cards, found, since=since, until=now, horizon=horizon,
+                           token_of=lambda pid: patient_token(pid, key, opt_in=settings.audit_patient_ids))
+    if args.json:
+        sys.stdout.write(json.dumps(result.as_json(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        sys.stdout.write(summary.render_text(result, _clean))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from cds_service.config import Settings
     from cds_service.errors import StoreUnavailable
@@ -151,15 +210,23 @@ def run(args: argparse.Namespace) -> int:
         print(f"nms-cds report: {exc}", file=sys.stderr)
         return 2
     now = time.time()
+    if args.outcomes and not (args.export or args.fhir_base):
+        print("nms-cds report: --outcomes needs --export DIR or --fhir-base URL", file=sys.stderr)
+        return 2
     try:
         store = open_store(Settings())
-        rows = store.report_rows(now - window)
-        store.close()
+        try:
+            rows = store.report_rows(now - window)
+            key = store.hash_key() if args.outcomes else b""
+        finally:
+            store.close()
     except StoreUnavailable as exc:
         print(f"nms-cds report: store unavailable: {exc.cause}", file=sys.stderr)
         return 1
+    if args.outcomes:
+        return run_outcomes(args, rows, key, since=now - window, now=now)
     report = build(rows, since=now - window, now=now)
-    sys.stdout.write(render_text(report))
+    sys.stdout.write(json.dumps(as_json(report), indent=2) + "\n" if args.json else render_text(report))
     if args.png:
         try:
             render_png(report, Path(args.png))
@@ -192,6 +259,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("report", help="cards, rules and override rates from the card audit (for informaticists)")
     p.add_argument("--since", default="30d", help="window: 30d (default), 12h, 2w")
     p.add_argument("--png", metavar="FILE", help="also write a chart of cards and overrides per day")
+    p.add_argument("--json", action="store_true", help="print JSON (for dashboards) instead of tables")
+    p.add_argument("--outcomes", action="store_true",
+                   help="join the warning and critical cards to what followed in the record: PPV, firing rate, "
+                        "time to action (needs --export or --fhir-base)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--export", metavar="DIR", help="records from FHIR JSON / NDJSON files under DIR")
+    source.add_argument("--fhir-base", metavar="URL", help="records from this FHIR server (paged, capped)")
+    p.add_argument("--fhir-token-file", metavar="FILE", help="a bearer token for --fhir-base, read from FILE")
+    p.add_argument("--max-pages", type=int, default=50, help="pages read per resource type (default 50)")
+    p.add_argument("--horizon", default="14d", help="outcomes counted this long after a card: 14d (default)")
     p.set_defaults(func=run)
     p = sub.add_parser("purge", help="delete audit and feedback older than NMS_CDS_AUDIT_RETENTION_DAYS")
     p.set_defaults(func=purge)

@@ -18,6 +18,7 @@ from typing import Any
 
 from fhir.resources.R4B.allergyintolerance import AllergyIntolerance
 from fhir.resources.R4B.condition import Condition
+from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.medication import Medication
 from fhir.resources.R4B.medicationadministration import MedicationAdministration
 from fhir.resources.R4B.medicationrequest import MedicationRequest
@@ -31,6 +32,7 @@ __all__ = [
     "REASONS",
     "AllergyIntolerance",
     "Condition",
+    "Encounter",
     "Medication",
     "MedicationAdministration",
     "MedicationRequest",
@@ -46,6 +48,7 @@ __all__ = [
 MODELS: dict[str, type[FHIRAbstractModel]] = {
     "AllergyIntolerance": AllergyIntolerance,
     "Condition": Condition,
+    "Encounter": Encounter,
     "Medication": Medication,
     "MedicationAdministration": MedicationAdministration,
     "MedicationRequest": MedicationRequest,

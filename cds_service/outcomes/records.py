@@ -1,0 +1,133 @@
+"""The records the outcome report reads: every resource of the outcome and exposure types, grouped by the
+patient it literally references, from an export directory or from a FHIR server.
+
+An export directory holds FHIR JSON files (a Bundle, or one resource) and Bulk Data NDJSON files. A FHIR
+server is read type by type (``GET [base]/[type]?_count=``) following ``next`` links up to a page cap, each
+call with the service's connect and read timeouts. Every resource is checked with the R4 models; what cannot
+be read, or names no patient, is counted by reason, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from cds_service.fhir.models import parse
+
+TYPES = ("Condition", "MedicationRequest", "MedicationAdministration", "MedicationStatement", "Encounter",
+         "Medication")
+_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
+_MAX_FILE_BYTES = 256 * 1024 * 1024  # one export file; a larger one is refused, and counted
+
+
+@dataclass
+class Records:
+    """Resources by patient id, the Medications they may reference, and what could not be used."""
+
+    by_patient: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    medications: dict[str, dict[str, Any]] = field(default_factory=dict)  # "Medication/<id>" -> resource
+    unreadable: Counter[str] = field(default_factory=Counter)  # reason -> count
+    truncated: list[str] = field(default_factory=list)  # the types whose reading stopped at the page cap
+
+    def add(self, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            self.unreadable["not an object"] += 1
+            return
+        kind = raw.get("resourceType")
+        if kind not in TYPES:
+            return  # other types (Patient, Observation, ...) are not outcomes; not counted as unreadable
+        result = parse(raw)
+        if result.model is None:
+            self.unreadable[f"{kind}: {result.reason}"] += 1
+            return
+        if kind == "Medication":
+            self.medications[f"Medication/{raw.get('id')}"] = raw
+            return
+        patient = _patient_of(raw)
+        if patient is None:
+            self.unreadable[f"{kind}: no literal patient reference"] += 1
+            return
+        self.by_patient[patient].append(raw)
+
+
+def _patient_of(raw: Mapping[str, Any]) -> str | None:
+    for element in ("subject", "patient"):
+        ref = raw.get(element)
+        target = ref.get("reference") if isinstance(ref, Mapping) else None
+        if isinstance(target, str) and (match := _PATIENT_REF.search(target.strip())):
+            return match.group(1)
+    return None
+
+
+def _resources_in(document: Any) -> Iterator[Any]:
+    if isinstance(document, dict) and document.get("resourceType") == "Bundle":
+        for entry in document.get("entry") or []:
+            yield entry.get("resource") if isinstance(entry, dict) else entry
+    else:
+        yield document
+
+
+def from_export(directory: Path) -> Records:
+    """Every ``*.json`` and ``*.ndjson`` file under ``directory`` (recursively, in name order)."""
+    out = Records()
+    files = sorted(p for p in directory.rglob("*") if p.suffix in (".json", ".ndjson") and p.is_file())
+    for path in files:
+        if path.stat().st_size > _MAX_FILE_BYTES:
+            out.unreadable["export file over 256 MiB"] += 1
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        documents: list[Any] = []
+        try:
+            if path.suffix == ".ndjson":
+                documents = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                documents = [json.loads(text)]
+        except json.JSONDecodeError:
+            out.unreadable["export file not JSON"] += 1
+            continue
+        for document in documents:
+            for raw in _resources_in(document):
+                out.add(raw)
+    return out
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    connect_timeout: float
+    read_timeout: float
+    max_pages: int
+    page_size: int = 200
+
+
+def from_server(base: str, session: requests.Session, limits: ServerLimits, token: str | None = None) -> Records:
+    """Every resource of :data:`TYPES` on the server at ``base`` (paged, capped). Raises ``requests``'
+    exceptions on a transport failure and ``ValueError`` on an answer that is not a FHIR searchset."""
+    out = Records()
+    headers = {"Accept": "application/fhir+json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    for kind in TYPES:
+        url: str | None = f"{base.rstrip('/')}/{kind}?_count={limits.page_size}"
+        pages = 0
+        while url is not None:
+            if pages == limits.max_pages:
+                out.truncated.append(kind)
+                break
+            response = session.get(url, headers=headers, timeout=(limits.connect_timeout, limits.read_timeout))
+            response.raise_for_status()
+            bundle = response.json()
+            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+                raise ValueError(f"{kind} search did not answer with a Bundle")
+            pages += 1
+            for raw in _resources_in(bundle):
+                out.add(raw)
+            url = next((link.get("url") for link in bundle.get("link") or []
+                        if isinstance(link, dict) and link.get("relation") == "next"), None)
+    return out
