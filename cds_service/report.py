@@ -196,6 +196,15 @@ def run_outcomes(args: argparse.Namespace, rows: ReportRows, key: bytes, *, sinc
         sys.stdout.write(json.dumps(result.as_json(), indent=2, ensure_ascii=False) + "\n")
     else:
         sys.stdout.write(summary.render_text(result, _clean))
+    if args.png:
+        try:
+            from cds_service.outcomes.chart import render_png as outcome_png
+
+            outcome_png(result, Path(args.png))
+        except ImportError:
+            print("nms-cds report: --png needs matplotlib (pip install 'nms-cds[report]')", file=sys.stderr)
+            return 1
+        print(f"chart written to {args.png}", file=sys.stderr)
     return 0
 
 

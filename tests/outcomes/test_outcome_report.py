@@ -132,6 +132,12 @@ def test_the_command_line(served: tuple[list[Any], bytes, Path], tmp_path: Path,
     assert args.func(args) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["overall"]["ppv"]["numerator"] == 3
+    chart = tmp_path / "outcomes.png"
+    args = parser.parse_args(["report", "--outcomes", "--export", str(export), "--since", "520w",
+                              "--png", str(chart)])
+    assert args.func(args) == 0
+    assert chart.read_bytes().startswith(b"\x89PNG")
+    assert "Warning and critical cards:" in capsys.readouterr().out
     args = parser.parse_args(["report", "--outcomes", "--since", "520w"])
     assert args.func(args) == 2
     assert "--export DIR or --fhir-base URL" in capsys.readouterr().err
