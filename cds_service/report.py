@@ -172,7 +172,7 @@ def _outcome_records(args: argparse.Namespace, settings: Any) -> Any:
     token = Path(args.fhir_token_file).read_text(encoding="utf-8").strip() if args.fhir_token_file else None
     limits = records.ServerLimits(settings.fhir_connect_timeout, settings.fhir_read_timeout,
                                   max_pages=args.max_pages)
-    with new_session(settings.tls_trust()[0]) as session:
+    with new_session(settings.tls_trust[0]) as session:
         return records.from_server(args.fhir_base, session, limits, token)
 
 
