@@ -56,6 +56,8 @@ def offered(*, withdrawal_only: bool) -> list[models.OverrideReason]:
 
 def reason_code(system: str | None, code: str | None) -> str | None:
     """The project code of a feedback's override reason given with either code; else the code as given."""
+    if not code:
+        return None
     for r in reasons():
         if code == r.code and system in (None, OVERRIDE_SYSTEM):
             return r.code

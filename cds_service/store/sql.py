@@ -216,10 +216,10 @@ class SqlStore(ABC):
         def fn(cur: Cursor) -> ReportRows:
             rows = ReportRows()
             for r in cur.x("SELECT card_uuid, served_at, hook, service_id, hook_instance, indicator, score, rules, "
-                           "reasons, evidence, client_iss, patient FROM card_audit WHERE served_at >= ? "
-                           "ORDER BY served_at", (since,)).fetchall():
+                           "reasons, evidence, client_iss, patient, quiet_key, decisive FROM card_audit "
+                           "WHERE served_at >= ? ORDER BY served_at", (since,)).fetchall():
                 rows.cards.append(CardRecord(r[0], float(r[1]), r[2], r[3], r[4], r[5], r[6], _loads(r[7]),
-                                             _loads(r[8]), _loads(r[9]), r[10], r[11]))
+                                             _loads(r[8]), _loads(r[9]), r[10], r[11], r[12], r[13]))
             for r in cur.x("SELECT service_id, card_uuid, outcome, outcome_timestamp, received_at, "
                            "accepted_suggestions, override_code, override_system, client_iss FROM feedback "
                            "WHERE received_at >= ? ORDER BY id", (since,)).fetchall():
