@@ -43,11 +43,12 @@ def patient_token(patient_id: str | None, key: bytes, *, opt_in: bool) -> str | 
     return "hmac-sha256:" + hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
-def quiet_key(service_id: str, patient_id: str | None, key: bytes) -> str | None:
-    """The quiet period's lookup key: a keyed hash of (service, patient), never the id (no opt-in here)."""
+def quiet_key(service_id: str, patient_id: str | None, iss: str | None, key: bytes) -> str | None:
+    """The quiet period's lookup key: a keyed hash of (service, client, patient), never the id (no opt-in here).
+    The client's ``iss`` is part of it: patient ids are unique within one EHR only."""
     if not patient_id:
         return None
-    message = f"{service_id}\x00{patient_id}".encode()
+    message = f"{service_id}\x00{iss or ''}\x00{patient_id}".encode()
     return "quiet:" + hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 

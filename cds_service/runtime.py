@@ -74,7 +74,7 @@ class Runtime:
             return cards
         now = self.wall_clock()
         try:
-            key = audit.quiet_key(service_id, patient_id, self._hash_key())
+            key = audit.quiet_key(service_id, patient_id, iss, self._hash_key())
             rows = self.store.answered(key or "", since=now - period)
             answered = [quiet.Answered(r.card_uuid, quiet.Decisive.from_json(r.decisive), r.answered_at, r.outcome)
                         for r in rows]
@@ -114,7 +114,7 @@ class Runtime:
                 cards, served_at=self.wall_clock(), hook=hook, service_id=service_id, hook_instance=hook_instance,
                 score=report.score, rules=report.rules, reasons=report.reasons, evidence=report.evidence, iss=iss,
                 patient=audit.patient_token(patient_id, key, opt_in=self.settings.audit_patient_ids),
-                quiet=audit.quiet_key(service_id, patient_id, key),
+                quiet=audit.quiet_key(service_id, patient_id, iss, key),
                 decisive=report.decisive.to_json() if report.decisive is not None else None)
             self.store.record_cards(records)
         except StoreUnavailable as exc:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from cds_service.clinical import Assessment
@@ -68,13 +69,18 @@ class Decisive:
         return "decisive:" + hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()[:32]
 
 
+def _instant(t: datetime) -> str:
+    """One spelling per instant (a reading given with another offset is the same reading)."""
+    return (t.astimezone(UTC) if t.tzinfo is not None else t).isoformat()
+
+
 def decisive(a: Assessment) -> Decisive | None:
     """The decisive facts of ``a``'s card; None when it has no indicator (no card)."""
     if a.indicator is None:
         return None
     threshold = float(load().thresholds["hyperthermia"]["threshold_cel"])
     hyper = next((c for c in a.criteria if c.name == "hyperthermia"), None)
-    febrile = frozenset(r.time.isoformat() for r in (hyper.evidence if hyper else []) if r.value > threshold)
+    febrile = frozenset(_instant(r.time) for r in (hyper.evidence if hyper else []) if r.value > threshold)
     return Decisive(
         indicator=a.indicator,
         criteria=frozenset(c.name for c in a.criteria if c.met),

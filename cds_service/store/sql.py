@@ -27,7 +27,7 @@ from cds_service.store.base import (
 from cds_service.store.migrations import CREATE_TRACKING, MIGRATIONS
 
 T = TypeVar("T")
-MAX_DECISIVE = 8192  # a decisive-facts JSON longer than this is cut, and then read as no memory (fail open)
+MAX_DECISIVE = 65536  # a decisive-facts JSON longer than this is cut, then read as no memory (fail open)
 
 
 class Cursor:
@@ -111,7 +111,10 @@ class SqlStore(ABC):
                     "INSERT INTO card_audit (card_uuid, served_at, hook, service_id, hook_instance, indicator, "
                     "score, rules, reasons, evidence, client_iss, patient, quiet_key, decisive) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (card_uuid) DO NOTHING",
+                    # a card audited before the quiet period existed gets its memory at its next showing
+                    "ON CONFLICT (card_uuid) DO UPDATE SET quiet_key = excluded.quiet_key, "
+                    "decisive = excluded.decisive "
+                    "WHERE card_audit.quiet_key IS NULL AND excluded.quiet_key IS NOT NULL",
                     (clip(c.card_uuid), c.served_at, clip(c.hook), clip(c.service_id), clip(c.hook_instance),
                      clip(c.indicator), c.score, _dumps(clip_list(c.rules)), _dumps(clip_list(c.reasons, 512)),
                      _dumps(clip_list(c.evidence)), clip(c.client_iss), clip(c.patient), clip(c.quiet_key),
@@ -142,7 +145,9 @@ class SqlStore(ABC):
             rows = cur.x(
                 "SELECT c.card_uuid, c.decisive, max(f.received_at), "
                 "max(CASE WHEN f.outcome = 'overridden' THEN 'overridden' ELSE 'accepted' END) "
+                # only feedback from the client the card was shown to (or both without one: auth off)
                 "FROM card_audit c JOIN feedback f ON f.card_uuid = c.card_uuid AND f.service_id = c.service_id "
+                "AND (f.client_iss = c.client_iss OR (f.client_iss IS NULL AND c.client_iss IS NULL)) "
                 "WHERE c.quiet_key = ? AND c.decisive IS NOT NULL AND f.received_at >= ? "
                 "AND (f.outcome = 'accepted' OR (f.outcome = 'overridden' AND f.override_code IS NOT NULL)) "
                 "GROUP BY c.card_uuid, c.decisive", (clip(quiet_key), since)).fetchall()
