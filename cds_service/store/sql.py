@@ -65,8 +65,10 @@ class SqlStore(ABC):
         self._hash_key: bytes | None = None
 
     @abstractmethod
-    def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False) -> T:
-        """Run ``fn`` in one transaction (committed before returning); StoreUnavailable on any failure."""
+    def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
+             read_only: bool = False) -> T:
+        """Run ``fn`` in one transaction (committed before returning); StoreUnavailable on any failure.
+        ``read_only``: ``fn`` only reads (SQLite then does not queue for the write lock)."""
 
     # -- schema --------------------------------------------------------------------------------------
     def _migrate(self, cur: Cursor) -> list[int]:
@@ -153,7 +155,7 @@ class SqlStore(ABC):
                 "GROUP BY c.card_uuid, c.decisive", (clip(quiet_key), since)).fetchall()
             return [AnsweredRow(r[0], r[1], float(r[2]), r[3]) for r in rows]
 
-        return self._run(fn)
+        return self._run(fn, read_only=True)  # on the hook's path: never waits behind a writer
 
     def record_suppressed(self, items: Sequence[SuppressedRecord]) -> None:
         def fn(cur: Cursor) -> None:

@@ -132,14 +132,14 @@ class SqliteStore(SqlStore):
             conn.close()
 
     def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
-             wal: bool = False) -> T:
+             wal: bool = False, read_only: bool = False) -> T:
         try:
             conn = self._connection()
             if wal:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             cursor = conn.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")  # WAL: a reader never waits for the writer
             try:
                 result = fn(Cursor(cursor, "sqlite"))
                 cursor.execute("COMMIT")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from cds_service.store import FeedbackRecord
@@ -35,3 +36,19 @@ def test_a_second_process_closing_its_store_keeps_the_first_ones_writes(tmp_path
         assert rows == [("card-1",), ("card-2",)]
     finally:
         first.close()
+
+
+def test_the_quiet_period_look_up_does_not_wait_behind_a_writer(tmp_path: Path) -> None:
+    """The look-up is on the hook's path: while another connection holds the write lock it answers at once
+    (WAL readers never wait), instead of queueing for up to the store timeout."""
+    store = SqliteStore.in_dir(tmp_path, timeout=5.0)
+    writer = sqlite3.connect(tmp_path / FILENAME, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        assert store.answered("quiet:nobody", since=0) == []
+        assert time.monotonic() - started < 1.0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        store.close()
