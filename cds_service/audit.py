@@ -2,7 +2,9 @@
 
 :func:`audit_fields` reads an assessment (the rules that fired, the card's reasons, the evidence
 resource ids); :func:`card_records` combines them with the cards and the request. The patient id is
-stored as a keyed hash (HMAC-SHA256) unless the operator opts in with ``NMS_CDS_AUDIT_PATIENT_IDS``.
+stored as a keyed hash (HMAC-SHA256) unless the operator opts in with ``NMS_CDS_AUDIT_PATIENT_IDS``; the
+quiet period's key (:func:`quiet_key`, service and patient) and the card's decisive facts
+(:mod:`cds_service.services.quiet`) are always hashes and plain facts, never the patient id.
 """
 
 from __future__ import annotations
@@ -41,11 +43,21 @@ def patient_token(patient_id: str | None, key: bytes, *, opt_in: bool) -> str | 
     return "hmac-sha256:" + hmac.new(key, patient_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
+def quiet_key(service_id: str, patient_id: str | None, iss: str | None, key: bytes) -> str | None:
+    """The quiet period's lookup key: a keyed hash of (service, client, patient), never the id (no opt-in here).
+    The client's ``iss`` is part of it: patient ids are unique within one EHR only."""
+    if not patient_id:
+        return None
+    message = f"{service_id}\x00{iss or ''}\x00{patient_id}".encode()
+    return "quiet:" + hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
+
+
 def card_records(cards: Sequence[dict[str, Any]], *, served_at: float, hook: str, service_id: str,
                  hook_instance: str, score: int | None, rules: Sequence[str], reasons: Sequence[str],
-                 evidence: Sequence[str], iss: str | None, patient: str | None) -> list[CardRecord]:
+                 evidence: Sequence[str], iss: str | None, patient: str | None, quiet: str | None = None,
+                 decisive: str | None = None) -> list[CardRecord]:
     return [CardRecord(card_uuid=str(card.get("uuid")), served_at=served_at, hook=hook, service_id=service_id,
                        hook_instance=hook_instance, indicator=str(card.get("indicator")), score=score,
                        rules=tuple(rules), reasons=tuple(reasons), evidence=tuple(evidence), client_iss=iss,
-                       patient=patient)
+                       patient=patient, quiet_key=quiet, decisive=decisive)
             for card in cards if card.get("uuid")]

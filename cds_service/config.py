@@ -210,6 +210,10 @@ class Settings(BaseSettings):
         None, description="Pin the clinical clock (tests, demos and replay of recorded fixtures only)",
         json_schema_extra={"form": "an ISO 8601 date-time, e.g. 2026-11-24T12:00:00Z (UTC when no offset)"},
     )
+    quiet_period_hours: float = Field(
+        24.0, ge=0, le=24 * 30, description="patient-view and order-select do not repeat a card accepted or "
+        "overridden (with a reason) within this time, unless it worsens or a decisive finding is new; 0: off"
+    )
 
     @field_validator("environment", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ SAFE_EXTRA = (
     "prefetch", "fhir_requests", "fhir_server", "indicator", "score", "timings_ms", "iss", "jti",
     "reason", "error", "feedback_items", "feedback_new", "patient_id", "tenant", "remote",
     "route", "origin", "allowed", "problems", "front", "workers", "threads", "bind",
+    "suppressed", "card", "answered_card", "until",
 )
 
 

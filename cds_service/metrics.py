@@ -65,6 +65,12 @@ def _m() -> dict[str, Any]:
                                    ["kind", "reason"]),
                 overruns=Counter("nms_cds_request_overruns",
                                  "Requests stopped at NMS_CDS_REQUEST_TIMEOUT_SECONDS (answered 503)"),
+                suppressed=Counter("nms_cds_cards_suppressed",
+                                   "Cards not shown again within the quiet period, by service and hook",
+                                   ["service", "hook"]),
+                quiet_failures=Counter("nms_cds_quiet_store_failures",
+                                       "Quiet-period look-ups that failed: the card was shown (fail open)",
+                                       ["hook"]),
             )
     return _metrics
 
@@ -82,6 +88,14 @@ def observe_hook(service: str, hook: str, seconds: float, indicators: list[str])
     m["hook_seconds"].labels(service, hook).observe(seconds)
     for indicator in indicators:
         m["cards"].labels(service, hook, indicator).inc()
+
+
+def card_suppressed(service: str, hook: str) -> None:
+    _m()["suppressed"].labels(service, hook).inc()
+
+
+def quiet_store_failure(hook: str) -> None:
+    _m()["quiet_failures"].labels(hook).inc()
 
 
 _REASON_CUT = re.compile(r"[:'\"(\[{].*$", re.DOTALL)

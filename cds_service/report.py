@@ -1,7 +1,8 @@
 """``nms-cds report``: what a clinical informaticist reviews each month, from the card audit and feedback.
 
 Prints cards per indicator, hook and rule; acceptance and override rates overall, per rule and per
-override reason; feedback that does not match an audited card. ``--png FILE`` writes a chart of
+override reason; feedback that does not match an audited card; repeats not shown within the quiet
+period, per hook. ``--png FILE`` writes a chart of
 cards and overrides per day (matplotlib, imported only here: never on the request path).
 """
 
@@ -18,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cds_service.services.override_reasons import reason_code
 from cds_service.store.base import ReportRows
 
 _SINCE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
@@ -49,6 +51,8 @@ class Report:
     unlinked_feedback: int = 0  # feedback for a card not in the audit of this window
     cards_per_day: Counter[date] = field(default_factory=Counter)
     overrides_per_day: Counter[date] = field(default_factory=Counter)
+    suppressed: int = 0  # repeats not shown within the quiet period
+    suppressed_by_hook: Counter[str] = field(default_factory=Counter)
 
 
 def _day(epoch: float) -> date:
@@ -65,8 +69,12 @@ def build(rows: ReportRows, *, since: float, now: float) -> Report:
         if f.card_uuid not in audited:
             report.unlinked_feedback += 1
         if f.outcome == "overridden":
-            report.override_reasons[f.override_code or "(no reason given)"] += 1
+            # either code of a reason (the CDS Hooks 3.0 one or the project's) counts as that reason
+            report.override_reasons[reason_code(f.override_system, f.override_code) or "(no reason given)"] += 1
             report.overrides_per_day[_day(f.received_at)] += 1
+    for sup in rows.suppressed:
+        report.suppressed += 1
+        report.suppressed_by_hook[sup.hook] += 1
     for c in rows.cards:
         report.cards += 1
         report.by_indicator[c.indicator] += 1
@@ -121,6 +129,9 @@ def render_text(r: Report) -> str:
     lines += ["", f"{'Override reason':<28}{'count':>7}{'of overrides':>14}"]
     for name, n in r.override_reasons.most_common():
         lines.append(f"{name[:27]:<28}{n:>7}{_pct(n, total_overrides):>14}")
+    if r.suppressed:
+        lines += ["", f"{'Repeats not shown (quiet)':<28}{'cards':>7}"]
+        lines += [f"{name:<28}{n:>7}" for name, n in r.suppressed_by_hook.most_common()]
     lines += ["", f"Feedback items: {r.feedback_items}; for cards not in this window's audit: {r.unlinked_feedback}"]
     return "\n".join(lines) + "\n"
 

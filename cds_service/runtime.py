@@ -10,16 +10,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cds_service import audit
+from cds_service import audit, metrics
 from cds_service.auth import Authenticator
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import StoreUnavailable
 from cds_service.fhir.client import QueryPool
+from cds_service.services import quiet
 from cds_service.services.engine import CallReport, CdsService, Engine
 from cds_service.services.order_select import OrderSelectPolicy
 from cds_service.services.order_sign import OrderSignPolicy
 from cds_service.services.patient_view import PatientViewPolicy
-from cds_service.store import ReplayGuard, Store, open_replay_guard, open_store
+from cds_service.store import ReplayGuard, Store, SuppressedRecord, open_replay_guard, open_store
 
 log = logging.getLogger("cds_service.store")
 PURGE_INTERVAL_SECONDS = 3600.0
@@ -60,18 +61,61 @@ class Runtime:
         return cls(settings=settings, services=services, pool=pool, store=store, replay=replay,
                    authenticator=authenticator, clock=clock)
 
+    def _hash_key(self) -> bytes:
+        return (self.settings.audit_hash_key.get_secret_value().encode("utf-8")
+                if self.settings.audit_hash_key is not None else self.store.hash_key())
+
+    def quiet_cards(self, cards: list[dict[str, Any]], *, hook: str, service_id: str, hook_instance: str,
+                    patient_id: str | None, report: CallReport, iss: str | None) -> list[dict[str, Any]]:
+        """The cards to answer: none when the clinician answered the same card within the quiet period
+        (services/quiet.py). Fails open: a store failure shows the card and counts a metric, never a 500."""
+        period = self.settings.quiet_period_hours * 3600.0
+        if not cards or hook not in quiet.QUIET_HOOKS or period <= 0 or report.decisive is None or not patient_id:
+            return cards
+        now = self.wall_clock()
+        try:
+            key = audit.quiet_key(service_id, patient_id, iss, self._hash_key())
+            rows = self.store.answered(key or "", since=now - period)
+            answered = [quiet.Answered(r.card_uuid, quiet.Decisive.from_json(r.decisive), r.answered_at, r.outcome)
+                        for r in rows]
+        except Exception as exc:  # fail open on anything: a store that cannot answer never hides a card
+            cause = exc.cause if isinstance(exc, StoreUnavailable) else type(exc).__name__
+            log.error("quiet period not checked: card shown", extra={"event": "quiet-failed", "error": cause})
+            metrics.quiet_store_failure(hook)
+            return cards
+        decision = quiet.decide(report.decisive, answered, now=now, period_seconds=period)
+        if not decision.suppress or decision.answered is None or decision.until is None:
+            return cards
+        until = decision.until
+        records = [SuppressedRecord(suppressed_at=now, hook=hook, service_id=service_id, hook_instance=hook_instance,
+                                    card_uuid=str(card.get("uuid")), indicator=str(card.get("indicator")),
+                                    answered_card_uuid=decision.answered.card_uuid, reason=decision.reason,
+                                    until=until, client_iss=iss) for card in cards]
+        try:
+            self.store.record_suppressed(records)
+        except StoreUnavailable as exc:  # the decision stands (it was read from the store); its audit row is lost
+            log.error("suppressed card not audited", extra={"event": "audit-failed", "error": exc.cause})
+        for record in records:
+            log.info("card suppressed (quiet period)", extra={
+                "event": "card-suppressed", "service": service_id, "card": record.card_uuid,
+                "indicator": record.indicator, "answered_card": record.answered_card_uuid,
+                "reason": decision.reason, "until": datetime.fromtimestamp(until, UTC).isoformat()})
+            metrics.card_suppressed(service_id, hook)
+        return []
+
     def audit_cards(self, cards: Sequence[dict[str, Any]], *, hook: str, service_id: str, hook_instance: str,
                     patient_id: str | None, report: CallReport, iss: str | None) -> int:
         """Record every card served; a store failure is logged, the cards are still answered."""
         if not cards:
             return 0
         try:
-            key = (self.settings.audit_hash_key.get_secret_value().encode("utf-8")
-                   if self.settings.audit_hash_key is not None else self.store.hash_key())
+            key = self._hash_key()
             records = audit.card_records(
                 cards, served_at=self.wall_clock(), hook=hook, service_id=service_id, hook_instance=hook_instance,
                 score=report.score, rules=report.rules, reasons=report.reasons, evidence=report.evidence, iss=iss,
-                patient=audit.patient_token(patient_id, key, opt_in=self.settings.audit_patient_ids))
+                patient=audit.patient_token(patient_id, key, opt_in=self.settings.audit_patient_ids),
+                quiet=audit.quiet_key(service_id, patient_id, iss, key),
+                decisive=report.decisive.to_json() if report.decisive is not None else None)
             self.store.record_cards(records)
         except StoreUnavailable as exc:
             log.error("card audit not written", extra={"event": "audit-failed", "error": exc.cause})

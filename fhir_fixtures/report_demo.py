@@ -20,7 +20,7 @@ from cds_service import report
 from cds_service.app import create_app
 from cds_service.config import Settings
 from cds_service.devtools import fixtures
-from cds_service.services.cards import OVERRIDE_REASONS
+from cds_service.services.override_reasons import OVERRIDE_REASONS, OVERRIDE_SYSTEM
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ END = datetime(2026, 11, 30, 18, 0, tzinfo=UTC)
 DAYS = 30
 # (accepted, overridden) shares of cards per indicator; the rest get no feedback
 SHARES = {"critical": (0.55, 0.30), "warning": (0.30, 0.50), "info": (0.05, 0.35)}
-REASON_WEIGHTS = (1, 4, 3, 5, 1)  # in the order of cds_service.services.cards.OVERRIDE_REASONS
+REASON_WEIGHTS = (1, 4, 3, 5, 1)  # in the order of cds_service.services.override_reasons.OVERRIDE_REASONS
 
 
 def main() -> int:
@@ -63,8 +63,7 @@ def main() -> int:
                 else:
                     code = rng.choices([c for c, _ in OVERRIDE_REASONS], weights=REASON_WEIGHTS)[0]
                     item |= {"outcome": "overridden",
-                             "overrideReason": {"reason": {"code": code,
-                                                           "system": card["overrideReasons"][0]["system"]}}}
+                             "overrideReason": {"reason": {"code": code, "system": OVERRIDE_SYSTEM}}}
                 client.post("/cds-services/nms-order-sign/feedback", json={"feedback": [item]})
     since = start.timestamp()
     built = report.build(rt.store.report_rows(since), since=since, now=END.timestamp())

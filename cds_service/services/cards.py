@@ -17,23 +17,17 @@ from cds_service.clinical.valuesets import LOINC, load
 from cds_service.protocol import models
 from cds_service.services.markup import md, plain, ref
 
+# OVERRIDE_REASONS and OVERRIDE_SYSTEM are re-exported: they were defined here before the reasons became data
+from cds_service.services.override_reasons import OVERRIDE_REASONS as OVERRIDE_REASONS
+from cds_service.services.override_reasons import OVERRIDE_SYSTEM as OVERRIDE_SYSTEM
+from cds_service.services.override_reasons import offered
+
 CARD_NAMESPACE = uuid.UUID("6f1c1e52-3c1b-4a8e-9a55-2f0c7f4b9d10")
 IEC_URL = "https://pubmed.ncbi.nlm.nih.gov/21733489/"
 SEED_URL = "https://doi.org/10.1503/cmaj.091442"
-OVERRIDE_SYSTEM = "https://github.com/nms-cds/nms-cds/override-reason"
 SOURCE_LABEL = "nms-cds: NMS pattern check (IEC consensus criteria)"
 SUMMARY_LIMIT = 139  # "<140 characters"
 
-OVERRIDE_REASONS = (
-    ("nms-excluded-at-bedside", "NMS excluded at the bedside (no rigidity or mental status change)"),
-    ("other-cause-identified", "Another cause of fever or CK rise has been identified"),
-    ("benefit-outweighs-risk", "Benefit of the dopamine antagonist outweighs the risk; monitoring in place"),
-    ("already-managed", "Already recognised and being managed"),
-    ("data-incorrect", "The data shown are incorrect or outdated"),
-)
-# A card for dopaminergic withdrawal alone names no dopamine antagonist.
-_WITHDRAWAL_REASONS = {"benefit-outweighs-risk": "Stopping the dopaminergic drug was intended; its withdrawal is "
-                       "being monitored"}
 _LAB_LABELS = {"2157-6": "CK", "2498-4": "serum iron", "6690-2": "WBC", "2160-0": "creatinine",
                "2823-3": "potassium", "14798-3": "serum iron", "1988-5": "CRP"}
 
@@ -347,11 +341,9 @@ _LINKS = (
     models.Link(label="NMS: a neuroimmunologic hypothesis (Anglin 2010, serum iron)", url=SEED_URL, type="absolute"),
 )
 
-# The override reasons offered: the usual ones, and those of a card for dopaminergic withdrawal alone.
-_OVERRIDES = {withdrawal_only: tuple(
-    models.OverrideReason(system=OVERRIDE_SYSTEM, code=c,
-                          display=_WITHDRAWAL_REASONS.get(c, d) if withdrawal_only else d)
-    for c, d in OVERRIDE_REASONS) for withdrawal_only in (False, True)}
+# The override reasons offered (data: services/data/override-reasons.tsv): the usual ones, and those of a card
+# for dopaminergic withdrawal alone.
+_OVERRIDES = {withdrawal_only: tuple(offered(withdrawal_only=withdrawal_only)) for withdrawal_only in (False, True)}
 
 
 def build_card(a: Assessment, hook_instance: str, patient_id: str,

@@ -37,6 +37,7 @@ from cds_service.fhir.prefetch import KeyData, resolve
 from cds_service.fhir.scope import restrict
 from cds_service.protocol.models import ServiceDefinition
 from cds_service.protocol.parse import HookRequest
+from cds_service.services.quiet import Decisive, decisive
 from cds_service.services.templates import fhir_reads, prefetch_templates
 
 log = logging.getLogger("cds_service.engine")
@@ -71,6 +72,7 @@ class CallReport:
     rules: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
+    decisive: Decisive | None = None  # the card's decisive facts, for the quiet period (services/quiet.py)
 
 
 @dataclass
@@ -140,6 +142,7 @@ class Engine:
         inp = self.extract(gathered, policy.exposure_drafts(req), req)
         assessment = assess(inp)
         report.rules, report.reasons, report.evidence = audit_fields(assessment)
+        report.decisive = decisive(assessment)
         report.fhir_requests = gathered.client.requests_made if gathered.client else 0
         cards = policy.cards(assessment, req, gathered)
         answered = cards[0].get("indicator") if cards else None  # what the clinician sees, after the policy

@@ -9,7 +9,8 @@ same suggestions (remove the selected draft, order the missing labs). The ``info
 card is kept for signing: the sandbox and EHRs fire ``order-select`` at every change of the order form.
 
 Card uuids come from the evidence and the selection (:mod:`cds_service.services.repeat`), so repeated
-``order-select`` calls for the same pick show the same card.
+``order-select`` calls for the same pick show the same card; once answered, it stays quiet for the quiet
+period (:mod:`cds_service.services.quiet`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ Suggestions (the clinician chooses; nothing is applied without a click, no ``sys
   drug is the bedside team's decision after assessing rigidity and mental status.
 
 Cards are identified by their evidence (:mod:`cds_service.services.repeat`): repeated openings of the
-same chart with the same evidence show the same card with the same uuid.
+same chart with the same evidence show the same card with the same uuid; a card the clinician answered is not
+shown again within the quiet period unless it worsens or a decisive finding is new
+(:mod:`cds_service.services.quiet`).
 """
 
 from __future__ import annotations

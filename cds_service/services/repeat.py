@@ -1,19 +1,24 @@
-"""Repeated cards without memory: a card's uuid is derived from the evidence it shows.
+"""Repeated cards: a card's uuid is derived from the evidence it shows.
 
-A chart is opened many times a day and ``patient-view`` fires each time. The service keeps nothing
-between calls; instead the card uuid (and each suggestion uuid) is a name-based uuid5 of the service id,
-the patient id, the indicator and the evidence the card shows: the exposures (reference, ingredient,
-status), the readings behind each criterion and finding (reference, code, time, value), the NMS history
-items, the reasons for the card, the alternative causes weighed and what could not be retrieved. So:
+A chart is opened many times a day and ``patient-view`` fires each time. The card uuid (and each suggestion
+uuid) is a name-based uuid5 of the service id, the patient id, the indicator and the evidence the card shows:
+the exposures (reference, ingredient, status), the readings behind each criterion and finding (reference,
+code, time, value), the NMS history items, the reasons for the card, the alternative causes weighed and what
+could not be retrieved. So:
 
 - the first, second and third opening of the same chart with the same evidence give the *same* card:
   same uuid, same text, same indicator, never escalated, never duplicated (CDS clients replace the cards
-  of the previous invocation of the same service);
-- anything new in the evidence (another febrile reading, a new CK, the order put on hold) gives a new uuid,
-  so the client shows it as a new card and feedback on the old one does not silence the new one;
-- feedback on any opening refers to the same uuid, and the store's card audit (keyed by card uuid) records
-  a repeated card once, at its first showing; the uuid is a one-way hash, not patient data. The store is
-  never consulted to hide a card.
+  of the previous invocation of the same service), and an EHR can recognise the repeat;
+- anything in the evidence that changes (another febrile reading, a new CK, a newer normal vital sign, the
+  order put on hold) gives a new uuid;
+- the store's card audit (keyed by card uuid) records a repeated card once, at its first showing; the uuid is
+  a one-way hash, not patient data.
+
+Whether a card is *shown* again after the clinician answered it (feedback accepted, or overridden with a
+reason) is not decided here: the quiet period (:mod:`cds_service.services.quiet`, applied by the runtime
+with what the store remembers) keys on something coarser than this uuid — a keyed hash of service and patient
+plus the card's *decisive* facts — so that a merely newer reading, which changes the uuid, does not bring the
+card back, while a worse verdict or a new decisive finding does.
 
 The ``now`` of the call is not part of the key: only what the card shows is.
 """

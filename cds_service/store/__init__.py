@@ -1,4 +1,4 @@
-"""Persistent, shared state: card audit, card feedback and the JWT replay cache.
+"""Persistent, shared state: card audit, card feedback, the quiet period's memory and the JWT replay cache.
 
 :func:`open_store` picks the backend from the settings: PostgreSQL when ``NMS_CDS_DATABASE_URL`` is
 set, else the SQLite file under ``NMS_CDS_DATA_DIR``; :func:`open_replay_guard` puts the replay cache
@@ -8,7 +8,16 @@ in Redis when ``NMS_CDS_REDIS_URL`` is set, else in that store. See docs/operati
 from __future__ import annotations
 
 from cds_service.config import Settings
-from cds_service.store.base import CardRecord, FeedbackRecord, ReplayGuard, ReplayVerdict, ReportRows, Store
+from cds_service.store.base import (
+    AnsweredRow,
+    CardRecord,
+    FeedbackRecord,
+    ReplayGuard,
+    ReplayVerdict,
+    ReportRows,
+    Store,
+    SuppressedRecord,
+)
 from cds_service.store.memory import ReplayCache
 
 
@@ -35,6 +44,7 @@ def open_replay_guard(settings: Settings, store: Store) -> ReplayGuard:
 
 
 __all__ = [
+    "AnsweredRow",
     "CardRecord",
     "FeedbackRecord",
     "ReplayCache",
@@ -42,6 +52,7 @@ __all__ = [
     "ReplayVerdict",
     "ReportRows",
     "Store",
+    "SuppressedRecord",
     "open_replay_guard",
     "open_store",
 ]

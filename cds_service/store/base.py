@@ -43,6 +43,8 @@ class CardRecord:
     evidence: tuple[str, ...] = ()  # ids of the evidence resources ("Observation/t1", "MedicationRequest/d")
     client_iss: str | None = None
     patient: str | None = None  # keyed hash of patientId, or the id itself when the operator opted in
+    quiet_key: str | None = None  # keyed hash of (service id, patientId): the quiet period's lookup key
+    decisive: str | None = None  # the card's decisive facts (JSON, services/quiet.py): no patient ids
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,39 @@ class FeedbackRecord:
     client_iss: str | None = None
 
 
+@dataclass(frozen=True)
+class SuppressedRecord:
+    """A card not shown again within the quiet period: which, why, until when (no patient data)."""
+
+    suppressed_at: float
+    hook: str
+    service_id: str
+    hook_instance: str
+    card_uuid: str
+    indicator: str
+    answered_card_uuid: str  # the card whose feedback opened the quiet period
+    reason: str
+    until: float
+    client_iss: str | None = None
+
+
+@dataclass(frozen=True)
+class AnsweredRow:
+    """A card of one quiet key answered by feedback (accepted, or overridden with a reason)."""
+
+    card_uuid: str
+    decisive: str
+    answered_at: float
+    outcome: str
+
+
 @dataclass
 class ReportRows:
     """What ``nms-cds report`` aggregates (rows since a time)."""
 
     cards: list[CardRecord] = field(default_factory=list)
     feedback: list[FeedbackRecord] = field(default_factory=list)
+    suppressed: list[SuppressedRecord] = field(default_factory=list)
 
 
 class ReplayGuard(Protocol):
@@ -100,3 +129,12 @@ class Store(ReplayGuard, Protocol):
         ...
 
     def report_rows(self, since: float) -> ReportRows: ...
+
+    def answered(self, quiet_key: str, since: float) -> list[AnsweredRow]:
+        """Cards audited under ``quiet_key`` with feedback received since ``since``: accepted, or overridden
+        with a reason (the newest such feedback per card)."""
+        ...
+
+    def record_suppressed(self, items: Sequence[SuppressedRecord]) -> None:
+        """Audit cards not shown again within the quiet period."""
+        ...

@@ -68,6 +68,25 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE replay_issuer (iss TEXT PRIMARY KEY, entries INTEGER NOT NULL)",
         "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )),
+    Migration(2, "quiet period: what a card was about, and the cards not shown again", (
+        # keyed hash of (service id, patient id): never the id itself, whatever NMS_CDS_AUDIT_PATIENT_IDS says
+        "ALTER TABLE card_audit ADD COLUMN quiet_key TEXT",
+        "ALTER TABLE card_audit ADD COLUMN decisive TEXT",  # the decisive facts (services/quiet.py), JSON
+        "CREATE INDEX card_audit_quiet_key ON card_audit (quiet_key)",
+        """CREATE TABLE card_suppressed (
+            id {serial},
+            suppressed_at {real} NOT NULL,
+            hook TEXT NOT NULL,
+            service_id TEXT NOT NULL,
+            hook_instance TEXT NOT NULL,
+            card_uuid TEXT NOT NULL,
+            indicator TEXT NOT NULL,
+            answered_card_uuid TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            until {real} NOT NULL,
+            client_iss TEXT)""",
+        "CREATE INDEX card_suppressed_at ON card_suppressed (suppressed_at)",
+    )),
 )
 
 CREATE_TRACKING = (

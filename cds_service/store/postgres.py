@@ -97,7 +97,8 @@ class PostgresStore(SqlStore):
             with contextlib.suppress(psycopg.Error):  # closing a broken connection
                 conn.close()
 
-    def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False) -> T:
+    def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
+             read_only: bool = False) -> T:
         for attempt in (1, 2):
             reused = False
             conn: psycopg.Connection[Any] | None = None

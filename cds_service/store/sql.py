@@ -14,10 +14,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from cds_service.store.base import CardRecord, FeedbackRecord, ReplayVerdict, ReportRows, clip, clip_list
+from cds_service.store.base import (
+    AnsweredRow,
+    CardRecord,
+    FeedbackRecord,
+    ReplayVerdict,
+    ReportRows,
+    SuppressedRecord,
+    clip,
+    clip_list,
+)
 from cds_service.store.migrations import CREATE_TRACKING, MIGRATIONS
 
 T = TypeVar("T")
+MAX_DECISIVE = 65536  # a decisive-facts JSON longer than this is cut, then read as no memory (fail open)
 
 
 class Cursor:
@@ -55,8 +65,10 @@ class SqlStore(ABC):
         self._hash_key: bytes | None = None
 
     @abstractmethod
-    def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False) -> T:
-        """Run ``fn`` in one transaction (committed before returning); StoreUnavailable on any failure."""
+    def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
+             read_only: bool = False) -> T:
+        """Run ``fn`` in one transaction (committed before returning); StoreUnavailable on any failure.
+        ``read_only``: ``fn`` only reads (SQLite then does not queue for the write lock)."""
 
     # -- schema --------------------------------------------------------------------------------------
     def _migrate(self, cur: Cursor) -> list[int]:
@@ -99,11 +111,16 @@ class SqlStore(ABC):
             for c in cards:
                 cur.x(
                     "INSERT INTO card_audit (card_uuid, served_at, hook, service_id, hook_instance, indicator, "
-                    "score, rules, reasons, evidence, client_iss, patient) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (card_uuid) DO NOTHING",
+                    "score, rules, reasons, evidence, client_iss, patient, quiet_key, decisive) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    # a card audited before the quiet period existed gets its memory at its next showing
+                    "ON CONFLICT (card_uuid) DO UPDATE SET quiet_key = excluded.quiet_key, "
+                    "decisive = excluded.decisive "
+                    "WHERE card_audit.quiet_key IS NULL AND excluded.quiet_key IS NOT NULL",
                     (clip(c.card_uuid), c.served_at, clip(c.hook), clip(c.service_id), clip(c.hook_instance),
                      clip(c.indicator), c.score, _dumps(clip_list(c.rules)), _dumps(clip_list(c.reasons, 512)),
-                     _dumps(clip_list(c.evidence)), clip(c.client_iss), clip(c.patient)))
+                     _dumps(clip_list(c.evidence)), clip(c.client_iss), clip(c.patient), clip(c.quiet_key),
+                     clip(c.decisive, MAX_DECISIVE)))
 
         if cards:
             self._run(fn)
@@ -124,6 +141,33 @@ class SqlStore(ABC):
             return new
 
         return self._run(fn, durable=True)
+
+    def answered(self, quiet_key: str, since: float) -> list[AnsweredRow]:
+        def fn(cur: Cursor) -> list[AnsweredRow]:
+            rows = cur.x(
+                "SELECT c.card_uuid, c.decisive, max(f.received_at), "
+                "max(CASE WHEN f.outcome = 'overridden' THEN 'overridden' ELSE 'accepted' END) "
+                # only feedback from the client the card was shown to (or both without one: auth off)
+                "FROM card_audit c JOIN feedback f ON f.card_uuid = c.card_uuid AND f.service_id = c.service_id "
+                "AND (f.client_iss = c.client_iss OR (f.client_iss IS NULL AND c.client_iss IS NULL)) "
+                "WHERE c.quiet_key = ? AND c.decisive IS NOT NULL AND f.received_at >= ? "
+                "AND (f.outcome = 'accepted' OR (f.outcome = 'overridden' AND f.override_code IS NOT NULL)) "
+                "GROUP BY c.card_uuid, c.decisive", (clip(quiet_key), since)).fetchall()
+            return [AnsweredRow(r[0], r[1], float(r[2]), r[3]) for r in rows]
+
+        return self._run(fn, read_only=True)  # on the hook's path: never waits behind a writer
+
+    def record_suppressed(self, items: Sequence[SuppressedRecord]) -> None:
+        def fn(cur: Cursor) -> None:
+            for s in items:
+                cur.x("INSERT INTO card_suppressed (suppressed_at, hook, service_id, hook_instance, card_uuid, "
+                      "indicator, answered_card_uuid, reason, until, client_iss) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                      (s.suppressed_at, clip(s.hook), clip(s.service_id), clip(s.hook_instance), clip(s.card_uuid),
+                       clip(s.indicator), clip(s.answered_card_uuid), clip(s.reason, 512), s.until,
+                       clip(s.client_iss)))
+
+        if items:
+            self._run(fn)
 
     def claim(self, iss: str, jti: str, until: float, now: float) -> ReplayVerdict | None:
         def fn(cur: Cursor) -> ReplayVerdict | None:
@@ -157,7 +201,8 @@ class SqlStore(ABC):
         def old(cur: Cursor) -> dict[str, int]:
             cards = cur.x("DELETE FROM card_audit WHERE served_at < ?", (before,)).rowcount
             feedback = cur.x("DELETE FROM feedback WHERE received_at < ?", (before,)).rowcount
-            return {"cards": max(cards, 0), "feedback": max(feedback, 0)}
+            suppressed = cur.x("DELETE FROM card_suppressed WHERE suppressed_at < ?", (before,)).rowcount
+            return {"cards": max(cards, 0), "feedback": max(feedback, 0), "suppressed": max(suppressed, 0)}
 
         counts = self._run(old)
         issuers = [r[0] for r in self._run(lambda cur: cur.x("SELECT iss FROM replay_issuer").fetchall())]
@@ -178,15 +223,20 @@ class SqlStore(ABC):
         def fn(cur: Cursor) -> ReportRows:
             rows = ReportRows()
             for r in cur.x("SELECT card_uuid, served_at, hook, service_id, hook_instance, indicator, score, rules, "
-                           "reasons, evidence, client_iss, patient FROM card_audit WHERE served_at >= ? "
-                           "ORDER BY served_at", (since,)).fetchall():
+                           "reasons, evidence, client_iss, patient, quiet_key, decisive FROM card_audit "
+                           "WHERE served_at >= ? ORDER BY served_at", (since,)).fetchall():
                 rows.cards.append(CardRecord(r[0], float(r[1]), r[2], r[3], r[4], r[5], r[6], _loads(r[7]),
-                                             _loads(r[8]), _loads(r[9]), r[10], r[11]))
+                                             _loads(r[8]), _loads(r[9]), r[10], r[11], r[12], r[13]))
             for r in cur.x("SELECT service_id, card_uuid, outcome, outcome_timestamp, received_at, "
                            "accepted_suggestions, override_code, override_system, client_iss FROM feedback "
                            "WHERE received_at >= ? ORDER BY id", (since,)).fetchall():
                 rows.feedback.append(FeedbackRecord(r[0], r[1], r[2], r[3], float(r[4]), _loads(r[5]), r[6], r[7],
                                                     r[8]))
+            for r in cur.x("SELECT suppressed_at, hook, service_id, hook_instance, card_uuid, indicator, "
+                           "answered_card_uuid, reason, until, client_iss FROM card_suppressed "
+                           "WHERE suppressed_at >= ? ORDER BY id", (since,)).fetchall():
+                rows.suppressed.append(SuppressedRecord(float(r[0]), r[1], r[2], r[3], r[4], r[5], r[6], r[7],
+                                                        float(r[8]), r[9]))
             return rows
 
         return self._run(fn)

@@ -13,6 +13,7 @@ silently recreated empty database. (A connection per operation would be simpler 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -80,9 +81,18 @@ class SqliteStore(SqlStore):
         ``PRAGMA journal_mode=WAL`` answers SQLITE_BUSY at once, without waiting for the busy timeout, while
         another connection is switching the same new file: workers starting together serialise the whole
         set-up on an advisory ``flock`` of the database file (independent of SQLite's own locks), waited for
-        up to the store timeout."""
+        up to the store timeout.
+
+        The ``flock`` is taken on a sibling ``.lock`` file, never on the database file: closing any descriptor of
+        the database file drops every POSIX lock this process holds on it, SQLite's shared lock included, and
+        another process closing its last connection would then believe itself alone, checkpoint and *delete* the
+        WAL file that this process still writes to (its writes were lost: a replica started next to a running one
+        did exactly that). The database file is created here only when it does not exist yet (no connection of
+        this process can be open on a file that did not exist)."""
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
         except OSError as exc:
             raise StoreUnavailable(f"the SQLite database file cannot be opened ({type(exc).__name__})") from None
         try:
@@ -122,14 +132,14 @@ class SqliteStore(SqlStore):
             conn.close()
 
     def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
-             wal: bool = False) -> T:
+             wal: bool = False, read_only: bool = False) -> T:
         try:
             conn = self._connection()
             if wal:
                 conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             cursor = conn.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
+            cursor.execute("BEGIN" if read_only else "BEGIN IMMEDIATE")  # WAL: a reader never waits for the writer
             try:
                 result = fn(Cursor(cursor, "sqlite"))
                 cursor.execute("COMMIT")

@@ -35,6 +35,11 @@ def call_service(service_id: str) -> Response:
     hook_request = parse_hook_request(guards.body(), expected_hook=service.hook)
     g.hook_instance = hook_request.hook_instance
     response, report = service.call(hook_request)
+    shown = rt.quiet_cards(response.get("cards", []), hook=service.hook, service_id=service_id,
+                           hook_instance=hook_request.hook_instance, patient_id=hook_request.patient_id,
+                           report=report, iss=g.get("iss"))
+    suppressed = len(response.get("cards", [])) - len(shown)
+    response["cards"] = shown
     rt.audit_cards(response.get("cards", []), hook=service.hook, service_id=service_id,
                    hook_instance=hook_request.hook_instance, patient_id=hook_request.patient_id, report=report,
                    iss=g.get("iss"))
@@ -45,6 +50,7 @@ def call_service(service_id: str) -> Response:
         "fhir_requests": report.fhir_requests,
         "fhir_server": report.fhir_server,
         "indicator": report.indicator or "none",
+        "suppressed": suppressed,
         "score": report.score,
         "timings_ms": {k: round(v, 1) for k, v in report.timings_ms.items()},
     }

@@ -133,6 +133,7 @@ def test_wheel_carries_the_fixtures_and_the_data(wheel: Path) -> None:
             assert f"cds_service/fixture_data/scenarios/{scenario}/{part}" in names
     data = [p.name for p in (REPO / "cds_service" / "clinical" / "data").iterdir() if p.is_file()]
     assert data and all(f"cds_service/clinical/data/{name}" in names for name in data)
+    assert "cds_service/services/data/override-reasons.tsv" in names  # the override reasons offered on cards
     assert "cds_service/py.typed" in names
     assert not any(n.startswith(("tests/", "fhir_fixtures/", "bench/", "datasets/")) for n in names)
 
