@@ -216,7 +216,9 @@ class SmartEhr:
             if request.args.get("aud", "").rstrip("/") != ehr.fhir_base or request.args.get("launch") not in \
                     ehr.launches:
                 abort(400)
-            response: Response = server.create_authorization_response(grant_user={"id": "Practitioner/test"})
+            user = {"id": "Practitioner/test-clinician"}  # signed in to the EHR already: consent at once
+            grant = server.get_consent_grant(end_user=user)
+            response: Response = server.create_authorization_response(grant=grant, grant_user=user)
             return response
 
         @app.route("/auth/token", methods=["POST", "OPTIONS"])

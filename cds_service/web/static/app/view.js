@@ -108,10 +108,10 @@
     const opts = {
       width: Math.max(section.clientWidth - 12, 200), height: HEIGHT,
       scales: { x: { time: true, range: [ws, we] } },
-      axes: [{ size: 34 }, { size: 46 }],
+      axes: [{ size: 48 }, { size: 58 }],
       series: series,
       legend: { show: true, live: false },
-      cursor: { drag: { x: false, y: false } },
+      cursor: { show: false },
       hooks: bandsAndOnset(data),
     };
     plots.push({ plot: new uPlot(opts, columns, holder), section: section });
@@ -143,7 +143,13 @@
       return li;
     });
     data.charts.forEach(function (spec) { chart(data, spec); });
-    list("findings-section", "findings", data.findings, function (f) {
+    const seen = new Set();
+    const findings = data.findings.filter(function (f) {
+      const fresh = !seen.has(f.summary);
+      seen.add(f.summary);
+      return fresh;
+    });
+    list("findings-section", "findings", findings, function (f) {
       return el("li", f.present ? "met" : "not-met", f.summary);
     });
     list("causes-section", "causes", data.other_causes, function (c) {
