@@ -16,6 +16,7 @@ from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as HttpNotFound
 
 from cds_service.errors import BadRequest, FhirNotAllowed, Unauthorized
@@ -57,6 +58,8 @@ bp.after_request(_csp)
 @bp.get("/")
 @bp.get("/<path:name>")
 def static_file(name: str = "index.html") -> Response:
+    if name in ("api/assessment", "api/config"):  # a route of its own, asked with another method
+        raise MethodNotAllowed()
     if not _FILE.fullmatch(name):
         raise HttpNotFound()
     item = STATIC.joinpath(*name.split("/"))
