@@ -4,8 +4,9 @@ only the tokens it issued and forwards to the local FHIR server.
 
 - ``GET  /fhir/.well-known/smart-configuration``: the SMART discovery document (endpoints, PKCE, capabilities);
 - ``GET  /auth/authorize``: Authlib's authorization endpoint; the clinician is already signed in to the EHR, so
-  consent is given at once; ``launch`` must be one this EHR issued (:meth:`SmartEhr.launch`) and ``aud`` the FHIR
-  base; the code remembers the launch's patient;
+  consent is given at once; ``launch`` must be one this EHR issued (:meth:`SmartEhr.launch`), or absent with the
+  scope ``launch/patient`` (standalone launch: the patient is :attr:`SmartEhr.picked`), and ``aud`` the FHIR base;
+  the code remembers the patient;
 - ``POST /auth/token``: Authlib's token endpoint (``code_verifier`` checked); the answer carries ``patient``;
 - ``/fhir/<path>``: Authlib's resource protector (an unknown, expired or missing token is 401), then the local
   FHIR server's answer with its base rewritten to this one (``next`` links stay on this server).
@@ -127,6 +128,7 @@ class SmartEhr:
         self.upstream = fhir_upstream.rstrip("/")
         self.client = Client(client_id, redirect_uri)
         self.launches: dict[str, str] = {}
+        self.picked = ""  # the patient the clinician picks at a standalone launch (launch/patient)
         self.codes: dict[str, Code] = {}
         self.tokens: dict[str, Token] = {}
         self.fhir_reads: Counter[str] = Counter()  # resource type -> reads with a valid token
@@ -160,7 +162,7 @@ class SmartEhr:
                 data = req.payload.data
                 ehr.codes[code] = Code(code, req.client.get_client_id(), req.payload.redirect_uri, req.scope or "",
                                        data.get("code_challenge"), data.get("code_challenge_method"),
-                                       ehr.launches[data["launch"]])
+                                       ehr.launches[data["launch"]] if data.get("launch") else ehr.picked)
 
             def query_authorization_code(self, code: str, client: ClientMixin) -> Code | None:
                 found = ehr.codes.get(code)
@@ -213,8 +215,9 @@ class SmartEhr:
 
         @app.get("/auth/authorize")
         def authorize() -> Response:
-            if request.args.get("aud", "").rstrip("/") != ehr.fhir_base or request.args.get("launch") not in \
-                    ehr.launches:
+            launch = request.args.get("launch")
+            standalone = launch is None and "launch/patient" in request.args.get("scope", "").split()
+            if request.args.get("aud", "").rstrip("/") != ehr.fhir_base or not (standalone or launch in ehr.launches):
                 abort(400)
             user = {"id": "Practitioner/test-clinician"}  # signed in to the EHR already: consent at once
             grant = server.get_consent_grant(end_user=user)

@@ -4,6 +4,7 @@ EHR whose authorization server is Authlib (tests/helpers/smart_ehr.py).
 
 - the trend view opens from a card's ``smart`` link through a real SMART EHR launch (authorization code + PKCE,
   the token checked by the EHR's FHIR endpoint) and draws the classic NMS course: every series with its thresholds;
+- a standalone launch (``iss`` only) gets the patient from the authorization server;
 - in development mode it opens on the open local FHIR server without an authorization server;
 - a series without data shows "no data", never a blank plot;
 - the card as an EHR renders it (its markdown by marked, a 400 px panel) keeps its buttons above the fold.
@@ -184,6 +185,16 @@ def test_trend_view_opens_from_the_card_through_a_smart_ehr_launch(stack: Stack,
         page.set_viewport_size({"width": 1000, "height": 900})
         page.wait_for_timeout(300)
         page.screenshot(path=str(Path(SHOTS) / "trend-view.png"), full_page=True)
+
+
+def test_standalone_launch_with_the_patient_picked_at_the_authorization_server(stack: Stack, page: Page) -> None:
+    stack.ehr.picked = "nms-dopaminergic-withdrawal"
+    tokens = len(stack.ehr.tokens)
+    page.goto(f"{stack.service}/app/launch.html?" + urlencode({"iss": stack.ehr.fhir_base}))
+    _ready(page)
+    assert len(stack.ehr.tokens) == tokens + 1
+    assert "dopaminergic (withdrawal)" in (page.text_content("#exposures") or "")
+    assert page.problems == []  # type: ignore[attr-defined]
 
 
 def test_development_mode_opens_the_local_fhir_server_without_an_authorization_server(stack: Stack,
