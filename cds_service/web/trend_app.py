@@ -19,8 +19,10 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.exceptions import MethodNotAllowed
 from werkzeug.exceptions import NotFound as HttpNotFound
 
+from cds_service.config import Settings
 from cds_service.errors import BadRequest, FhirNotAllowed, Unauthorized
 from cds_service.fhir.client import check_base
+from cds_service.net.urls import parse_allowlist_entry
 from cds_service.services import trend
 from cds_service.web import guards
 
@@ -36,8 +38,18 @@ _BEARER = re.compile(r"^Bearer ([\x21-\x7e]{1,8192})$")
 
 def _origins() -> list[str]:
     settings = guards.runtime().settings
-    origins = [check_base(entry, settings).origin for entry in settings.fhir_allowlist]
+    origins = [parse_allowlist_entry(entry).origin for entry in settings.fhir_allowlist]
     return list(dict.fromkeys([*origins, *settings.smart_auth_origins]))
+
+
+def _open_server(base: str, settings: Settings) -> bool:
+    """Whether ``base`` is the development mode's open FHIR server (read without a token)."""
+    if not settings.is_development or settings.smart_open_fhir_server is None:
+        return False
+    try:
+        return base == str(check_base(settings.smart_open_fhir_server, settings))
+    except FhirNotAllowed:  # not within the allowlist: never read
+        return False
 
 
 def _csp(response: Response) -> Response:
@@ -105,9 +117,7 @@ def assessment() -> Response:
     except FhirNotAllowed as exc:  # the message names the rule, never the URL
         raise BadRequest(exc.message, field="fhirServer") from None
     token = _token()
-    open_server = rt.settings.smart_open_fhir_server
-    if token is None and not (rt.settings.is_development and open_server is not None
-                              and base == str(check_base(open_server, rt.settings))):
+    if token is None and not _open_server(base, rt.settings):
         raise Unauthorized("trend view: no SMART access token")
     policy = rt.services[rt.settings.patient_view_service_id].policy
     engine = rt.services[rt.settings.patient_view_service_id].engine

@@ -50,6 +50,16 @@ def test_connect_src_names_the_allowed_fhir_and_authorization_servers() -> None:
     assert "connect-src 'self' https://fhir.example.org https://auth.example.org http://127.0.0.1:9;" in csp
 
 
+def test_an_open_server_outside_the_allowlist_is_never_read() -> None:
+    settings = make_settings(fhir_allowlist=["https://fhir.example.org/r4", "http://127.0.0.1:8081"],
+                             smart_open_fhir_server="http://127.0.0.1:9999/fhir")
+    with app_for(settings) as app:
+        response = app.test_client().post(URL, json={"fhirServer": "http://127.0.0.1:8081/fhir", "patient": "p1"})
+        assert response.status_code == 401
+        response = app.test_client().post(URL, json={"fhirServer": "http://127.0.0.1:9999/fhir", "patient": "p1"})
+        assert response.status_code == 400
+
+
 def test_launch_settings() -> None:
     with app_for(make_settings(smart_client_id="ehr-registered", smart_open_fhir_server="http://127.0.0.1:8081/fhir")
                  ) as app:
