@@ -10,7 +10,7 @@ FHIR_PORT ?= 8081
 UV_VERSION := 0.13.8
 LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
 
-.PHONY: front install node servers run lock test test-unit test-integration test-node lint typecheck fixtures report-example \
+.PHONY: front chromium vendor screenshots install node servers run lock test test-unit test-integration test-node lint typecheck fixtures report-example \
 	bench bench-alternatives fuzz soak clean
 
 ## make install: .venv exactly as locked (requirements-dev.lock, hashes checked), then this package (no deps)
@@ -58,6 +58,28 @@ front:
 		fi; \
 	fi
 
+## make chromium: Debian's Chromium for the browser tests of the card and the trend view (installed when run as
+## root, else named: those tests skip without it, and fail under CI=true). Playwright drives it; it never
+## downloads a browser of its own.
+chromium:
+	@if ! test -x /usr/bin/chromium; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+				chromium >/dev/null; \
+		else \
+			echo "chromium not found: the browser tests will skip (install the Debian package chromium:" \
+				"sudo apt-get install chromium)"; \
+		fi; \
+	fi
+
+## make vendor: refresh the trend view's vendored browser libraries from npm (scripts/vendor.py, VENDORED.md)
+vendor:
+	$(PYTHON) scripts/vendor.py
+
+## make screenshots: docs/img/card.png and docs/img/trend-view.png from the browser tests (Chromium, local FHIR)
+screenshots: install node chromium
+	NMS_CDS_SCREENSHOTS=docs/img $(BIN)/pytest -q -p no:cacheprovider tests/web/test_trend_browser.py
+
 ## make run [PORT=8080 FHIR_PORT=8081]: local FHIR server with the fixture patients + the service (development)
 run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
@@ -67,7 +89,7 @@ run: install
 ## use the local Node FHIR server and the nginx front) and the local FHIR server's own Node tests. No root needed:
 ## PostgreSQL and Redis come from the dev extras' wheels; only nginx is a Debian package (named when missing).
 TEST_WORKERS ?= auto
-test: install node servers front
+test: install node servers front chromium
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache

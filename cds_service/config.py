@@ -55,6 +55,12 @@ ByteCount = Annotated[ByteSize, BeforeValidator(parse_size)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
+#: What the trend view reads (SMART App Launch 2 scopes): the patient-view templates' resource types.
+SMART_SCOPE = ("launch launch/patient openid fhirUser patient/Patient.rs patient/Observation.rs "
+               "patient/MedicationRequest.rs patient/MedicationAdministration.rs patient/MedicationStatement.rs "
+               "patient/Condition.rs patient/AllergyIntolerance.rs patient/Medication.rs")
+
+
 class AuthMode(StrEnum):
     JWT = "jwt"
     OFF = "off"
@@ -214,6 +220,53 @@ class Settings(BaseSettings):
         24.0, ge=0, le=24 * 30, description="patient-view and order-select do not repeat a card accepted or "
         "overridden (with a reason) within this time, unless it worsens or a decisive finding is new; 0: off"
     )
+
+    # --- SMART on FHIR trend view (cds_service/web/trend_app.py, docs/trend-view.md) ----------------------
+    smart_client_id: str = Field(
+        "nms-cds-trend-view", pattern=r"^[A-Za-z0-9\-_.:]+$",
+        description="OAuth 2 client id of the trend view (a public client with PKCE) as registered with the EHR",
+    )
+    smart_scope: str = Field(
+        SMART_SCOPE, pattern=r"^[\x21-\x7e]+( [\x21-\x7e]+)*$",
+        description="Scopes the trend view asks for at launch (space-separated)",
+    )
+    smart_auth_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins of authorization servers the trend view's page may call (token endpoint) besides "
+                    "the FHIR allowlist's origins",
+    )
+    smart_open_fhir_server: str | None = Field(
+        None,
+        description="Development only: the FHIR base the trend view opens without a SMART launch (no "
+                    "authorization server); `nms-cds dev` sets its local FHIR server",
+        json_schema_extra={"form": "a FHIR base URL within NMS_CDS_FHIR_ALLOWLIST (development only)"},
+    )
+
+    @field_validator("smart_auth_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("smart_auth_origins")
+    @classmethod
+    def _origins_only(cls, value: list[str]) -> list[str]:
+        out = []
+        for origin in value:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query:
+                raise ValueError(f"NMS_CDS_SMART_AUTH_ORIGINS entry {origin[:80]!r} is not an origin such as "
+                                 "https://auth.example.org")
+            out.append(f"{parts.scheme}://{parts.netloc}")
+        return out
+
+    @model_validator(mode="after")
+    def _open_smart_in_development_only(self) -> Settings:
+        if self.smart_open_fhir_server is not None and not self.is_development:
+            raise ValueError("NMS_CDS_SMART_OPEN_FHIR_SERVER is for development only (NMS_CDS_ENVIRONMENT="
+                             "development); in production the trend view needs a SMART launch")
+        return self
 
     @field_validator("environment", mode="before")
     @classmethod

@@ -216,6 +216,8 @@ class Assessment:
     duplicates: int = 0
     # medication records whose drug could not be identified (the input's, passed through): (why, count)
     unidentified_medications: list[tuple[str, int]] = field(default_factory=list)
+    # baselines the autonomic and hypermetabolism criteria compared with (concept -> median reading)
+    baselines: dict[str, Reading] = field(default_factory=dict)
 
     @property
     def score(self) -> int:

@@ -321,6 +321,7 @@ def assess(inp: ClinicalInput, vs: ValueSets | None = None) -> Assessment:
         ck_set_aside=list(episode.set_aside), ck_state=ck_state,  # type: ignore[arg-type]
         unreadable=list(inp.unreadable), duplicates=inp.duplicates,
         unidentified_medications=list(inp.unidentified_medications),
+        baselines={c: r for c, r in base.items() if r is not None},
     )
 
 

@@ -367,11 +367,15 @@ def dev(args: argparse.Namespace) -> int:
             environment="development",
             public_base_url=f"http://{args.host}:{args.port}",
             fhir_allowlist=[urlsplit(fhir_base)._replace(path="").geturl()] if fhir_base else [],
+            # the trend view opens the local FHIR server without a SMART launch (docs/trend-view.md)
+            smart_open_fhir_server=fhir_base,
         )
         _err(f"CDS service (development, auth {settings.auth.value}): http://{args.host}:{args.port}/cds-services")
         if fhir_base:
             _err(f"try:  nms-cds call --service http://{args.host}:{args.port} "
                  f"--fhir-server {fhir_base} --patient nms-classic-nms --draft 5093")
+            _err(f"trend view (no SMART launch in development): http://{args.host}:{args.port}/app/launch.html"
+                 "?patient=nms-classic-nms")
         return run_server(settings, host=args.host, port=args.port, workers=1, threads=4)
     finally:
         # gunicorn forks its workers inside run_server, and a worker's exit unwinds through this frame too:

@@ -135,6 +135,42 @@ def _ops_paths(public: list[Any]) -> dict[str, Any]:
     }
 
 
+def _app_paths(settings: Settings, public: list[Any]) -> dict[str, Any]:
+    """The SMART trend view under ``/app/`` (:mod:`cds_service.web.trend_app`, docs/trend-view.md)."""
+    page = {"description": "A page, script or style of the trend view (Content-Security-Policy: self only)",
+            "content": {"text/html": {"schema": {"type": "string"}}, "text/javascript": {"schema": {"type": "string"}},
+                        "text/css": {"schema": {"type": "string"}}}}
+    missing = {"description": "No such file", "content": {JSON: {"schema": _ref("Error")}}}
+    view = {"type": "object", "description": "The patient-view engine's assessment as series, thresholds and bands "
+            "(docs/trend-view.md)", "required": ["indicator", "charts", "exposures", "criteria", "other_causes",
+                                                  "not_read"]}
+    return {
+        "/app/": {"get": {"operationId": "trendViewIndex", "summary": "The trend view page (after the launch)",
+                          "security": public, "responses": {"200": page}}},
+        "/app/{name}": {"get": {
+            "operationId": "trendViewFile", "summary": "launch.html, index.html and their scripts and styles",
+            "security": public,
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": page, "404": missing}}},
+        "/app/api/config": {"get": {
+            "operationId": "trendViewConfig", "summary": "The SMART client id and scopes (NMS_CDS_SMART_*)",
+            "security": public,
+            "responses": {"200": _json({"type": "object", "required": ["clientId", "scope"]}, "Launch settings")}}},
+        "/app/api/assessment": {"post": {
+            "operationId": "trendViewAssessment",
+            "summary": "The assessment of one patient read from the EHR's FHIR server (within NMS_CDS_FHIR_ALLOWLIST) "
+                       "with the SMART access token as Authorization: Bearer",
+            "security": public,
+            "requestBody": {"required": True, "content": {JSON: {"schema": {
+                "type": "object", "required": ["fhirServer", "patient"],
+                "properties": {"fhirServer": {"type": "string"}, "patient": {"type": "string"}}}}}},
+            "responses": {"200": _json(view, "Series, thresholds, exposures, onset, criteria, other causes"),
+                          **_errors(settings, 400, 412, 413),
+                          "401": _json(_ref("Unauthorized"), "No SMART access token (required unless "
+                                       "NMS_CDS_SMART_OPEN_FHIR_SERVER in development)")}}},
+    }
+
+
 def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
     service_id = {
         "name": "service_id",
@@ -208,6 +244,7 @@ def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
                 },
             },
             **_ops_paths(public),
+            **_app_paths(settings, public),
         },
         "components": {
             "schemas": _schemas(list(dict.fromkeys(services.values()))),

@@ -135,6 +135,8 @@ def test_wheel_carries_the_fixtures_and_the_data(wheel: Path) -> None:
     assert data and all(f"cds_service/clinical/data/{name}" in names for name in data)
     assert "cds_service/services/data/override-reasons.tsv" in names  # the override reasons offered on cards
     assert "cds_service/py.typed" in names
+    app = [p.relative_to(REPO).as_posix() for p in (REPO / "cds_service" / "web" / "static").rglob("*") if p.is_file()]
+    assert app and all(name in names for name in app)  # the trend view's pages and vendored libraries
     assert not any(n.startswith(("tests/", "fhir_fixtures/", "bench/", "datasets/")) for n in names)
 
 

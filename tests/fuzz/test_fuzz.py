@@ -713,6 +713,15 @@ def _our_invariants(ctx: Any, response: Any, case: Any) -> bool | None:
             assert json.loads(response.content)["message"]
         return None
     STATUSES[f"{CURRENT[0]} {response.status_code}"] += 1 if case.method.upper() == "GET" else 0
+    if case.operation.path in ("/app/", "/app/{name}"):  # the trend view's files, else a JSON 404
+        assert (response.status_code == 200 and mimetype in ("text/html", "text/javascript", "text/css")) or (
+            response.status_code == 404 and mimetype == "application/json")
+        assert "script-src 'self'" in response.headers["content-security-policy"][0]
+        return None
+    if case.operation.path == "/app/api/assessment":  # no token: 401 unless refused before (400, 413)
+        assert response.status_code in (400, 401, 413) and mimetype == "application/json", response.status_code
+        assert json.loads(response.content)["error"]
+        return None
     if case.method.upper() == "GET":  # discovery, health, the document: always 200 JSON (auth is off here)
         expected = "text/plain" if case.operation.path == "/metrics" else "application/json"  # Prometheus format
         assert response.status_code == 200 and mimetype == expected
