@@ -71,6 +71,7 @@ class CallReport:
     rules: list[str] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
+    onset: datetime | None = None  # the episode's first finding (background surveillance keys findings by it)
 
 
 @dataclass
@@ -140,6 +141,7 @@ class Engine:
         inp = self.extract(gathered, policy.exposure_drafts(req), req)
         assessment = assess(inp)
         report.rules, report.reasons, report.evidence = audit_fields(assessment)
+        report.onset = assessment.onset
         report.fhir_requests = gathered.client.requests_made if gathered.client else 0
         cards = policy.cards(assessment, req, gathered)
         answered = cards[0].get("indicator") if cards else None  # what the clinician sees, after the policy

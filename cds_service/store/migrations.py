@@ -68,6 +68,29 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE replay_issuer (iss TEXT PRIMARY KEY, entries INTEGER NOT NULL)",
         "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )),
+    Migration(2, "background surveillance: patient leases and the worklist", (
+        """CREATE TABLE watch_lease (
+            patient TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            until {real} NOT NULL)""",
+        """CREATE TABLE worklist (
+            id {serial},
+            patient TEXT NOT NULL,
+            patient_ref TEXT NOT NULL,
+            finding_key TEXT NOT NULL,
+            indicator TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            card_uuid TEXT NOT NULL,
+            evidence TEXT NOT NULL,
+            criteria_met_at {real},
+            created_at {real} NOT NULL,
+            state TEXT NOT NULL,
+            state_reason TEXT,
+            updated_at {real} NOT NULL,
+            delivered_at {real},
+            UNIQUE (patient, finding_key))""",
+        "CREATE INDEX worklist_state ON worklist (state, created_at)",
+    )),
 )
 
 CREATE_TRACKING = (
