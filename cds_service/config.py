@@ -219,6 +219,9 @@ class Settings(BaseSettings):
         60.0, ge=5, le=3600, description="A replica's hold on a patient it evaluates; a dead replica's expire"
     )
     watch_max_pages: int = Field(20, ge=1, description="Pages read per census search of a surveillance pass")
+    watch_full_pass_seconds: float = Field(
+        3600.0, ge=0, le=86400, description="Evaluate every watched patient at least this often (others: on new data)"
+    )
     watch_webhook_url: str | None = Field(None, description="POST each new worklist entry here (JSON)")
     watch_write_back: bool = Field(False, description="Write each new worklist entry to the FHIR server as a Task")
     watch_client_id: str | None = Field(

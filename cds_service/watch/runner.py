@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import requests
 
@@ -49,6 +49,7 @@ class PassResult:
     store_errors: int = 0
     census_requests: int = 0
     census_resources: int = 0
+    due: int = 0  # patients with new data (or new on the drugs, or all on a full pass)
     capped: list[str] = field(default_factory=list)
 
 
@@ -69,6 +70,9 @@ class Watcher:
         self.deliverer = deliverer
         self.wall_clock = wall_clock
         self.stopping = threading.Event()
+        self.last_full: float | None = None  # when the last pass that evaluated everyone started
+        self.changed_since: datetime | None = None  # the server-clock mark of the last pass
+        self.watched: set[str] = set()
 
     def _key(self) -> bytes:
         s = self.settings
@@ -121,10 +125,25 @@ class Watcher:
             access_token = self.token()
             limits = census.CensusLimits(self.settings.fhir_connect_timeout, self.settings.fhir_read_timeout,
                                          self.settings.watch_max_pages)
+            real_start = datetime.now(UTC)
             found = census.find(self.base, self.session, limits, now=now, token=access_token)
             result.census_requests, result.census_resources = found.requests, found.resources
             result.capped, result.patients_found = found.capped, len(found.patients)
-            for patient_id in sorted(found.patients):
+            due = set(found.patients)
+            full = self.last_full is None or result.started_at - self.last_full >= self.settings.watch_full_pass_seconds
+            if not full and self.changed_since is not None:
+                # only what changed since the last pass (minus a minute of clock skew), and who is new on the drugs
+                new = census.changed(self.base, self.session, limits, since=self.changed_since - timedelta(minutes=1),
+                                     token=access_token)
+                result.census_requests += new.requests
+                result.census_resources += new.resources
+                due = (found.patients & new.patients) | (found.patients - self.watched)
+            if full:
+                self.last_full = result.started_at
+            self.watched = set(found.patients)
+            self.changed_since = real_start
+            result.due = len(due)
+            for patient_id in sorted(due):
                 if self.stopping.is_set():
                     break
                 try:
