@@ -33,12 +33,15 @@ def _private_key_jwt(token_url: str, alg: str, kid: str | None) -> Any:
     return _SmartAssertion(token_url, alg=alg)
 
 
-def _alg_of(pem: bytes) -> str:
+def _signing_key(pem: bytes) -> tuple[Any, str]:
+    """The private key as the JOSE library Authlib uses wants it, and its algorithm (ES384 or RS384)."""
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from joserfc.jwk import ECKey, RSAKey
 
-    key = load_pem_private_key(pem, password=None)
-    return "ES384" if isinstance(key, ec.EllipticCurvePrivateKey) else "RS384"
+    if isinstance(load_pem_private_key(pem, password=None), ec.EllipticCurvePrivateKey):
+        return ECKey.import_key(pem), "ES384"
+    return RSAKey.import_key(pem), "RS384"
 
 
 class BackendToken:
@@ -50,8 +53,7 @@ class BackendToken:
                              "NMS_CDS_WATCH_PRIVATE_KEY_FILE")
         self.settings = settings
         self.session = session
-        self.pem = settings.watch_private_key_file.read_bytes()
-        self.alg = _alg_of(self.pem)
+        self.key, self.alg = _signing_key(settings.watch_private_key_file.read_bytes())
         self.kid = kid
         self._token: str | None = None
         self._expires = 0.0
@@ -70,7 +72,7 @@ class BackendToken:
         s = self.settings
         assert s.watch_token_url is not None
         auth = _private_key_jwt(s.watch_token_url, self.alg, self.kid)
-        with OAuth2Session(s.watch_client_id, self.pem, token_endpoint_auth_method=auth, scope=s.watch_scope) as oauth:
+        with OAuth2Session(s.watch_client_id, self.key, token_endpoint_auth_method=auth, scope=s.watch_scope) as oauth:
             oauth.trust_env = False
             oauth.verify = self.session.verify
             token = oauth.fetch_token(s.watch_token_url, grant_type="client_credentials",
