@@ -223,6 +223,9 @@ class Settings(BaseSettings):
         3600.0, ge=0, le=86400, description="Evaluate every watched patient at least this often (others: on new data)"
     )
     watch_webhook_url: str | None = Field(None, description="POST each new worklist entry here (JSON)")
+    worklist_token: SecretStr | None = Field(
+        None, min_length=16, description="`/worklist` needs `Authorization: Bearer <token>` (off without it)"
+    )
     watch_write_back: bool = Field(False, description="Write each new worklist entry to the FHIR server as a Task")
     watch_client_id: str | None = Field(
         None, description="SMART Backend Services client id of `nms-cds watch` (with the token URL and key)"
