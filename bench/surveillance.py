@@ -174,7 +174,16 @@ def run(census: int, hours: float, interval_minutes: float) -> JsonDict:
         "census_requests_per_pass": max(p["census_requests"] for p in passes),
         "delay_minutes_median": round(statistics.median(delays), 1) if delays else None,
         "delay_minutes_worst": round(max(delays), 1) if delays else None,
-        "scenarios_with_criteria_met": len(met), "scenarios_found": len(found), "scenarios_missed": missed,
+        "scenarios_with_criteria_met": len(met),
+        "criteria_first_met_during_replay": sum(1 for t in met.values() if t > start),
+        "scenarios_found": len(found), "scenarios_missed": missed,
+        "worsenings_raised": sum(1 for e in entries if e.indicator == "critical"
+                                 and any(o.patient_ref == e.patient_ref and o.indicator == "warning"
+                                         and o.created_at < e.created_at for o in entries)),
+        "entries_for_patients_without_a_card_at_the_end": sorted(
+            by_patient[e.patient_ref]["id"] for e in entries
+            if e.patient_ref in by_patient and by_patient[e.patient_ref]["kind"] == "scenario"
+            and by_patient[e.patient_ref]["expected"] not in ALERTING),
         "entries_by_indicator": by_indicator,
         "entries_per_100_patient_days": {k: round(100 * v / patient_days, 2) for k, v in by_indicator.items()}
         if patient_days else {},

@@ -142,28 +142,21 @@ def find(base: str, session: requests.Session, limits: CensusLimits, *, now: dat
     return out
 
 
-def observation_tokens() -> list[str]:
-    """``system|code`` of every LOINC code the rules read (vital signs and laboratory results)."""
-    vs = load()
-    return sorted({f"http://loinc.org|{code}" for codes in vs.codes_by_concept.values() for code in codes})
-
-
-def changed(base: str, session: requests.Session, limits: CensusLimits, *, since: datetime,
+def changed(base: str, session: requests.Session, limits: CensusLimits, *, patients: set[str], since: datetime,
             token: str | None = None) -> Census:
-    """The patients with a reading the rules read, or a record of the drugs, written since ``since`` (the
-    server's clock: ``_lastUpdated``). What changes nothing in the data changes no verdict but the passing of
-    time, which only ends findings; a periodic full pass covers that."""
+    """Which of ``patients`` have a reading the rules read, or a medication record, written since ``since`` (the
+    server's clock: ``_lastUpdated``). Asked per chunk of watched patients, so the cost grows with them, not with
+    the hospital's activity. No new data changes no verdict but the passing of time, which only ends findings;
+    the periodic full pass covers that."""
     headers = {"Accept": "application/fhir+json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     out = Census()
     root = base.rstrip("/")
     mark = f"gt{since.isoformat()}"
-    for chunk in _chunks(observation_tokens(), CODES_PER_QUERY):
-        _search(session, f"{root}/Observation", {"code": ",".join(chunk), "_lastUpdated": mark}, headers, limits,
-                out, "new readings")
-    for chunk in _chunks(drug_tokens(), CODES_PER_QUERY):
-        for kind in ("MedicationRequest", "MedicationAdministration", "MedicationStatement"):
-            _search(session, f"{root}/{kind}", {"code": ",".join(chunk), "_lastUpdated": mark}, headers, limits,
-                    out, "new medication records")
+    for chunk in _chunks(sorted(patients), CODES_PER_QUERY):
+        refs = ",".join(f"Patient/{p}" for p in chunk)
+        for kind in ("Observation", "MedicationRequest", "MedicationAdministration", "MedicationStatement"):
+            _search(session, f"{root}/{kind}", {"subject": refs, "_lastUpdated": mark}, headers, limits, out,
+                    f"new {kind} records")
     return out

@@ -133,8 +133,8 @@ class Watcher:
             full = self.last_full is None or result.started_at - self.last_full >= self.settings.watch_full_pass_seconds
             if not full and self.changed_since is not None:
                 # only what changed since the last pass (minus a minute of clock skew), and who is new on the drugs
-                new = census.changed(self.base, self.session, limits, since=self.changed_since - timedelta(minutes=1),
-                                     token=access_token)
+                new = census.changed(self.base, self.session, limits, patients=found.patients & self.watched,
+                                     since=self.changed_since - timedelta(minutes=1), token=access_token)
                 result.census_requests += new.requests
                 result.census_resources += new.resources
                 due = (found.patients & new.patients) | (found.patients - self.watched)
