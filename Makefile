@@ -10,7 +10,7 @@ FHIR_PORT ?= 8081
 UV_VERSION := 0.13.8
 LOCKS := requirements.lock requirements-dev.lock requirements-build.lock
 
-.PHONY: front chromium vendor screenshots install node servers run lock test test-unit test-integration test-node lint typecheck fixtures report-example \
+.PHONY: front chromium vendor screenshots install node servers run watch surveillance-bench lock test test-unit test-integration test-node lint typecheck fixtures report-example \
 	bench bench-alternatives fuzz soak clean
 
 ## make install: .venv exactly as locked (requirements-dev.lock, hashes checked), then this package (no deps)
@@ -84,6 +84,18 @@ screenshots: install node chromium
 run: install
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory node; fi
 	$(BIN)/nms-cds dev --host 127.0.0.1 --port $(PORT) --fhir-port $(FHIR_PORT)
+
+## make watch [FHIR_PORT=8081]: background surveillance against `make run`'s local FHIR server (run it in a
+## second terminal while `make run` is up); the worklist goes to the development store
+watch: install
+	NMS_CDS_ENVIRONMENT=development NMS_CDS_WATCH_FHIR_SERVER=http://127.0.0.1:$(FHIR_PORT)/fhir \
+		NMS_CDS_FHIR_ALLOWLIST=http://127.0.0.1:$(FHIR_PORT)/fhir NMS_CDS_WATCH_INTERVAL_SECONDS=60 \
+		$(BIN)/nms-cds watch
+
+## make surveillance-bench: `nms-cds watch` replayed over a simulated census on the local FHIR server; writes
+## bench/results/surveillance.json and fails when a target is missed (docs/surveillance.md)
+surveillance-bench: install node
+	$(BIN)/python bench/surveillance.py --hours 12 --interval 5 --census 300
 
 ## make test [TEST_WORKERS=auto]: lint, type-check, the import-layer contracts, every Python test in parallel (pytest-xdist; integration tests
 ## use the local Node FHIR server and the nginx front) and the local FHIR server's own Node tests. No root needed:

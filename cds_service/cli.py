@@ -20,6 +20,7 @@ from cds_service.errors import ConfigError, UsageError
 from cds_service.serve import healthcheck
 from cds_service.serve.gunicorn import run_server
 from cds_service.serve.preflight import ensure_port_free, ensure_temp_dir, env_port
+from cds_service.watch import command as watch_command
 
 # Argument parsing and dispatch only (this docstring is the --help text): serving is cds_service.serve,
 # check-config cds_service.config_report, the developer commands cds_service.devtools.tools, which only this
@@ -89,6 +90,7 @@ def build_parser(*, dev: bool = True) -> argparse.ArgumentParser:
 
         tools.register(sub)
     report.register(sub)
+    watch_command.register(sub)
     return parser
 
 

@@ -242,6 +242,37 @@ class Settings(BaseSettings):
         json_schema_extra={"form": "a FHIR base URL within NMS_CDS_FHIR_ALLOWLIST (development only)"},
     )
 
+    # background surveillance: `nms-cds watch` (docs/surveillance.md)
+    watch_fhir_server: str | None = Field(
+        None, description="FHIR server `nms-cds watch` reads (also needs an entry in NMS_CDS_FHIR_ALLOWLIST)"
+    )
+    watch_interval_seconds: float = Field(300.0, ge=5, le=3600, description="Seconds between surveillance passes")
+    watch_lease_seconds: float = Field(
+        60.0, ge=5, le=3600, description="A replica's hold on a patient it evaluates; a dead replica's expire"
+    )
+    watch_max_pages: int = Field(20, ge=1, description="Pages read per census search of a surveillance pass")
+    watch_full_pass_seconds: float = Field(
+        3600.0, ge=0, le=86400, description="Evaluate every watched patient at least this often (others: on new data)"
+    )
+    watch_webhook_url: str | None = Field(None, description="POST each new worklist entry here (JSON)")
+    worklist_token: SecretStr | None = Field(
+        None, min_length=16, description="`/worklist` needs `Authorization: Bearer <token>` (off without it)"
+    )
+    watch_write_back: bool = Field(False, description="Write each new worklist entry to the FHIR server as a Task")
+    watch_client_id: str | None = Field(
+        None, description="SMART Backend Services client id of `nms-cds watch` (with the token URL and key)"
+    )
+    watch_token_url: str | None = Field(None, description="OAuth 2 token endpoint for SMART Backend Services")
+    watch_key_id: str | None = Field(None, description="`kid` of the watcher's key in the JWKS it registered")
+    watch_private_key_file: Path | None = Field(
+        None, description="PEM private key (RS384 or ES384) that signs the client assertion"
+    )
+    watch_scope: str = Field(
+        "system/Patient.rs system/Observation.rs system/MedicationRequest.rs system/MedicationAdministration.rs "
+        "system/MedicationStatement.rs system/Condition.rs system/AllergyIntolerance.rs system/Medication.rs",
+        description="Scopes `nms-cds watch` asks for (add system/Task.c for write-back)",
+    )
+
     @field_validator("smart_auth_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

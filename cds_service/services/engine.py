@@ -73,6 +73,7 @@ class CallReport:
     reasons: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
     decisive: Decisive | None = None  # the card's decisive facts, for the quiet period (services/quiet.py)
+    onset: datetime | None = None  # the episode's first finding (background surveillance keys findings by it)
 
 
 @dataclass
@@ -143,6 +144,7 @@ class Engine:
         assessment = assess(inp)
         report.rules, report.reasons, report.evidence = audit_fields(assessment)
         report.decisive = decisive(assessment)
+        report.onset = assessment.onset
         report.fhir_requests = gathered.client.requests_made if gathered.client else 0
         cards = policy.cards(assessment, req, gathered)
         answered = cards[0].get("indicator") if cards else None  # what the clinician sees, after the policy

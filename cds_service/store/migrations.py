@@ -87,6 +87,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             client_iss TEXT)""",
         "CREATE INDEX card_suppressed_at ON card_suppressed (suppressed_at)",
     )),
+    Migration(3, "background surveillance: patient leases and the worklist", (
+        """CREATE TABLE watch_lease (
+            patient TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            until {real} NOT NULL)""",
+        """CREATE TABLE worklist (
+            id {serial},
+            patient TEXT NOT NULL,
+            patient_ref TEXT NOT NULL,
+            finding_key TEXT NOT NULL,
+            indicator TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            card_uuid TEXT NOT NULL,
+            evidence TEXT NOT NULL,
+            criteria_met_at {real},
+            created_at {real} NOT NULL,
+            state TEXT NOT NULL,
+            state_reason TEXT,
+            updated_at {real} NOT NULL,
+            delivered_at {real},
+            UNIQUE (patient, finding_key))""",
+        "CREATE INDEX worklist_state ON worklist (state, created_at)",
+    )),
 )
 
 CREATE_TRACKING = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from cds_service.web import errors, hooks, middleware, ops, trend_app
+from cds_service.web import errors, hooks, middleware, ops, trend_app, worklist
 
 
 def register(app: Flask) -> None:
@@ -13,5 +13,6 @@ def register(app: Flask) -> None:
     app.register_blueprint(hooks.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(trend_app.bp)
+    app.register_blueprint(worklist.bp)
     middleware.register(app)
     errors.register(app)
