@@ -210,6 +210,11 @@ class Settings(BaseSettings):
         None, description="Pin the clinical clock (tests, demos and replay of recorded fixtures only)",
         json_schema_extra={"form": "an ISO 8601 date-time, e.g. 2026-11-24T12:00:00Z (UTC when no offset)"},
     )
+    front_max_uploads: int = Field(
+        64, ge=1, le=65536,
+        description="Authenticated hook and feedback calls (POST) in the front at once, all clients together; "
+                    "with NMS_CDS_MAX_BODY_BYTES it bounds the front's disk spool; 429 beyond",
+    )
 
     @field_validator("environment", mode="before")
     @classmethod
