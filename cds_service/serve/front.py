@@ -95,7 +95,7 @@ def _error_pages(max_body_bytes: int) -> str:
                      "            lingering_time 1s;\n            lingering_timeout 1s;\n")
         elif status in _RETRY:
             extra = "            add_header Retry-After 5 always;\n"
-        lines.append(f"        error_page {status} /_nms_cds_error/{status};\n")
+        lines.append(f"        error_page {status} ={sent} /_nms_cds_error/{status};\n")
         lines.append(f"        location = /_nms_cds_error/{status} {{\n            internal;\n{extra}"
                      f"            return {sent} '{body}';\n        }}\n")
     return "".join(lines)
