@@ -165,7 +165,7 @@ http {{
     client_max_body_size {s.max_body_bytes};
     client_body_buffer_size {SMALL_BODY_BYTES};
     client_body_in_file_only off;
-    client_body_temp_path {runtime}/client_body;
+    client_body_temp_path {s.front_spool_dir or runtime / "client_body"};
     proxy_temp_path {runtime}/proxy;
     fastcgi_temp_path {runtime}/fastcgi;
     uwsgi_temp_path {runtime}/uwsgi;

@@ -17,8 +17,7 @@ from typing import Any
 from cds_service.config import AuthMode, Settings
 from cds_service.net.urls import is_loopback
 from cds_service.serve import front as front_
-from cds_service.serve import frontauth
-from cds_service.serve import output
+from cds_service.serve import frontauth, output
 
 log = logging.getLogger("cds_service.serve")
 

@@ -122,7 +122,7 @@ def test_every_status_nginx_answers_has_an_error_page() -> None:
         assert f"error_page {status} ={431 if status == 494 else status} /_nms_cds_error/{status};" in conf
         code, _ = front.FRONT_ANSWERS[status]
         assert code in ISSUE_TYPES
-    for status, (code, message) in front.FRONT_ANSWERS.items():
+    for code, message in front.FRONT_ANSWERS.values():
         assert json.loads(front.outcome(code, message))["issue"][0]["code"] == code
     assert "return 431 " in conf and "return 494 " not in conf  # nginx's private 494 goes out as 431
     assert "client_body_in_file_only off;" in conf and "auth_request /_nms_cds/auth;" in conf

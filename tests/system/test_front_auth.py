@@ -143,7 +143,7 @@ def slow_uploads(port: int, attack: Attack, stop: threading.Event) -> None:
             sel.unregister(sock)
             sock.close()
             attack.lifetimes.append(time.monotonic() - info["opened"])
-            head, _, body = info["answer"].partition(b"\r\n\r\n")
+            head = info["answer"].partition(b"\r\n\r\n")[0]
             status = int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.1 ") else 0
             attack.answers[status] = attack.answers.get(status, 0) + 1
             if len(attack.bodies) < 20:
