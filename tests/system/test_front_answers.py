@@ -134,3 +134,17 @@ def test_retryable_answers_say_when_to_retry(status: int) -> None:
                             runtime=Path("/r"))
     block = conf.split(f"location = /_nms_cds_error/{status} {{")[1].split("}")[0]
     assert "add_header Retry-After 5 always;" in block
+
+
+def test_uploads_are_read_only_after_the_header_check_and_within_the_quota() -> None:
+    settings = Settings(auth="off", front_max_uploads=7, max_body_bytes=5000, front_spool_dir=Path("/spool"))
+    conf = front.nginx_conf(settings, host="127.0.0.1", port=1, upstream=Path("/r/app.sock"), runtime=Path("/r"))
+    hooks = conf.split("location /cds-services/ {")[1].split("}")[0]
+    assert "auth_request /_nms_cds/auth;" in hooks and "proxy_pass" not in hooks  # no body read here
+    upload = conf.split("location @nms_cds_upload {")[1].split("}")[0]
+    assert "limit_conn nms_cds_uploads 7;" in upload and "client_body_buffer_size 65536;" in upload
+    other = conf.split("location / {")[1].split("}")[0]
+    assert "client_max_body_size 4096;" in other  # in memory (client_body_buffer_size 4096), never spooled
+    assert "client_body_temp_path /spool;" in conf and "client_max_body_size 5000;" in conf
+    auth = conf.split("location = /_nms_cds/auth {")[1].split("}")[0]
+    assert "internal;" in auth and "proxy_pass_request_body off;" in auth
