@@ -40,7 +40,8 @@ def calls(app: Flask, key: Any, iss: str, headers: dict[str, str], **claims: Any
     return statuses
 
 
-def test_an_epic_shaped_token_is_accepted(build: Callable[..., Flask], outbound: responses.RequestsMock) -> None:
+def test_an_epic_shaped_token_is_accepted(build: Callable[..., Flask],  # noqa: F811  (the fixtures above)
+                                          outbound: responses.RequestsMock) -> None:  # noqa: F811
     key = rsa_key("d3bmo5HzW61TUgikHZH+A8Tx4UOXz2iOs4KvVU4eLY0=", "RS384")
     outbound.get(EPIC_JKU, json=jwks(key))
     app = build([{"iss": EPIC_ISS, "jwks_url": EPIC_JKU}])
@@ -49,8 +50,8 @@ def test_an_epic_shaped_token_is_accepted(build: Callable[..., Flask], outbound:
     assert [c.request.url for c in outbound.calls] == [EPIC_JKU]  # fetched once, then cached
 
 
-def test_an_oracle_health_shaped_token_is_accepted(build: Callable[..., Flask],
-                                                   outbound: responses.RequestsMock) -> None:
+def test_an_oracle_health_shaped_token_is_accepted(build: Callable[..., Flask],  # noqa: F811
+                                                   outbound: responses.RequestsMock) -> None:  # noqa: F811
     key = rsa_key("oracle-cds-1", "RS384")
     outbound.get(ORACLE_JWKS, json=jwks(key))
     app = build([{"iss": ORACLE_ISS, "jwks_url": ORACLE_JWKS}])

@@ -36,13 +36,13 @@ WANTED_CONNECTIONS = 300
 MAX_BODY = 32 * 1024 * 1024
 
 
-def spool_bytes(tmp: Path) -> int:
+def spool_bytes(tmp: Path, where: tuple[str, ...] = ("/client_body/", "/spool/")) -> int:
     """Bytes nginx holds in body spool files under ``tmp`` (the server's TMPDIR: nms-cds-serve-*/client_body).
 
     nginx unlinks a spool file as soon as it creates it and keeps only the descriptor: the files are counted
     through the nginx workers' /proc/PID/fd links (same user, or root), plus any still named in the directory.
     """
-    marker = f"{tmp}/nms-cds-serve-"
+    marker = f"{tmp}/"
     total = 0
     for proc in Path("/proc").iterdir():
         try:
@@ -50,11 +50,11 @@ def spool_bytes(tmp: Path) -> int:
                 continue
             for fd in (proc / "fd").iterdir():
                 target = os.readlink(fd)
-                if target.startswith(marker) and "/client_body/" in target:
+                if target.startswith(marker) and any(part in target for part in where):
                     total += fd.stat().st_size
         except OSError:  # gone meanwhile, or not ours to read
             continue
-    for spool in tmp.glob("nms-cds-serve-*/client_body"):
+    for spool in [*tmp.glob("nms-cds-serve-*/client_body"), tmp / "spool"]:
         for path in spool.rglob("*"):
             with contextlib.suppress(OSError):
                 total += path.stat().st_size if path.is_file() else 0
@@ -85,7 +85,8 @@ def jwt_front(tmp: Path, key: SigningKey, **env: str) -> Iterator[tuple[Served, 
     spool_root = Path(tempfile.mkdtemp(prefix="nms-spool-"))  # short: the Unix socket path lives under it
     spool_root.chmod(0o711)  # as root, nginx's workers (nobody) traverse it to the socket
     full_env = {"NMS_CDS_AUTH": "jwt", "NMS_CDS_TRUSTED_CLIENTS": str(clients), "TMPDIR": str(spool_root),
-                "NMS_CDS_DATA_DIR": str(tmp / "data"), **env}
+                "NMS_CDS_DATA_DIR": str(tmp / "data"),
+                **{name: value.format(tmp=spool_root) for name, value in env.items()}}
     try:
         with serve_front(tmp, "--workers", "2", env=full_env, ready_workers=2) as served:
             yield served, spool_root
@@ -259,8 +260,8 @@ def test_authenticated_uploads_spool_within_the_quota(tmp_path: Path) -> None:
     _require_nginx()
     key = ec_key()
     limit = 1024 * 1024
-    with jwt_front(tmp_path, key, NMS_CDS_FRONT_MAX_UPLOADS="2", NMS_CDS_MAX_BODY_BYTES=str(limit)) as (
-            served, spool_root):
+    with jwt_front(tmp_path, key, NMS_CDS_FRONT_MAX_UPLOADS="2", NMS_CDS_MAX_BODY_BYTES=str(limit),
+                   NMS_CDS_FRONT_SPOOL_DIR="{tmp}/spool") as (served, spool_root):
         held = []
         for _ in range(2):
             sock = socket.create_connection(("127.0.0.1", served.port), timeout=5)
@@ -269,9 +270,10 @@ def test_authenticated_uploads_spool_within_the_quota(tmp_path: Path) -> None:
                           ).encode() + b" " * (600 * 1024))
             held.append(sock)
         deadline = time.monotonic() + 5
-        while spool_bytes(spool_root) < 2 * (600 - 64) * 1024 and time.monotonic() < deadline:
+        in_setting = (f"{spool_root}/spool/",)  # NMS_CDS_FRONT_SPOOL_DIR, not the default directory
+        while spool_bytes(spool_root, in_setting) < 2 * (600 - 64) * 1024 and time.monotonic() < deadline:
             time.sleep(0.05)
-        spooled = spool_bytes(spool_root)
+        spooled = spool_bytes(spool_root, in_setting)
         third = requests.post(served.base + HOOK_PATH, data=hook_request(), timeout=5,
                               headers={"Authorization": f"Bearer {token(key, served)}",
                                        "Content-Type": "application/json"})
