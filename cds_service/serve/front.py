@@ -205,7 +205,7 @@ http {{
             proxy_set_header X-Original-Transfer-Encoding $http_transfer_encoding;
             proxy_http_version 1.1;
             proxy_connect_timeout 2s;
-            proxy_read_timeout 15s;
+            proxy_read_timeout {_ms(proxy_read)};  # queued behind busy workers like any request
         }}
 {_error_pages(s.max_body_bytes)}    }}
 }}
