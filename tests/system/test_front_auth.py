@@ -82,7 +82,8 @@ def nginx_rss_bytes(tmp: Path) -> int:
 @contextmanager
 def jwt_front(tmp: Path, key: SigningKey, **env: str) -> Iterator[tuple[Served, Path]]:
     clients = write_trusted_clients(tmp / "clients.json", [{"iss": ISS, "jwks": jwks(key)}])
-    spool_root = Path(tempfile.mkdtemp(prefix="nms-spool-"))  # short: the Unix socket path lives under it
+    # short, so the Unix socket path under it fits (108 bytes); removed below
+    spool_root = Path(tempfile.mkdtemp(prefix="nsp-", dir="/tmp"))
     spool_root.chmod(0o711)  # as root, nginx's workers (nobody) traverse it to the socket
     full_env = {"NMS_CDS_AUTH": "jwt", "NMS_CDS_TRUSTED_CLIENTS": str(clients), "TMPDIR": str(spool_root),
                 "NMS_CDS_DATA_DIR": str(tmp / "data"),
