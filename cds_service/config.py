@@ -273,6 +273,16 @@ class Settings(BaseSettings):
         description="Scopes `nms-cds watch` asks for (add system/Task.c for write-back)",
     )
 
+    front_max_uploads: int = Field(
+        64, ge=1, le=65536,
+        description="Authenticated hook and feedback calls (POST) in the front at once, all clients together; "
+                    "with NMS_CDS_MAX_BODY_BYTES it bounds the front's disk spool; 429 beyond",
+    )
+    front_spool_dir: Path | None = Field(
+        None, description="Directory of the front's request-body spool (authenticated uploads above 64 KiB); "
+                          "default: under the temporary directory. Give it its own file system, apart from the store",
+    )
+
     @field_validator("smart_auth_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:

@@ -91,8 +91,9 @@ class Authenticator:
                  extra={"event": "auth-config", "iss": sorted(self.clients)})
 
     # -- public ------------------------------------------------------------------------------------------
-    def verify(self, authorization: str | None, audience: str) -> dict[str, object] | None:
-        """Return the verified claims (None when auth is off); raise Unauthorized otherwise."""
+    def verify(self, authorization: str | None, audience: str, *, claim: bool = True) -> dict[str, object] | None:
+        """Return the verified claims (None when auth is off); raise Unauthorized otherwise. ``claim=False``
+        (the front's header-only pass before it reads a body) leaves the ``jti`` to the real request."""
         if self.settings.auth == AuthMode.OFF:
             return None
         token = self._bearer(authorization)
@@ -139,6 +140,8 @@ class Authenticator:
             raise Unauthorized(_reason(exc)) from None
         self._check_policy(claims, client, now)
         jti: str = claims["jti"]
+        if not claim:
+            return claims
         # StoreUnavailable (503) when the shared cache cannot be reached: fail closed, never skip the check.
         refused = self.replay.claim(iss, jti, float(claims["exp"]) + self.settings.jwt_leeway_seconds, now)
         if refused == "replay":

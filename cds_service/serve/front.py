@@ -18,9 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cds_service.config import Settings
+from cds_service.serve import frontauth
 
 log = logging.getLogger("cds_service.serve")
 
+#: Largest body of a request that needs no upload (ops routes, unknown paths): held in memory, never spooled.
+SMALL_BODY_BYTES = 4096
+#: The in-memory part of an authenticated hook call's body; beyond it nginx spools to client_body_temp_path.
+HOOK_BODY_BUFFER_BYTES = 64 * 1024
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx")
 
 
@@ -41,29 +46,70 @@ def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def _json_body(error: str, message: str) -> str:
-    return json.dumps({"error": error, "message": message}).replace("'", "\\'")
+#: The front's own answers (nginx refuses before the service sees the request): status → the FHIR issue type
+#: (http://hl7.org/fhir/R4/valueset-issue-type.html) and what the client is told, as an OperationOutcome.
+FRONT_ANSWERS: dict[int, tuple[str, str]] = {
+    400: ("invalid", "malformed HTTP request"),
+    401: ("login", "authentication required: a valid CDS client JWT in Authorization"),
+    403: ("forbidden", "forbidden"),
+    404: ("not-found", "no such resource"),
+    405: ("not-supported", "method not allowed"),
+    408: ("timeout", "the request did not arrive in time"),
+    411: ("invalid", "a request body needs a Content-Length or chunked encoding"),
+    413: ("too-costly", "request body too large"),
+    414: ("too-long", "request URI too long"),
+    416: ("invalid", "range not satisfiable"),
+    429: ("throttled", "too many requests at once; try again"),
+    431: ("too-long", "request header fields too large"),
+    494: ("too-long", "request header fields too large"),
+    500: ("exception", "internal error; see the service log"),
+    501: ("not-supported", "not implemented"),
+    502: ("transient", "the service is not available; try again"),
+    503: ("transient", "the service is not available; try again"),
+    504: ("timeout", "the service did not answer in time; try again"),
+    505: ("not-supported", "HTTP version not supported"),
+}
+#: nginx's non-standard 494 (headers too large) is sent as 431, the standard code.
+_SENT_AS = {494: 431}
+_RETRY = {429, 502, 503, 504}
 
 
-def _error_locations(max_body_bytes: int) -> str:
-    """The front's own error answers as internal locations with the documented JSON bodies."""
-    answers = {
-        400: ("invalid", "malformed HTTP request"),
-        408: ("timeout", "the request did not arrive in time"),
-        413: ("too-costly", f"request body larger than {max_body_bytes} bytes"),
-        429: ("too-many-requests", "too many requests at once from this address"),
-        503: ("unavailable", "the service is not available; try again"),
-    }
-    return "".join(
-        f"        location = /_nms_cds_error/{status} {{\n            internal;\n"
-        f"            return {status} '{_json_body(error, message)}';\n        }}\n"
-        for status, (error, message) in answers.items())
+def outcome(code: str, diagnostics: str) -> str:
+    """The JSON of an OperationOutcome with one error issue (the shape of the service's error answers)."""
+    return json.dumps({"resourceType": "OperationOutcome",
+                       "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}]})
+
+
+def _error_pages(max_body_bytes: int) -> str:
+    """``error_page`` for every status nginx answers itself, each an internal location returning the
+    OperationOutcome JSON (an unauthenticated 401 with the challenge and no lingering on its body)."""
+    lines = []
+    for status, (code, message) in FRONT_ANSWERS.items():
+        sent = _SENT_AS.get(status, status)
+        if status == 413:
+            message = f"request body larger than {max_body_bytes} bytes"
+        body = outcome(code, message).replace("'", "\\'")
+        extra = ""
+        if status == 401:
+            extra = ("            add_header WWW-Authenticate 'Bearer realm=\"cds-services\"' always;\n"
+                     "            lingering_time 1s;\n            lingering_timeout 1s;\n")
+        elif status in _RETRY:
+            extra = "            add_header Retry-After 5 always;\n"
+        lines.append(f"        error_page {status} ={sent} /_nms_cds_error/{status};\n")
+        lines.append(f"        location = /_nms_cds_error/{status} {{\n            internal;\n{extra}"
+                     f"            return {sent} '{body}';\n        }}\n")
+    return "".join(lines)
 
 
 def nginx_conf(settings: Settings, *, host: str, port: int, upstream: Path, runtime: Path) -> str:
-    """The nginx configuration of the front (everything under ``runtime``; nothing read from /etc/nginx)."""
+    """The nginx configuration of the front (everything under ``runtime``; nothing read from /etc/nginx).
+
+    Hook and feedback calls pass the header-only JWT check (serve/frontauth.py, ``auth_request``) before nginx
+    reads their body: an unauthenticated request is answered 401 without a byte of its body stored. Every other
+    path takes a body of at most SMALL_BODY_BYTES, in memory. Only authenticated uploads may spool to disk:
+    at most ``front_max_uploads`` at once, each at most ``max_body_bytes`` (docs/security.md).
+    """
     s = settings
-    error_locations = _error_locations(s.max_body_bytes)
     conns = s.front_max_connections
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard != resource.RLIM_INFINITY and 2 * conns + 64 > hard:  # a client and an upstream fd per connection
@@ -71,8 +117,24 @@ def nginx_conf(settings: Settings, *, host: str, port: int, upstream: Path, runt
         log.warning(f"NMS_CDS_FRONT_MAX_CONNECTIONS lowered to {conns}: open-file limit {hard}",
                     extra={"event": "config-warning"})
     proxy_read = s.request_timeout_seconds + 5
-    per_client = (f"        limit_conn nms_cds_per_client {s.front_max_requests_per_client};\n"
+    per_client = (f"            limit_conn nms_cds_per_client {s.front_max_requests_per_client};\n"
                   if s.front_max_requests_per_client else "")
+    proxy = f"""            proxy_pass http://nms_cds_app;
+            proxy_http_version 1.1;
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header Connection "";
+            proxy_request_buffering on;
+            proxy_buffering on;
+            proxy_connect_timeout 2s;
+            proxy_send_timeout 30s;
+            proxy_read_timeout {_ms(proxy_read)};
+"""
+    # The body is read only in the named location, reached after the header-only JWT pass (try_files runs after
+    # the access phase): its limits count authenticated uploads only.
+    hooks = f"""            auth_request {frontauth.AUTH_PATH};
+            try_files /nms-cds-no-file @nms_cds_upload;
+"""
     return f"""# written by nms-cds serve; see cds_service/serve/front.py
 daemon off;
 master_process on;
@@ -89,6 +151,7 @@ http {{
         '"event":"front-answer","method":"$request_method","status":$status,'
         '"request_time_s":"$request_time","request_id":"$http_x_request_id"}}';
     map $upstream_status $front_answered {{ "" 1; "502" 1; "504" 1; default 0; }}
+    map $request_method $nms_cds_upload {{ POST 1; default ""; }}
     access_log /dev/stderr nmscds if=$front_answered;
     server_tokens off;
     default_type application/json;
@@ -100,13 +163,15 @@ http {{
     client_header_buffer_size 1k;
     large_client_header_buffers 4 16k;
     client_max_body_size {s.max_body_bytes};
-    client_body_buffer_size 64k;
-    client_body_temp_path {runtime}/client_body;
+    client_body_buffer_size {SMALL_BODY_BYTES};
+    client_body_in_file_only off;
+    client_body_temp_path {s.front_spool_dir or runtime / "client_body"};
     proxy_temp_path {runtime}/proxy;
     fastcgi_temp_path {runtime}/fastcgi;
     uwsgi_temp_path {runtime}/uwsgi;
     scgi_temp_path {runtime}/scgi;
     limit_conn_zone $binary_remote_addr zone=nms_cds_per_client:10m;
+    limit_conn_zone $nms_cds_upload zone=nms_cds_uploads:1m;
     limit_conn_status 429;
     limit_conn_log_level info;
     upstream nms_cds_app {{
@@ -114,24 +179,35 @@ http {{
     }}
     server {{
         listen {_listen(host, port)} backlog=4096;
-{per_client}        location / {{
+        root {runtime}/no-files;
+        location / {{
+{per_client}            client_max_body_size {SMALL_BODY_BYTES};
+{proxy}        }}
+        location = /cds-services {{
+{hooks}        }}
+        location /cds-services/ {{
+{hooks}        }}
+        location @nms_cds_upload {{
+{per_client}            limit_conn nms_cds_uploads {s.front_max_uploads};
+            client_body_buffer_size {HOOK_BODY_BUFFER_BYTES};
+{proxy}        }}
+        location = {frontauth.AUTH_PATH} {{
+            internal;
             proxy_pass http://nms_cds_app;
-            proxy_http_version 1.1;
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_method GET;
+            proxy_pass_request_body off;
+            proxy_set_header Content-Length "";
+            proxy_set_header Transfer-Encoding "";
             proxy_set_header Connection "";
-            proxy_request_buffering on;
-            proxy_buffering on;
+            proxy_set_header X-Original-URI $request_uri;
+            proxy_set_header X-Original-Method $request_method;
+            proxy_set_header X-Original-Content-Length $http_content_length;
+            proxy_set_header X-Original-Transfer-Encoding $http_transfer_encoding;
+            proxy_http_version 1.1;
             proxy_connect_timeout 2s;
-            proxy_send_timeout 30s;
-            proxy_read_timeout {_ms(proxy_read)};
+            proxy_read_timeout {_ms(proxy_read)};  # queued behind busy workers like any request
         }}
-        error_page 400 414 431 494 /_nms_cds_error/400;
-        error_page 408 /_nms_cds_error/408;
-        error_page 413 /_nms_cds_error/413;
-        error_page 429 /_nms_cds_error/429;
-        error_page 500 502 503 504 /_nms_cds_error/503;
-{error_locations}    }}
+{_error_pages(s.max_body_bytes)}    }}
 }}
 """
 

@@ -17,7 +17,7 @@ from typing import Any
 from cds_service.config import AuthMode, Settings
 from cds_service.net.urls import is_loopback
 from cds_service.serve import front as front_
-from cds_service.serve import output
+from cds_service.serve import frontauth, output
 
 log = logging.getLogger("cds_service.serve")
 
@@ -180,7 +180,8 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
                 self.cfg.set("control_socket_disable", True)
 
         def load(self) -> object:
-            return factory(settings)
+            app = factory(settings)
+            return frontauth.wrap(app) if nginx else app  # the front's header-only pass (serve/frontauth.py)
 
     code: object = 0
     try:

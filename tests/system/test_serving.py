@@ -446,8 +446,8 @@ def test_one_address_cannot_hold_more_than_its_share_of_requests(tmp_path: Path)
             sock.close()
         time.sleep(0.3)
         assert requests.get(f"{served.base}/healthz", timeout=5).status_code == 200  # slots freed
-    assert answer.startswith(b"HTTP/1.1 429") and b'"too-many-requests"' in answer
-    assert refused.status_code == 429 and refused.json()["error"] == "too-many-requests"
+    assert answer.startswith(b"HTTP/1.1 429") and b'"throttled"' in answer  # an OperationOutcome
+    assert refused.status_code == 429 and refused.json()["issue"][0]["code"] == "throttled"
 
 
 def test_missing_nginx_is_refused_in_production(monkeypatch: pytest.MonkeyPatch,
