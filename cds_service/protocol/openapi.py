@@ -171,6 +171,30 @@ def _app_paths(settings: Settings, public: list[Any]) -> dict[str, Any]:
     }
 
 
+def _worklist_paths(public: list[Any]) -> dict[str, Any]:
+    """The surveillance worklist (:mod:`cds_service.web.worklist`, docs/surveillance.md)."""
+    entry = {"type": "object", "required": ["id", "patient", "indicator", "summary", "state"]}
+    refused = {"description": "Refused", "content": {JSON: {"schema": {"type": "object"}}}}
+    errors = {"400": refused, "401": refused, "404": refused, "503": refused}
+    return {
+        "/worklist": {"get": {
+            "operationId": "worklist", "summary": "Open worklist entries (JSON, or an HTML table); bearer "
+            "NMS_CDS_WORKLIST_TOKEN, off without one in production", "security": public,
+            "parameters": [{"name": "state", "in": "query", "required": False, "schema": {
+                "type": "string", "enum": ["new", "seen", "resolved", "dismissed"]}}],
+            "responses": {"200": _json({"type": "object", "required": ["entries"], "properties": {
+                "entries": {"type": "array", "items": entry}}}, "Entries"), **errors}}},
+        "/worklist/{entry_id}": {"post": {
+            "operationId": "worklistState", "summary": "Mark an entry seen, resolved or dismissed (with a reason)",
+            "security": public,
+            "parameters": [{"name": "entry_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
+            "requestBody": {"required": True, "content": {JSON: {"schema": {
+                "type": "object", "required": ["state"], "properties": {
+                    "state": {"type": "string"}, "reason": {"type": "string"}}}}}},
+            "responses": {"200": _json({"type": "object"}, "Changed"), **errors}}},
+    }
+
+
 def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
     service_id = {
         "name": "service_id",
@@ -245,6 +269,7 @@ def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
             },
             **_ops_paths(public),
             **_app_paths(settings, public),
+            **_worklist_paths(public),
         },
         "components": {
             "schemas": _schemas(list(dict.fromkeys(services.values()))),

@@ -79,8 +79,8 @@ def test_every_route_is_documented_and_nothing_else(app: Flask, document: dict[s
     assert {("/cds-services", "get"), ("/cds-services/{service_id}", "post"),
             ("/cds-services/{service_id}/feedback", "post"), ("/healthz", "get"),
             ("/openapi.json", "get"), ("/metrics", "get"), ("/readyz", "get"), ("/app/", "get"),
-            ("/app/{name}", "get"), ("/app/api/config", "get"), ("/app/api/assessment", "post")
-            } == document_routes(document)
+            ("/app/{name}", "get"), ("/app/api/config", "get"), ("/app/api/assessment", "post"),
+            ("/worklist", "get"), ("/worklist/{entry_id}", "post")} == document_routes(document)
 
 
 def test_document_names_the_configured_service_and_limits(app: Flask) -> None:
