@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BeforeValidator,
@@ -210,6 +211,22 @@ class Settings(BaseSettings):
         None, description="Pin the clinical clock (tests, demos and replay of recorded fixtures only)",
         json_schema_extra={"form": "an ISO 8601 date-time, e.g. 2026-11-24T12:00:00Z (UTC when no offset)"},
     )
+    time_zone: str | None = Field(
+        None, description="Time zone of the times on cards (IANA name); default: the UTC offset of the record's "
+                          "own timestamps",
+        json_schema_extra={"form": "an IANA time zone name, e.g. Europe/Berlin or America/New_York"},
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not a known IANA time zone name") from None
+        return value.strip()
 
     @field_validator("environment", mode="before")
     @classmethod
