@@ -14,6 +14,7 @@ Times are in the site's zone (:mod:`cds_service.services.card_time`); no resourc
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, tzinfo
 
 from cds_service.clinical.criteria import fmt
@@ -90,6 +91,9 @@ def _findings(a: Assessment, zone: tzinfo) -> list[str]:
     out: list[str] = []
     hyper = a.criterion("hyperthermia")
     febrile = [r for r in hyper.evidence if r.value > th["hyperthermia"]["threshold_cel"]]
+    temps = a.readings.get("body-temperature", [])
+    if not febrile and temps:
+        out.append(f"no fever: highest T {_reading(max(temps, key=lambda r: r.value), zone)}")
     if febrile:
         peak = max(febrile, key=lambda r: r.value)
         out.append(f"T {_reading(peak, zone)} — {len(febrile)} reading{'s' if len(febrile) > 1 else ''} > "
@@ -176,21 +180,24 @@ def _table(a: Assessment, withdrawal: bool) -> list[str]:
     return lines
 
 
-_NOT_IN_RECORD = ("Not in the record: rigidity (17 points), mental status (13), work-up (7) — assess at the "
-                  "bedside; reported cut-off 74 of 100 (Gurrera 2017); fever thresholds assume oral readings.")
+_NOT_IN_RECORD = ("Not in the record (assess at the bedside): rigidity 17, mental status 13, work-up 7 points; "
+                  "reported cut-off 74 of 100.")
 _LAB_NAMES = {"leukocytosis": ("WBC", "high"), "crp-raised": ("CRP", "high"), "albumin-low": ("albumin", "low")}
 
 
 def _labs(a: Assessment, zone: tzinfo) -> list[str]:
-    shown = []
+    shown: list[tuple[str, datetime]] = []
     for f in a.findings:
         if f.name in _LAB_NAMES and f.evidence:
             name, word = _LAB_NAMES[f.name]
             r = f.evidence[0]
-            shown.append(f"{name} {fmt(r.value, r.unit)} {_t(r.time, zone)}" + (f" ({word})" if f.present else ""))
-        elif f.name == "iron-low-or-falling" and not f.present:
-            shown.append(localise(f.summary, zone))
-    return ["**Acute-phase labs** (supporting, never diagnostic): " + "; ".join(shown) + "."] if shown else []
+            shown.append((f"{name} {fmt(r.value, r.unit)}" + (f" ({word})" if f.present else ""), r.time))
+    if not shown:
+        return []
+    times = {t for _, t in shown}
+    text = (", ".join(s for s, _ in shown) + f", {_t(shown[0][1], zone)}" if len(times) == 1
+            else ", ".join(f"{s} {_t(t, zone)}" for s, t in shown))
+    return [f"**Acute-phase labs** (supporting, never diagnostic): {text}."]
 
 
 def _exposure_state(e: Exposure, zone: tzinfo) -> str:
@@ -209,8 +216,7 @@ def _drugs(a: Assessment, zone: tzinfo) -> list[str]:
     """Each drug once, with its records' states (at most three, then how many more)."""
     by_drug: dict[str, list[Exposure]] = {}
     for e in a.exposures:
-        if e.role in ("antagonist", "withdrawal"):
-            by_drug.setdefault(e.ingredient, []).append(e)
+        by_drug.setdefault(e.ingredient, []).append(e)
     shown = []
     for drug, records in by_drug.items():
         states = list(dict.fromkeys(_exposure_state(e, zone) for e in records))
@@ -218,7 +224,7 @@ def _drugs(a: Assessment, zone: tzinfo) -> list[str]:
         matched = next((e for e in records if e.matched_by != "rxnorm"), None)
         how = (f"; matched by {'drug name' if matched.matched_by == 'name' else 'ATC code'} "
                f"({md(matched.label, 60)})") if matched else ""
-        role = " (dopaminergic)" if records[0].role == "withdrawal" else ""
+        role = {"withdrawal": " (dopaminergic)", "lithium": " (adds to the risk)"}.get(records[0].role, "")
         shown.append(f"{drug}{role}: " + ", ".join(states[:3]) + more + how)
     return ["**Drugs:** " + "; ".join(shown) + "."] if shown else []
 
@@ -253,7 +259,10 @@ def _causes(a: Assessment, kind: CardKind) -> list[str]:
     found_any = len(lines) > 1
     lines.append(("Not found in the data seen: " + ", ".join(checked) + ". " if checked else "")
                  + "Could not be checked: " + ", ".join([*unchecked, never]) + ".")
-    if not found_any:  # one line: the heading and what was weighed
+    if not found_any and not unchecked:  # nothing found, everything checkable checked: one short line
+        return [f"{lines[0]} none of the {len(checked)} checked found in the data seen; {never} could not be "
+                "checked."]
+    if not found_any:
         return [lines[0] + " " + lines[-1]]
     return [*lines[:-1], "", lines[-1]]  # a blank line: the last line is no continuation of the list
 
@@ -264,7 +273,8 @@ def _time_notes(a: Assessment, zone: tzinfo) -> list[str]:
         out.append("CK rise before the exposure, without fever, set aside (not this episode's): "
                    + ", ".join(_reading(r, zone) for r in a.ck_set_aside[:2]) + ".")
     if a.conflicts:
-        out.append("**Records disagree:** " + "; ".join(localise(md(c, 200), zone) for c in a.conflicts[:2]) + ".")
+        out.append("**Records disagree:** "
+                   + "; ".join(localise(md(no_ids(c), 200), zone) for c in a.conflicts[:2]) + ".")
     return [" ".join(out)] if out else []
 
 
@@ -278,6 +288,15 @@ def _risks(a: Assessment) -> list[str]:
     return ["**Risk factors:** " + "; ".join(a.risk_factors) + "."] if a.risk_factors else []
 
 
+_RESOURCE_ID = re.compile(r"\b(Patient|Observation|Condition|AllergyIntolerance|Medication(?:Request|Statement|"
+                          r"Administration)?|ServiceRequest|Encounter|Procedure)/[^\s,;:()]+")
+
+
+def no_ids(text: str) -> str:
+    """``text`` with every ``Type/id`` reference written as its resource type: no resource id in prose."""
+    return _RESOURCE_ID.sub(r"\1", text)
+
+
 def detail(a: Assessment, zone: tzinfo) -> str:
     kind = card_kind(a)
     withdrawal = kind == "withdrawal"
@@ -288,7 +307,7 @@ def detail(a: Assessment, zone: tzinfo) -> str:
     sections: list[tuple[int, list[str]]] = [
         (2, reasons), (0, _table(a, withdrawal)), (1, [_NOT_IN_RECORD]), (0, _other_causes(a, kind, zone)),
         (0, _previous(a, kind, zone)), (0, _drugs(a, zone)), (1, _labs(a, zone)), (1, _time_notes(a, zone)),
-        (2, _risks(a)),
+        (1, _risks(a)),
     ]
     tail = data_lines(a, zone_name(zone, a.now))
     if a.draft_exposures and not any(e.ref for e in a.draft_exposures):
@@ -296,7 +315,7 @@ def detail(a: Assessment, zone: tzinfo) -> str:
 
     def join(parts: list[tuple[int, list[str]]]) -> str:
         body = "\n\n".join("\n".join(lines) for _, lines in parts if lines)
-        return head + PART_BREAK + (body + "\n\n" if body else "") + "\n".join(tail)
+        return no_ids(head + PART_BREAK + (body + "\n\n" if body else "") + "\n".join(tail))
 
     text = join(sections)
     # the least needed first (highest priority number, later section first); the table and the data stay
