@@ -51,8 +51,8 @@ def _action(a: Assessment, kind: CardKind) -> list[str]:
     antagonists = [e for e in a.exposures if e.role == "antagonist"]
     drafts = a.draft_exposures
     if kind == "incomplete":
-        return [f"**Before signing {_names(drafts)}: look at temperature and CK yourself.** The NMS check could "
-                f"not be completed: {md(', '.join(a.missing), 200)} could not be retrieved. No finding is claimed."]
+        return [f"**Before signing {_names(drafts)}: look at temperature and CK yourself.** The NMS check is "
+                "incomplete and claims no finding; what it could not read is named below."]
     if kind == "rechallenge":
         return [f"**Before signing {_names(drafts)}: previous NMS documented — weigh the need for a dopamine "
                 "antagonist.** No current NMS finding in the data seen; this card is about the history."]
