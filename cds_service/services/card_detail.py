@@ -260,8 +260,8 @@ def _causes(a: Assessment, kind: CardKind) -> list[str]:
     lines.append(("Not found in the data seen: " + ", ".join(checked) + ". " if checked else "")
                  + "Could not be checked: " + ", ".join([*unchecked, never]) + ".")
     if not found_any and not unchecked:  # nothing found, everything checkable checked: one short line
-        return [f"{lines[0]} none of the {len(checked)} checked found in the data seen; {never} could not be "
-                "checked."]
+        return [f"{lines[0]} none of the {len(checked)} checked found in the data seen; not checkable from the "
+                f"record: {never}."]
     if not found_any:
         return [lines[0] + " " + lines[-1]]
     return [*lines[:-1], "", lines[-1]]  # a blank line: the last line is no continuation of the list
