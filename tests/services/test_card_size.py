@@ -13,13 +13,23 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from cds_service.clinical import assess
+from cds_service.clinical.model import (
+    Assessment,
+    ClinicalInput,
+    Coding,
+    HistoryInput,
+    MedicationInput,
+    ObservationInput,
+)
+from cds_service.clinical.valuesets import ICD10CM, RXNORM
 from cds_service.config import Settings
 from cds_service.config_report import load_settings
 from cds_service.devtools import fixtures
 from cds_service.errors import ConfigError
 from cds_service.services.card_detail import DETAIL_LIMIT, PART_BREAK
-from cds_service.services.card_time import data_zone, localise, when
-from cds_service.services.cards import TREND_LABEL
+from cds_service.services.card_time import CardStyle, data_zone, localise, when
+from cds_service.services.cards import TREND_LABEL, build_cards
 from tests.conftest import app_for, make_settings
 from tests.helpers.card_size import card_kind, first_part, rendered
 
@@ -177,3 +187,39 @@ def _shift(request: dict[str, Any], zone: timezone) -> dict[str, Any]:
         return value
     shifted: dict[str, Any] = walk(copy.deepcopy(request))
     return shifted
+
+
+def _assess(meds: tuple[MedicationInput, ...], observations: tuple[ObservationInput, ...],
+            **kw: Any) -> Assessment:
+    return assess(ClinicalInput(now=_NOW, medications=meds, observations=observations, **kw))
+
+
+_NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+_DRAFT = MedicationInput("MedicationRequest/d", True, "draft", (Coding(RXNORM, "5093"),))
+_FEVER = tuple(ObservationInput(f"Observation/t{h}", "final", ("8310-5",), v, "Cel", _NOW - timedelta(hours=h))
+               for h, v in ((30, 38.6), (20, 39.1), (6, 38.9)))
+_NMS = HistoryInput("condition", (Coding(ICD10CM, "G21.0"),), "Neuroleptic malignant syndrome",
+                    _NOW - timedelta(days=400), "confirmed", "Condition/c1")
+
+
+def test_a_fever_before_the_drug_is_named_on_the_rechallenge_card() -> None:
+    a = _assess((_DRAFT,), _FEVER, history=(_NMS,))
+    assert a.indicator == "warning" and a.findings_before_exposure
+    (card,) = build_cards(a, "hook", "p1")
+    assert card_kind(card) == "rechallenge"
+    head = first_part(card["detail"])
+    assert "Fever or CK rise already recorded before any dopamine antagonist" in head
+    assert len(rendered(head)) <= FIRST_PART_LIMIT and len(card["detail"]) <= DETAIL_LIMIT
+    assert "Condition/c1" not in card["detail"]
+
+
+def test_the_incomplete_card_names_what_it_could_not_read_once() -> None:
+    a = _assess((_DRAFT,), (), missing=("vital signs", "laboratory results"))
+    assert a.indicator == "info"
+    (card,) = build_cards(a, "hook", "p1", style=CardStyle(trend_url="https://cds.example.org/app/launch.html"))
+    assert card["summary"] == "NMS check incomplete for haloperidol: could not retrieve vital signs, laboratory results"
+    assert card["detail"].startswith("**Before signing haloperidol: look at temperature and CK yourself.**")
+    assert card["detail"].count("vital signs, laboratory results") == 1  # on the Incomplete line only
+    assert "**Incomplete:** could not retrieve vital signs, laboratory results" in card["detail"]
+    assert "Other causes" not in card["detail"]  # an incomplete check claims no finding and weighs no cause
+    assert all(link["type"] == "absolute" for link in card["links"])  # no trend view for an incomplete check
