@@ -116,8 +116,13 @@ def _findings(a: Assessment, zone: tzinfo) -> list[str]:
     for f in a.findings:
         if f.present and f.name in ("leukocytosis", "crp-raised"):
             out.append(localise(f.summary, zone) + " (high)")
-    exposure = _exposure_finding(a, zone)
-    return ([exposure] if exposure else []) + out[: FINDINGS_SHOWN - (1 if exposure else 0)]
+    lead = [f for f in (_exposure_finding(a, zone), _previous_finding(a, zone)) if f]
+    return lead + out[: FINDINGS_SHOWN - len(lead)]
+
+
+def _previous_finding(a: Assessment, zone: tzinfo) -> str | None:
+    """A documented previous NMS decides a recurrence: it leads the findings."""
+    return f"Previous NMS documented: {_history(a, zone)[0]}" if a.history else None
 
 
 def _notes(a: Assessment) -> list[str]:
@@ -185,10 +190,11 @@ _NOT_IN_RECORD = ("Not in the record (assess at the bedside): rigidity 17, menta
 _LAB_NAMES = {"leukocytosis": ("WBC", "high"), "crp-raised": ("CRP", "high"), "albumin-low": ("albumin", "low")}
 
 
-def _labs(a: Assessment, zone: tzinfo) -> list[str]:
+def _labs(a: Assessment, zone: tzinfo, head: str) -> list[str]:
+    """The acute-phase labs not already among the decisive findings (``head``)."""
     shown: list[tuple[str, datetime]] = []
     for f in a.findings:
-        if f.name in _LAB_NAMES and f.evidence:
+        if f.name in _LAB_NAMES and f.evidence and localise(f.summary, zone) not in head:
             name, word = _LAB_NAMES[f.name]
             r = f.evidence[0]
             shown.append((f"{name} {fmt(r.value, r.unit)}" + (f" ({word})" if f.present else ""), r.time))
@@ -279,7 +285,7 @@ def _time_notes(a: Assessment, zone: tzinfo) -> list[str]:
 
 
 def _previous(a: Assessment, kind: CardKind, zone: tzinfo) -> list[str]:
-    if not a.history or kind == "rechallenge":
+    if len(a.history) < 2 or kind == "rechallenge":  # the first is among the decisive findings
         return []
     return ["**Previous NMS documented:** " + "; ".join(_history(a, zone)) + "."]
 
@@ -306,7 +312,7 @@ def detail(a: Assessment, zone: tzinfo) -> str:
     # (priority, lines): the highest priorities are left out first when the detail would be too long
     sections: list[tuple[int, list[str]]] = [
         (2, reasons), (0, _table(a, withdrawal)), (1, [_NOT_IN_RECORD]), (0, _other_causes(a, kind, zone)),
-        (0, _previous(a, kind, zone)), (0, _drugs(a, zone)), (1, _labs(a, zone)), (1, _time_notes(a, zone)),
+        (0, _previous(a, kind, zone)), (0, _drugs(a, zone)), (1, _labs(a, zone, head)), (1, _time_notes(a, zone)),
         (1, _risks(a)),
     ]
     tail = data_lines(a, zone_name(zone, a.now))
