@@ -27,6 +27,7 @@ from cds_service.services.card_time import localise, when, zone_name
 from cds_service.services.markup import md
 
 DETAIL_LIMIT = 1500
+FIRST_PART_LIMIT = 600  # rendered characters
 PART_BREAK = "\n\n---\n\n"  # between what to do now and the compact evidence below
 FINDINGS_SHOWN = 4
 _ROUTES = {"im": "IM", "iv": "IV", "sc": "SC"}
@@ -141,10 +142,29 @@ def _history(a: Assessment, zone: tzinfo) -> list[str]:
                                       if h.recorded else "") for h in a.history[:3]]
 
 
+def _visible(lines: list[str]) -> int:
+    """About the rendered length of ``lines`` (markup left out; entities counted whole: an overestimate)."""
+    return sum(len(line.replace("**", "").replace("\\", "").removeprefix("- ")) + 1 for line in lines)
+
+
 def first_part(a: Assessment, kind: CardKind, zone: tzinfo) -> list[str]:
+    """What to do now and the decisive findings, within :data:`FIRST_PART_LIMIT` characters rendered: the
+    last findings give way first (two stay), then long lines are cut."""
+    lines = _first_part(a, kind, zone)
+    while _visible(lines) > FIRST_PART_LIMIT and sum(line.startswith("- ") for line in lines) > 2:
+        last = max(i for i, line in enumerate(lines) if line.startswith("- "))
+        del lines[last]
+    limit = 200
+    while _visible(lines) > FIRST_PART_LIMIT and limit >= 60:
+        lines = [md_cut(line, limit) for line in lines]
+        limit -= 20
+    return lines
+
+
+def _first_part(a: Assessment, kind: CardKind, zone: tzinfo) -> list[str]:
     lines = _action(a, kind)
     if kind == "rechallenge":
-        items = _history(a, zone)
+        items = _history(a, zone)[:2]
         items.append("re-challenge only ≥ 2 weeks after full resolution, with a lower-potency agent, slow "
                      "titration and close monitoring")
     elif kind == "incomplete":

@@ -223,3 +223,15 @@ def test_the_incomplete_card_names_what_it_could_not_read_once() -> None:
     assert "**Incomplete:** could not retrieve vital signs, laboratory results" in card["detail"]
     assert "Other causes" not in card["detail"]  # an incomplete check claims no finding and weighs no cause
     assert all(link["type"] == "absolute" for link in card["links"])  # no trend view for an incomplete check
+
+
+def test_long_record_text_keeps_the_first_part_short() -> None:
+    history = tuple(HistoryInput("condition", (Coding(ICD10CM, "G21.0"),), f"Neuroleptic malignant syndrome {i} "
+                                 + "with a very long free-text description " * 8, _NOW - timedelta(days=400 + i),
+                                 "confirmed", f"Condition/c{i}") for i in range(3))
+    drafts = tuple(MedicationInput(f"MedicationRequest/d{i}", True, "draft", (Coding(RXNORM, code),))
+                   for i, code in enumerate(("5093", "2403", "6915")))  # haloperidol, chlorpromazine, metoclopramide
+    for a in (_assess(drafts, (), history=history), _assess(drafts, _FEVER[1:], history=history)):
+        (card,) = build_cards(a, "hook", "p1")
+        assert len(rendered(first_part(card["detail"]))) <= FIRST_PART_LIMIT, card["detail"]
+        assert len(card["detail"]) <= DETAIL_LIMIT and len(card["summary"]) < SUMMARY_LIMIT
