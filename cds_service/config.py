@@ -17,6 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BeforeValidator,
@@ -282,6 +283,23 @@ class Settings(BaseSettings):
         None, description="Directory of the front's request-body spool (authenticated uploads above 64 KiB); "
                           "default: under the temporary directory. Give it its own file system, apart from the store",
     )
+
+    time_zone: str | None = Field(
+        None, description="Time zone of the times on cards (IANA name); default: the UTC offset of the record's "
+                          "own timestamps",
+        json_schema_extra={"form": "an IANA time zone name, e.g. Europe/Berlin or America/New_York"},
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("not a known IANA time zone name") from None
+        return value.strip()
 
     @field_validator("smart_auth_origins", mode="before")
     @classmethod

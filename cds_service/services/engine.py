@@ -37,6 +37,7 @@ from cds_service.fhir.prefetch import KeyData, resolve
 from cds_service.fhir.scope import restrict
 from cds_service.protocol.models import ServiceDefinition
 from cds_service.protocol.parse import HookRequest
+from cds_service.services.card_time import CardStyle, card_style
 from cds_service.services.quiet import Decisive, decisive
 from cds_service.services.templates import fhir_reads, prefetch_templates
 
@@ -83,6 +84,7 @@ class Gathered:
     data: dict[str, KeyData]
     client: FhirClient | None
     deadline: Deadline
+    style: CardStyle = field(default_factory=CardStyle)  # the zone of the card's times, the trend view's URL
 
 
 class HookPolicy(ABC):
@@ -178,7 +180,8 @@ class Engine:
             if report.fhir_server == "not-allowed":
                 reason += f"; fhirServer was not contacted: {refusal}"
             raise PreconditionFailed(f"required FHIR data could not be obtained ({reason})")
-        return Gathered(data, client, deadline)
+        style = card_style(self.settings.time_zone, self.settings.public_base_url, data)
+        return Gathered(data, client, deadline, style)
 
     # --- extract -----------------------------------------------------------------------------------
 

@@ -54,4 +54,4 @@ class OrderSelectPolicy(HookPolicy):
         if not assessment.draft_exposures or assessment.indicator not in ("critical", "warning"):
             return []
         seed = evidence_key(assessment, self.id, req.patient_id)
-        return build_cards(assessment, seed, req.patient_id)
+        return build_cards(assessment, seed, req.patient_id, style=gathered.style)

@@ -30,4 +30,4 @@ class OrderSignPolicy(HookPolicy):
         return req.draft_resources()  # every order being signed
 
     def cards(self, assessment: Assessment, req: HookRequest, gathered: Gathered) -> list[dict[str, Any]]:
-        return build_cards(assessment, req.hook_instance, req.patient_id)
+        return build_cards(assessment, req.hook_instance, req.patient_id, style=gathered.style)

@@ -100,4 +100,4 @@ class PatientViewPolicy(HookPolicy):
             return []
         seed = evidence_key(assessment, self.id, req.patient_id)
         holds = hold_suggestions(assessment, gathered, req.patient_id, seed)
-        return build_cards(assessment, seed, req.patient_id, extra_suggestions=holds)
+        return build_cards(assessment, seed, req.patient_id, extra_suggestions=holds, style=gathered.style)

@@ -261,7 +261,7 @@ def test_german_kidney_transplant_record_gets_no_card(client: FlaskClient) -> No
 def test_card_states_time_line_and_other_causes(client: FlaskClient) -> None:
     (card,) = _post(client, fixtures.load_scenario("other-cause-infection").request)["cards"]
     assert card["indicator"] == "warning"
-    assert "**Time line:** first exposure haloperidol" in card["detail"] and "h between" in card["detail"]
+    assert "- haloperidol oral ordered 18 Nov 12:00, 112 h before onset" in card["detail"]  # the time line
     assert "Infection or sepsis: **found**" in card["detail"] and "ceftriaxone" in card["detail"]
     assert "Could not be checked:" in card["detail"]
 

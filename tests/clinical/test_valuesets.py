@@ -272,5 +272,5 @@ def test_coded_pneumonia_is_on_the_card_as_infection_found(client: FlaskClient, 
 
 def test_icd10gm_previous_nms_names_its_edition_on_the_card(client: FlaskClient) -> None:
     card = _order_sign_card(client, "icd10gm-past-nms-rechallenge")
-    assert card["indicator"] == "warning" and card["summary"].startswith("Previous NMS on record")
+    assert card["indicator"] == "warning" and card["summary"].startswith("Previous NMS documented")
     assert "Condition: Malignes Neuroleptika-Syndrom (ICD-10-GM G21.0)" in card["detail"]

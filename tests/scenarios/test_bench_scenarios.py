@@ -107,7 +107,7 @@ def test_scenario_1_answers_the_expected_critical_card(client: FlaskClient) -> N
     card = _card(client, scenarios.admission_request())
     assert card["indicator"] == "critical"
     assert card["summary"].startswith("Possible NMS: haloperidol + T 39.5 °C ×3 + CK 9,400 U/L (47×ULN)")
-    assert "**63/63**" in card["detail"]  # all five data-derived IEC criteria
+    assert "**63 of 63**" in card["detail"]  # all five data-derived IEC criteria
     labels = [s["label"] for s in card.get("suggestions", [])]
     assert "Remove the draft haloperidol order" in labels
 
@@ -144,7 +144,7 @@ def test_the_other_hooks_answer_the_same_critical_card(client: FlaskClient, hook
     assert card["indicator"] == "critical"
     assert card["summary"] == sign["summary"]
     assert card["summary"].startswith("Possible NMS: haloperidol + T 39.5 °C ×3 + CK 9,400 U/L (47×ULN)")
-    assert "**63/63**" in card["detail"]
+    assert "**63 of 63**" in card["detail"]
     labels = [s["label"] for s in card.get("suggestions", [])]
     if hook == "order-select":  # the selected draft is the new exposure
         assert "Remove the draft haloperidol order" in labels

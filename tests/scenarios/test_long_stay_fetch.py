@@ -84,8 +84,8 @@ def test_critical_card_without_prefetch_within_the_budget(app: Flask, server: lo
     prefetched, _ = _post(app, with_prefetch)
 
     def shown(cards: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-        # "**Data:** N readings used." counts what was fetched: the prefetch holds the templates' first pages
-        return [(c["indicator"], c["summary"], re.sub(r"\*\*Data:\*\* \d+ readings used\.", "", c["detail"]))
+        # "**Data:** N readings used" counts what was fetched: the prefetch holds the templates' first pages
+        return [(c["indicator"], c["summary"], re.sub(r"\*\*Data:\*\* \d+ readings used", "", c["detail"]))
                 for c in cards]
 
     assert shown(prefetched["cards"]) == shown(answer["cards"])

@@ -78,7 +78,7 @@ def test_payloads_are_inert_in_every_card_field(client: FlaskClient, payload: st
             _inert(action.get("description", ""))
     for reason in card.get("overrideReasons", []):
         _inert(reason["display"])
-    assert "Previous NMS on record" in card["detail"]  # the Condition is used, its text shown inert
+    assert "Previous NMS documented" in card["detail"]  # the Condition is used, its text shown inert
 
 
 def test_md_escapes_markdown_and_html() -> None:

@@ -37,7 +37,7 @@ def service() -> Iterator[str]:
     ("order-select", "classic-nms", "[CRITICAL] Possible NMS: haloperidol"),
     ("order-sign", "classic-nms", "[CRITICAL] Possible NMS: haloperidol"),
     ("patient-view", "past-nms-rechallenge", "no cards"),
-    ("order-select", "past-nms-rechallenge", "[WARNING] Previous NMS on record"),
+    ("order-select", "past-nms-rechallenge", "[WARNING] Previous NMS documented"),
 ])
 def test_call_fires_each_hook(service: str, capsys: pytest.CaptureFixture[str], hook: str, scenario: str,
                               expected: str) -> None:
