@@ -234,7 +234,12 @@ RENDER = """card => {
     const add = (tag, cls, html) => { const e = document.createElement(tag); e.className = cls;
         e.innerHTML = html; root.appendChild(e); return e; };
     add('div', 'summary', marked.parseInline(card.summary));
-    add('div', 'detail', marked.parse(card.detail || ''));
+    // a narrow EHR panel shows the summary and the first lines, the rest behind "More": the card's first part
+    // (what to do now and the decisive findings) ends at its first horizontal rule
+    const detail = card.detail || '';
+    const cut = detail.indexOf('\\n---\\n');
+    add('div', 'detail', marked.parse(cut < 0 ? detail : detail.slice(0, cut)));
+    if (cut >= 0) { add('details', 'more', '<summary>More</summary>' + marked.parse(detail.slice(cut + 5))); }
     add('div', 'source', 'Source: ' + card.source.label);
     (card.suggestions || []).forEach(s => { const b = add('button', 'suggestion', ''); b.textContent = s.label; });
     (card.links || []).forEach(l => { const b = add('button', 'link ' + l.type, ''); b.textContent = l.label; });
@@ -262,3 +267,7 @@ def test_the_card_in_a_400_px_panel_keeps_its_buttons_above_the_fold(stack: Stac
         # until both are on this branch the long card's buttons sit about 2,000 px down
         pytest.xfail(f"the card has no smart link yet (short cards not on this branch): buttons at {below}")
     assert below == [], f"buttons below the fold of a 400 x {FOLD_PX} px panel: {below}"
+    # rendered whole (as the reference sandbox does), the buttons follow the whole detail: recorded, not a target
+    page.evaluate("() => document.querySelectorAll('details').forEach(d => d.open = true)")
+    opened = page.eval_on_selector_all("button", "els => els.map(e => e.getBoundingClientRect().bottom)")
+    print(f"buttons with the whole detail open: {round(min(opened))}-{round(max(opened))} px")
