@@ -324,30 +324,16 @@ class FeedbackResponse(Closed):
 
 # --- errors and the rest --------------------------------------------------------------------------------
 
-class Error(Closed):
-    """A rejected request. ``message`` names the problem; ``field`` the offending member."""
-
-    error: str = Field(min_length=1, json_schema_extra={"examples": ["invalid", "not-found", "too-costly",
-                                                                      "method-not-allowed"]})
-    message: str = Field(min_length=1)
-    field: str | Omitted = Field(None, min_length=1)
-
-
-class Unauthorized(Closed):
-    """JWT missing or invalid; the reason is logged, never returned."""
-
-    error: Literal["unauthorized"]
-
-
 class Issue(BaseModel):
     severity: Literal["fatal", "error", "warning", "information"]
     code: str = Field(min_length=1)
     diagnostics: str | Omitted = Field(None, min_length=1)
+    expression: list[str] | Omitted = Field(None, description="the offending request member, where there is one")
 
 
 class OperationOutcome(BaseModel):
-    """FHIR OperationOutcome: required FHIR data could be had neither from prefetch nor from fhirServer
-    (diagnostics say, per prefetch key, what failed)."""
+    """FHIR OperationOutcome: every error answer (4xx/5xx). ``code`` is a FHIR IssueType; ``diagnostics`` names
+    the problem (412: per prefetch key, what failed; 401: no detail)."""
 
     resourceType: Literal["OperationOutcome"]
     issue: list[Issue] = Field(min_length=1)
@@ -364,6 +350,6 @@ class OpenApiDocument(BaseModel):
 
 
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
-    Error, Unauthorized, OperationOutcome, Discovery, PatientViewRequest, OrderSelectRequest, OrderSignRequest,
+    OperationOutcome, Discovery, PatientViewRequest, OrderSelectRequest, OrderSignRequest,
     HookResponse, FeedbackRequest, FeedbackResponse, Health, OpenApiDocument,
 )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cds_service.config import Settings
+from cds_service.protocol.outcome import operation_outcome
 
 log = logging.getLogger("cds_service.serve")
 
@@ -41,23 +42,23 @@ def _ms(seconds: float) -> str:
     return f"{round(seconds * 1000)}ms"
 
 
-def _json_body(error: str, message: str) -> str:
-    return json.dumps({"error": error, "message": message}).replace("'", "\\'")
+def _json_body(status: int, message: str) -> str:
+    return json.dumps(operation_outcome(status, message)).replace("'", "\\'")
 
 
 def _error_locations(max_body_bytes: int) -> str:
-    """The front's own error answers as internal locations with the documented JSON bodies."""
+    """The front's own error answers as internal locations with the service's OperationOutcome bodies."""
     answers = {
-        400: ("invalid", "malformed HTTP request"),
-        408: ("timeout", "the request did not arrive in time"),
-        413: ("too-costly", f"request body larger than {max_body_bytes} bytes"),
-        429: ("too-many-requests", "too many requests at once from this address"),
-        503: ("unavailable", "the service is not available; try again"),
+        400: "malformed HTTP request",
+        408: "the request did not arrive in time",
+        413: f"request body larger than {max_body_bytes} bytes",
+        429: "too many requests at once from this address",
+        503: "the service is not available; try again",
     }
     return "".join(
         f"        location = /_nms_cds_error/{status} {{\n            internal;\n"
-        f"            return {status} '{_json_body(error, message)}';\n        }}\n"
-        for status, (error, message) in answers.items())
+        f"            return {status} '{_json_body(status, message)}';\n        }}\n"
+        for status, message in answers.items())
 
 
 def nginx_conf(settings: Settings, *, host: str, port: int, upstream: Path, runtime: Path) -> str:
