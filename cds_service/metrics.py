@@ -65,6 +65,9 @@ def _m() -> dict[str, Any]:
                                    ["kind", "reason"]),
                 overruns=Counter("nms_cds_request_overruns",
                                  "Requests stopped at NMS_CDS_REQUEST_TIMEOUT_SECONDS (answered 503)"),
+                silent_cards=Counter("nms_cds_silent_cards",
+                                     "Cards evaluated and audited but not returned (silent mode), by service, hook "
+                                     "and indicator", ["service", "hook", "indicator"]),
             )
     return _metrics
 
@@ -82,6 +85,13 @@ def observe_hook(service: str, hook: str, seconds: float, indicators: list[str])
     m["hook_seconds"].labels(service, hook).observe(seconds)
     for indicator in indicators:
         m["cards"].labels(service, hook, indicator).inc()
+
+
+def silent_cards(service: str, hook: str, indicators: list[str]) -> None:
+    """Cards a silent-mode client would have been shown (audited, not returned)."""
+    m = _m()
+    for indicator in indicators:
+        m["silent_cards"].labels(service, hook, indicator).inc()
 
 
 _REASON_CUT = re.compile(r"[:'\"(\[{].*$", re.DOTALL)

@@ -134,9 +134,12 @@ class ServiceDefinition(BaseModel):
     id: str = Field(min_length=1)
     prefetch: dict[str, Annotated[str, Field(min_length=1)]] | Omitted = None
     usageRequirements: str | Omitted = Field(None, min_length=1)
+    extension: dict[str, Any] | Omitted = Field(
+        None, description="davinci-crd.configuration-options: the options a request may send (Da Vinci CRD form)")
 
 
 class Discovery(BaseModel):
+    version: str | Omitted = Field(None, description="The CDS Hooks version the service implements (3.0 ballot)")
     services: list[ServiceDefinition]
 
 

@@ -43,6 +43,8 @@ class CardRecord:
     evidence: tuple[str, ...] = ()  # ids of the evidence resources ("Observation/t1", "MedicationRequest/d")
     client_iss: str | None = None
     patient: str | None = None  # keyed hash of patientId, or the id itself when the operator opted in
+    mode: str = "live"  # "live": returned to the client; "silent": would have shown (silent mode), not returned
+    card: str | None = None  # silent mode: the full card as JSON (patient references as the audit stores them)
 
 
 @dataclass(frozen=True)

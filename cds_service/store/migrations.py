@@ -68,6 +68,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE replay_issuer (iss TEXT PRIMARY KEY, entries INTEGER NOT NULL)",
         "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )),
+    Migration(2, "card audit: silent mode and the full card", (
+        "ALTER TABLE card_audit ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",
+        "ALTER TABLE card_audit ADD COLUMN card TEXT",
+    )),
 )
 
 CREATE_TRACKING = (
