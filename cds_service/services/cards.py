@@ -16,6 +16,7 @@ from cds_service.clinical.rules import fmt_reading
 from cds_service.clinical.valuesets import LOINC, load
 from cds_service.protocol import models
 from cds_service.services.markup import md, plain, ref
+from cds_service.services.topic import nms_topic
 
 CARD_NAMESPACE = uuid.UUID("6f1c1e52-3c1b-4a8e-9a55-2f0c7f4b9d10")
 IEC_URL = "https://pubmed.ncbi.nlm.nih.gov/21733489/"
@@ -341,7 +342,7 @@ def suggestions(a: Assessment, hook_instance: str, patient_id: str) -> list[mode
     return out
 
 
-_SOURCE = models.Source(label=SOURCE_LABEL, url=IEC_URL)
+_SOURCE = models.Source(label=SOURCE_LABEL, url=IEC_URL, topic=nms_topic())  # topic: CDS Hooks 3.0 readiness
 _LINKS = (
     models.Link(label="IEC consensus criteria for NMS (Gurrera 2011)", url=IEC_URL, type="absolute"),
     models.Link(label="NMS: a neuroimmunologic hypothesis (Anglin 2010, serum iron)", url=SEED_URL, type="absolute"),
