@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError, field_validator
 
 from cds_service.config import Settings
 
@@ -69,8 +69,8 @@ class PolicyOverride(BaseModel):
     hooks: tuple[Hook, ...] | None = Field(None, min_length=1)
     indicators: tuple[Indicator, ...] | None = Field(None, min_length=1)
     mode: Literal["live", "silent"] | None = None
-    max_cards: int | None = Field(None, ge=1, le=MAX_CARDS)
-    allow_critical: bool | None = None
+    max_cards: StrictInt | None = Field(None, ge=1, le=MAX_CARDS)
+    allow_critical: StrictBool | None = None
 
     @field_validator("hooks", "indicators")
     @classmethod
@@ -89,7 +89,7 @@ def parse_override(value: object) -> PolicyOverride:
         return PolicyOverride.model_validate(value)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"]).lstrip(".")
         if first["type"] == "extra_forbidden":
             raise ValueError(f"'policy' member {where!r} is unknown (known: {', '.join(ClientPolicy.model_fields)})"
                              ) from None
