@@ -47,6 +47,7 @@ class Report:
     unlinked_feedback: int = 0  # feedback for a card not in the audit of this window
     cards_per_day: Counter[date] = field(default_factory=Counter)
     overrides_per_day: Counter[date] = field(default_factory=Counter)
+    silent: Counter[str] = field(default_factory=Counter)  # silent mode: would have shown, by indicator
 
 
 def _day(epoch: float) -> date:
@@ -66,6 +67,9 @@ def build(rows: ReportRows, *, since: float, now: float) -> Report:
             report.override_reasons[f.override_code or "(no reason given)"] += 1
             report.overrides_per_day[_day(f.received_at)] += 1
     for c in rows.cards:
+        if c.mode == "silent":  # never shown, so neither served nor open to feedback
+            report.silent[c.indicator] += 1
+            continue
         report.cards += 1
         report.by_indicator[c.indicator] += 1
         report.by_hook[c.hook] += 1
@@ -90,6 +94,9 @@ def render_text(r: Report) -> str:
     lines.append(f"Cards served: {r.cards}   with feedback: {r.accepted + r.overridden}   "
                  f"accepted: {r.accepted} ({_pct(r.accepted, r.cards).strip()})   "
                  f"overridden: {r.overridden} ({_pct(r.overridden, r.cards).strip()})")
+    if r.silent:
+        lines.append(f"Silent mode, would have shown (not returned): {sum(r.silent.values())} ("
+                     + ", ".join(f"{name} {n}" for name, n in r.silent.most_common()) + ")")
     lines += ["", f"{'Indicator':<28}{'cards':>7}{'accepted':>11}{'overridden':>12}{'no feedback':>13}"]
     for name, n in r.by_indicator.most_common():
         o = r.indicator_outcomes[name]
