@@ -210,6 +210,9 @@ class _HookRequest(Wire):
     fhirServer: NonBlank | None = Field(None, description=_FHIR_SERVER)
     fhirAuthorization: FhirAuthorization | None = None
     prefetch: dict[str, Any] | None = Field(None, description=_PREFETCH)
+    extension: dict[str, Any] | None = Field(
+        None, description="Read: davinci-crd.configuration, the options chosen for this call (discovery lists them; "
+                          "they can only make the answer quieter); any other member is ignored")
 
 
 class PatientViewRequest(_HookRequest):
