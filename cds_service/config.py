@@ -215,10 +215,12 @@ class Settings(BaseSettings):
     policy_hooks: Annotated[list[Literal["patient-view", "order-select", "order-sign"]], NoDecode] = Field(
         ["patient-view", "order-select", "order-sign"], min_length=1,
         description="Hooks served (comma-separated); a service of another hook answers no card",
+        json_schema_extra={"form": "a comma-separated list of patient-view, order-select, order-sign"},
     )
     policy_indicators: Annotated[list[Literal["info", "warning", "critical"]], NoDecode] = Field(
         ["info", "warning", "critical"], min_length=1,
         description="Card indicators returned (comma-separated); a card of another indicator is not returned",
+        json_schema_extra={"form": "a comma-separated list of info, warning, critical"},
     )
     policy_silent: bool = Field(
         False, description="Silent mode: evaluate and audit every card as 'would have shown', return no card",

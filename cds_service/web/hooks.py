@@ -62,7 +62,7 @@ def call_service(service_id: str) -> Response:
         "prefetch": report.keys,
         "fhir_requests": report.fhir_requests,
         "fhir_server": report.fhir_server,
-        "indicator": report.indicator or "none",
+        "indicator": str(cards[0].get("indicator")) if cards else "none",  # after the client's policy
         "mode": policy.mode,
         "score": report.score,
         "timings_ms": {k: round(v, 1) for k, v in report.timings_ms.items()},
