@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,12 +53,34 @@ def quiet_key(service_id: str, patient_id: str | None, iss: str | None, key: byt
     return "quiet:" + hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
+def _pseudonymised(value: Any, patient_id: str, patient: str) -> Any:
+    """``value`` with every reference to ``Patient/<patient_id>`` (relative or absolute) and every
+    ``patientId``-valued member rewritten to the audit's patient token."""
+    if isinstance(value, dict):
+        return {k: _pseudonymised(v, patient_id, patient) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_pseudonymised(v, patient_id, patient) for v in value]
+    if isinstance(value, str) and (value == f"Patient/{patient_id}" or value.endswith(f"/Patient/{patient_id}")):
+        return value[: -len(patient_id)] + patient
+    return value
+
+
+def stored_card(card: dict[str, Any], patient_id: str | None, patient: str | None) -> str:
+    """The card as the audit keeps it for silent mode: compact JSON, patient references as the audit stores the
+    patient (its keyed hash unless the operator opted in to ids, then unchanged)."""
+    if patient_id and patient and patient != patient_id:
+        card = _pseudonymised(card, patient_id, patient)
+    return json.dumps(card, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
 def card_records(cards: Sequence[dict[str, Any]], *, served_at: float, hook: str, service_id: str,
                  hook_instance: str, score: int | None, rules: Sequence[str], reasons: Sequence[str],
                  evidence: Sequence[str], iss: str | None, patient: str | None, quiet: str | None = None,
-                 decisive: str | None = None) -> list[CardRecord]:
+                 decisive: str | None = None, silent: bool = False, patient_id: str | None = None) -> list[CardRecord]:
+    """One record per card; ``silent``: cards not returned, each kept whole (:func:`stored_card`)."""
     return [CardRecord(card_uuid=str(card.get("uuid")), served_at=served_at, hook=hook, service_id=service_id,
                        hook_instance=hook_instance, indicator=str(card.get("indicator")), score=score,
                        rules=tuple(rules), reasons=tuple(reasons), evidence=tuple(evidence), client_iss=iss,
-                       patient=patient, quiet_key=quiet, decisive=decisive)
+                       patient=patient, quiet_key=quiet, decisive=decisive, mode="silent" if silent else "live",
+                       card=stored_card(card, patient_id, patient) if silent else None)
             for card in cards if card.get("uuid")]

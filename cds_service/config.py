@@ -327,6 +327,32 @@ class Settings(BaseSettings):
                              "development); in production the trend view needs a SMART launch")
         return self
 
+    # --- per-client policy defaults (cds_service/auth/policy.py; a trusted client's "policy" overrides) --------
+    policy_hooks: Annotated[list[Literal["patient-view", "order-select", "order-sign"]], NoDecode] = Field(
+        ["patient-view", "order-select", "order-sign"], min_length=1,
+        description="Hooks served (comma-separated); a service of another hook answers no card",
+        json_schema_extra={"form": "a comma-separated list of patient-view, order-select, order-sign"},
+    )
+    policy_indicators: Annotated[list[Literal["info", "warning", "critical"]], NoDecode] = Field(
+        ["info", "warning", "critical"], min_length=1,
+        description="Card indicators returned (comma-separated); a card of another indicator is not returned",
+        json_schema_extra={"form": "a comma-separated list of info, warning, critical"},
+    )
+    policy_silent: bool = Field(
+        False, description="Silent mode: evaluate and audit every card as 'would have shown', return no card",
+    )
+    policy_max_cards: int = Field(10, ge=1, le=10, description="Most cards in one answer")
+    policy_allow_critical: bool = Field(
+        True, description="false: a critical card is sent as warning (EHRs that render critical as a pop-up)",
+    )
+
+    @field_validator("policy_hooks", "policy_indicators", mode="before")
+    @classmethod
+    def _split_policy_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip().lower() for part in value.split(",") if part.strip()]
+        return value
+
     @field_validator("environment", mode="before")
     @classmethod
     def _environment_name(cls, value: object) -> object:

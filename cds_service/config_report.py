@@ -234,6 +234,7 @@ def collect() -> dict[str, Any]:
             settings = None
     rows: list[dict[str, Any]] = []
     trusted: int | None = None
+    policies: list[str] = []
     if settings is not None:
         rows = [{"variable": name, "value": value, "source": source, "valid": name not in failing}
                 for name, value, source in describe(settings)]
@@ -245,10 +246,28 @@ def collect() -> dict[str, Any]:
                 from cds_service.auth import load_trusted_clients
 
                 try:
-                    trusted = len(load_trusted_clients(settings.trusted_clients))
+                    clients = load_trusted_clients(settings.trusted_clients)
+                    trusted = len(clients)
+                    policies = client_policies(settings, clients)
                 except ConfigError as exc:
                     problems.extend(exc.problems)
-    return {"settings": rows, "trusted_clients": trusted, "problems": problems, "warnings": warnings}
+            if settings.auth == AuthMode.OFF:
+                policies = client_policies(settings, {})
+    return {"settings": rows, "trusted_clients": trusted, "policies": policies, "problems": problems,
+            "warnings": warnings}
+
+
+def client_policies(settings: Settings, clients: Mapping[str, Any]) -> list[str]:
+    """One line per policy: the default (NMS_CDS_POLICY_*), then each trusted client's effective one."""
+    from cds_service.auth.policy import default_policy
+
+    default = default_policy(settings)
+    lines = [f"default: {default.describe()}"]
+    for iss, client in sorted(clients.items()):
+        tenant = f" (tenant {client.tenant})" if client.tenant else ""
+        own = client.policy.over(default).describe() + " [own policy]" if client.policy else "the default"
+        lines.append(f"{iss}{tenant}: {own}")
+    return lines
 
 
 def table(report: dict[str, Any]) -> list[str]:
@@ -260,6 +279,9 @@ def table(report: dict[str, Any]) -> list[str]:
         out.append(f"  {row['variable']:45} {shown}  [{row['source']}]")
     if report["trusted_clients"] is not None:
         out.append(f"  {'(trusted clients loaded)':45} {report['trusted_clients']}")
+    if report.get("policies"):
+        out.append("client policies:")
+        out.extend(f"  {line}" for line in report["policies"])
     for title in ("problems", "warnings"):
         out.append(f"{title}: {len(report[title])}")
         out.extend(f"  {line}" for line in report[title])

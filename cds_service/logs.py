@@ -20,7 +20,7 @@ SAFE_EXTRA = (
     "event", "request_id", "hook_instance", "service", "status", "method", "path", "duration_ms",
     "prefetch", "fhir_requests", "fhir_server", "indicator", "score", "timings_ms", "iss", "jti",
     "reason", "error", "feedback_items", "feedback_new", "patient_id", "tenant", "remote",
-    "route", "origin", "allowed", "problems", "front", "workers", "threads", "bind",
+    "route", "origin", "allowed", "problems", "front", "workers", "threads", "bind", "mode",
     "suppressed", "card", "answered_card", "until",
 )
 

@@ -71,6 +71,9 @@ def _m() -> dict[str, Any]:
                 quiet_failures=Counter("nms_cds_quiet_store_failures",
                                        "Quiet-period look-ups that failed: the card was shown (fail open)",
                                        ["hook"]),
+                silent_cards=Counter("nms_cds_silent_cards",
+                                     "Cards evaluated and audited but not returned (silent mode), by service, hook "
+                                     "and indicator", ["service", "hook", "indicator"]),
             )
     return _metrics
 
@@ -96,6 +99,13 @@ def card_suppressed(service: str, hook: str) -> None:
 
 def quiet_store_failure(hook: str) -> None:
     _m()["quiet_failures"].labels(hook).inc()
+
+
+def silent_cards(service: str, hook: str, indicators: list[str]) -> None:
+    """Cards a silent-mode client would have been shown (audited, not returned)."""
+    m = _m()
+    for indicator in indicators:
+        m["silent_cards"].labels(service, hook, indicator).inc()
 
 
 _REASON_CUT = re.compile(r"[:'\"(\[{].*$", re.DOTALL)

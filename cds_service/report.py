@@ -53,6 +53,7 @@ class Report:
     overrides_per_day: Counter[date] = field(default_factory=Counter)
     suppressed: int = 0  # repeats not shown within the quiet period
     suppressed_by_hook: Counter[str] = field(default_factory=Counter)
+    silent: Counter[str] = field(default_factory=Counter)  # silent mode: would have shown, by indicator
 
 
 def _day(epoch: float) -> date:
@@ -76,6 +77,9 @@ def build(rows: ReportRows, *, since: float, now: float) -> Report:
         report.suppressed += 1
         report.suppressed_by_hook[sup.hook] += 1
     for c in rows.cards:
+        if c.mode == "silent":  # never shown, so neither served nor open to feedback
+            report.silent[c.indicator] += 1
+            continue
         report.cards += 1
         report.by_indicator[c.indicator] += 1
         report.by_hook[c.hook] += 1
@@ -113,6 +117,9 @@ def render_text(r: Report) -> str:
     lines.append(f"Cards served: {r.cards}   with feedback: {r.accepted + r.overridden}   "
                  f"accepted: {r.accepted} ({_pct(r.accepted, r.cards).strip()})   "
                  f"overridden: {r.overridden} ({_pct(r.overridden, r.cards).strip()})")
+    if r.silent:
+        lines.append(f"Silent mode, would have shown (not returned): {sum(r.silent.values())} ("
+                     + ", ".join(f"{name} {n}" for name, n in r.silent.most_common()) + ")")
     lines += ["", f"{'Indicator':<28}{'cards':>7}{'accepted':>11}{'overridden':>12}{'no feedback':>13}"]
     for name, n in r.by_indicator.most_common():
         o = r.indicator_outcomes[name]

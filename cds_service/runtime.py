@@ -12,6 +12,7 @@ from typing import Any
 
 from cds_service import audit, metrics
 from cds_service.auth import Authenticator
+from cds_service.auth.policy import ClientPolicy, default_policy
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import StoreUnavailable
 from cds_service.fhir.client import QueryPool
@@ -104,8 +105,9 @@ class Runtime:
         return []
 
     def audit_cards(self, cards: Sequence[dict[str, Any]], *, hook: str, service_id: str, hook_instance: str,
-                    patient_id: str | None, report: CallReport, iss: str | None) -> int:
-        """Record every card served; a store failure is logged, the cards are still answered."""
+                    patient_id: str | None, report: CallReport, iss: str | None, silent: bool = False) -> int:
+        """Record every card served (``silent``: every card that would have been, whole); a store failure is
+        logged, the answer is still given."""
         if not cards:
             return 0
         try:
@@ -115,13 +117,21 @@ class Runtime:
                 score=report.score, rules=report.rules, reasons=report.reasons, evidence=report.evidence, iss=iss,
                 patient=audit.patient_token(patient_id, key, opt_in=self.settings.audit_patient_ids),
                 quiet=audit.quiet_key(service_id, patient_id, iss, key),
-                decisive=report.decisive.to_json() if report.decisive is not None else None)
+                decisive=report.decisive.to_json() if report.decisive is not None else None,
+                silent=silent, patient_id=patient_id)
             self.store.record_cards(records)
         except StoreUnavailable as exc:
             log.error("card audit not written", extra={"event": "audit-failed", "error": exc.cause})
             return 0
         self.maybe_purge()
         return len(records)
+
+    def policy_for(self, iss: str | None) -> ClientPolicy:
+        """The calling client's policy: its own ``policy`` members over the default (authentication off or an
+        issuer without them: the default, from the NMS_CDS_POLICY_* settings)."""
+        default = default_policy(self.settings)
+        client = self.authenticator.clients.get(iss) if iss else None
+        return client.policy.over(default) if client is not None and client.policy is not None else default
 
     def maybe_purge(self) -> None:
         """At most once an hour per process: drop audit and feedback past retention, and expired jti."""

@@ -5,7 +5,7 @@
 
     [
       {"iss": "https://ehr.example.org", "jwks_url": "https://ehr.example.org/.well-known/jwks.json",
-       "tenant": "optional-tenant-id"},
+       "tenant": "optional-tenant-id", "policy": {"mode": "silent"}},
       {"iss": "https://sandbox.cds-hooks.org", "jwks": {"keys": [ ...public JWKs... ]},
        "jku": ["https://sandbox.cds-hooks.org/.well-known/jwks.json"]}
     ]
@@ -37,7 +37,8 @@ the HTTP answer is a bare 401. The token itself is never logged; ``iss`` and ``j
 non-loopback bind unless ``NMS_CDS_AUTH_OFF_FORCE=true``.
 """
 
-# keys.py: the JWK rules; clients.py: the trusted clients file; jwks.py: remote key sets; verify.py: the checks.
+# keys.py: the JWK rules; clients.py: the trusted clients file; jwks.py: remote key sets; verify.py: the checks;
+# policy.py: what each client gets (per-client policy).
 from cds_service.auth.clients import TrustedClient, TrustedClientsError, load_trusted_clients
 from cds_service.auth.keys import ALLOWED_ALGORITHMS, VerificationKey, parse_jwk, parse_jwks
 from cds_service.auth.verify import Authenticator

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cds_service.auth.keys import VerificationKey, parse_jwks
+from cds_service.auth.policy import PolicyOverride, parse_override
 from cds_service.errors import ConfigError
 from cds_service.net.urls import is_loopback
 
@@ -30,6 +31,8 @@ class TrustedClient:
     #: ``jku`` header values a token of this client may carry: the ``jku`` list and the ``jwks_url``.
     #: Only ``jwks_url`` is ever fetched; the others are accepted as labels and never contacted.
     jku: frozenset[str] = frozenset()
+    #: The client's own ``policy`` members (cds_service/auth/policy.py); None: the default policy.
+    policy: PolicyOverride | None = None
 
 
 def _check_jwks_url(url: Any, member: str = "jwks_url") -> str:
@@ -90,7 +93,7 @@ def load_trusted_clients(path: Path | None) -> dict[str, TrustedClient]:
         label = f"{label} (iss {iss[:200]!r})"
         if iss in clients:
             raise TrustedClientsError(f"{label} repeats an issuer listed before")
-        unknown = sorted(set(entry) - {"iss", "jwks", "jwks_url", "jku", "tenant", "comment"})
+        unknown = sorted(set(entry) - {"iss", "jwks", "jwks_url", "jku", "tenant", "policy", "comment"})
         if unknown:
             raise TrustedClientsError(f"{label} has unknown member(s) {', '.join(unknown)}")
         if "jwks" not in entry and "jwks_url" not in entry:
@@ -120,5 +123,12 @@ def load_trusted_clients(path: Path | None) -> dict[str, TrustedClient]:
         tenant = entry.get("tenant")
         if tenant is not None and (not isinstance(tenant, str) or not tenant):
             raise TrustedClientsError(f"{label}: 'tenant' must be a non-empty string when given")
-        clients[iss] = TrustedClient(iss=iss, keys=keys, jwks_url=jwks_url, tenant=tenant, jku=frozenset(jku))
+        policy = None
+        if "policy" in entry:
+            try:
+                policy = parse_override(entry["policy"])
+            except ValueError as exc:
+                raise TrustedClientsError(f"{label}: {exc}") from None
+        clients[iss] = TrustedClient(iss=iss, keys=keys, jwks_url=jwks_url, tenant=tenant, jku=frozenset(jku),
+                                     policy=policy)
     return clients

@@ -134,9 +134,12 @@ class ServiceDefinition(BaseModel):
     id: str = Field(min_length=1)
     prefetch: dict[str, Annotated[str, Field(min_length=1)]] | Omitted = None
     usageRequirements: str | Omitted = Field(None, min_length=1)
+    extension: dict[str, Any] | Omitted = Field(
+        None, description="davinci-crd.configuration-options: the options a request may send (Da Vinci CRD form)")
 
 
 class Discovery(BaseModel):
+    version: str | Omitted = Field(None, description="The CDS Hooks version the service implements (3.0 ballot)")
     services: list[ServiceDefinition]
 
 
@@ -207,6 +210,9 @@ class _HookRequest(Wire):
     fhirServer: NonBlank | None = Field(None, description=_FHIR_SERVER)
     fhirAuthorization: FhirAuthorization | None = None
     prefetch: dict[str, Any] | None = Field(None, description=_PREFETCH)
+    extension: dict[str, Any] | None = Field(
+        None, description="Read: davinci-crd.configuration, the options chosen for this call (discovery lists them; "
+                          "they can only make the answer quieter); any other member is ignored")
 
 
 class PatientViewRequest(_HookRequest):
@@ -324,30 +330,16 @@ class FeedbackResponse(Closed):
 
 # --- errors and the rest --------------------------------------------------------------------------------
 
-class Error(Closed):
-    """A rejected request. ``message`` names the problem; ``field`` the offending member."""
-
-    error: str = Field(min_length=1, json_schema_extra={"examples": ["invalid", "not-found", "too-costly",
-                                                                      "method-not-allowed"]})
-    message: str = Field(min_length=1)
-    field: str | Omitted = Field(None, min_length=1)
-
-
-class Unauthorized(Closed):
-    """JWT missing or invalid; the reason is logged, never returned."""
-
-    error: Literal["unauthorized"]
-
-
 class Issue(BaseModel):
     severity: Literal["fatal", "error", "warning", "information"]
     code: str = Field(min_length=1)
     diagnostics: str | Omitted = Field(None, min_length=1)
+    expression: list[str] | Omitted = Field(None, description="the offending request member, where there is one")
 
 
 class OperationOutcome(BaseModel):
-    """FHIR OperationOutcome: required FHIR data could be had neither from prefetch nor from fhirServer
-    (diagnostics say, per prefetch key, what failed)."""
+    """FHIR OperationOutcome: every error answer (4xx/5xx). ``code`` is a FHIR IssueType; ``diagnostics`` names
+    the problem (412: per prefetch key, what failed; 401: no detail)."""
 
     resourceType: Literal["OperationOutcome"]
     issue: list[Issue] = Field(min_length=1)
@@ -364,6 +356,6 @@ class OpenApiDocument(BaseModel):
 
 
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
-    Error, Unauthorized, OperationOutcome, Discovery, PatientViewRequest, OrderSelectRequest, OrderSignRequest,
+    OperationOutcome, Discovery, PatientViewRequest, OrderSelectRequest, OrderSignRequest,
     HookResponse, FeedbackRequest, FeedbackResponse, Health, OpenApiDocument,
 )

@@ -6,9 +6,8 @@ in :mod:`cds_service.protocol.models`, the same models that validate the request
 the service reads and writes them: strict where the service is strict
 (the REQUIRED CDS Hooks fields and their types, FHIR ids, the 128-character ``hookInstance``), lenient
 where the service is deliberately lenient (extra members, prefetch values of any shape, Bundle entries
-that are not objects are ignored). Error bodies are the ones :mod:`cds_service.web.errors` builds:
-``{"error", "message", "field"?}`` for 400/404/405/413, a bare ``{"error": "unauthorized"}`` for 401
-(no detail on purpose) and a FHIR ``OperationOutcome`` for 412.
+that are not objects are ignored). Error bodies are the ones :mod:`cds_service.web.errors` builds: a FHIR
+``OperationOutcome`` for every status (:mod:`cds_service.protocol.outcome`; 401 with no detail on purpose).
 
 The document depends on the settings only where the deployment does: the service ids, the public base
 URL, the body limits, and whether JWT authentication is on (``security`` is declared only then).
@@ -83,16 +82,16 @@ def _errors(settings: Settings, *statuses: int) -> dict[str, Any]:
     limit = settings.max_body_bytes
     texts = {
         400: ("Malformed request: not JSON, not UTF-8, nesting deeper than "
-              f"{settings.max_json_depth} levels, or a REQUIRED member missing or mistyped", "Error"),
-        401: ("JWT missing or invalid (only when NMS_CDS_AUTH=jwt)", "Unauthorized"),
-        404: ("No CDS service with this id", "Error"),
+              f"{settings.max_json_depth} levels, or a REQUIRED member missing or mistyped", "OperationOutcome"),
+        401: ("JWT missing or invalid (only when NMS_CDS_AUTH=jwt)", "OperationOutcome"),
+        404: ("No CDS service with this id", "OperationOutcome"),
         412: ("Required FHIR data (temperatures, vital signs and laboratory results all failed) could be had "
               "neither from prefetch nor from fhirServer", "OperationOutcome"),
         413: (f"Request body larger than {limit} bytes (NMS_CDS_MAX_BODY_BYTES); for feedback also more than "
               f"{settings.feedback_max_items} items or an item over {settings.feedback_max_item_bytes} bytes",
-              "Error"),
-        503: ("The store (database or Redis) could not be used; `message` names the cause. Nothing was stored: "
-              "send the same request again (Retry-After)", "Error"),
+              "OperationOutcome"),
+        503: ("The store (database or Redis) could not be used; `diagnostics` names the cause. Nothing was stored: "
+              "send the same request again (Retry-After)", "OperationOutcome"),
     }
     return {str(s): _json(_ref(texts[s][1]), texts[s][0]) for s in statuses}
 
@@ -101,7 +100,7 @@ def _ops_paths(public: list[Any]) -> dict[str, Any]:
     """``/metrics`` and ``/readyz`` (:mod:`cds_service.web.ops`), merged into the document's ``paths``."""
 
     def error(description: str) -> dict[str, Any]:
-        return {"description": description, "content": {"application/json": {"schema": {"type": "object"}}}}
+        return {"description": description, "content": {"application/json": {"schema": _ref("OperationOutcome")}}}
 
     return {
         "/metrics": {
@@ -125,10 +124,7 @@ def _ops_paths(public: list[Any]) -> dict[str, Any]:
                 "responses": {
                     "200": {"description": "Ready", "content": {"application/json": {"schema": {
                         "type": "object", "required": ["status"], "properties": {"status": {"const": "ready"}}}}}},
-                    "503": {"description": "Not ready; `problems` says why", "content": {"application/json": {
-                        "schema": {"type": "object", "required": ["status", "problems"],
-                                   "properties": {"status": {"const": "not-ready"},
-                                                  "problems": {"type": "array", "items": {"type": "string"}}}}}}},
+                    "503": error("Not ready; one issue per problem, its `diagnostics` says why"),
                 },
             },
         },

@@ -16,6 +16,7 @@ from typing import Any
 
 from cds_service.config import AuthMode, Settings
 from cds_service.net.urls import is_loopback
+from cds_service.protocol.outcome import operation_outcome
 from cds_service.serve import front as front_
 from cds_service.serve import frontauth, output
 
@@ -218,19 +219,14 @@ def _store_ready(settings: Settings) -> bool:
     return True
 
 
-_GUNICORN_ERRORS = {400: "invalid", 403: "forbidden", 414: "invalid", 417: "invalid", 431: "invalid",
-                    500: "internal", 501: "not-implemented"}
-
-
 def json_gunicorn_errors() -> None:
     """Make gunicorn's own error answers (a worker killed mid-request, a malformed request when there is no
-    front) the documented JSON error instead of its HTML page. Called in the master before the fork."""
+    front) the service's OperationOutcome instead of its HTML page. Called in the master before the fork."""
     from gunicorn import util
 
     def write_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
-        error = _GUNICORN_ERRORS.get(status_int, "error")
         message = "internal error; see the service log" if status_int >= 500 else "malformed HTTP request"
-        body = json.dumps({"error": error, "message": message}).encode()
+        body = json.dumps(operation_outcome(status_int, message)).encode()
         head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode("latin-1")
         util.write_nonblock(sock, head + body)

@@ -22,6 +22,7 @@ from cds_service.services.markup import plain
 from cds_service.services.override_reasons import OVERRIDE_REASONS as OVERRIDE_REASONS
 from cds_service.services.override_reasons import OVERRIDE_SYSTEM as OVERRIDE_SYSTEM
 from cds_service.services.override_reasons import offered
+from cds_service.services.topic import nms_topic
 
 CARD_NAMESPACE = uuid.UUID("6f1c1e52-3c1b-4a8e-9a55-2f0c7f4b9d10")
 IEC_URL = "https://pubmed.ncbi.nlm.nih.gov/21733489/"
@@ -78,7 +79,7 @@ def suggestions(a: Assessment, hook_instance: str, patient_id: str) -> list[mode
     return out
 
 
-_SOURCE = models.Source(label=SOURCE_LABEL, url=IEC_URL)
+_SOURCE = models.Source(label=SOURCE_LABEL, url=IEC_URL, topic=nms_topic())  # topic: CDS Hooks 3.0 readiness
 _LINKS = (
     models.Link(label="IEC consensus criteria for NMS (Gurrera 2011)", url=IEC_URL, type="absolute"),
     models.Link(label="NMS: a neuroimmunologic hypothesis (Anglin 2010, serum iron)", url=SEED_URL, type="absolute"),

@@ -45,6 +45,8 @@ class CardRecord:
     patient: str | None = None  # keyed hash of patientId, or the id itself when the operator opted in
     quiet_key: str | None = None  # keyed hash of (service id, patientId): the quiet period's lookup key
     decisive: str | None = None  # the card's decisive facts (JSON, services/quiet.py): no patient ids
+    mode: str = "live"  # "live": returned to the client; "silent": would have shown (silent mode), not returned
+    card: str | None = None  # silent mode: the full card as JSON (patient references as the audit stores them)
 
 
 @dataclass(frozen=True)

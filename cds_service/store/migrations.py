@@ -110,6 +110,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             UNIQUE (patient, finding_key))""",
         "CREATE INDEX worklist_state ON worklist (state, created_at)",
     )),
+    Migration(4, "card audit: silent mode and the full card", (
+        "ALTER TABLE card_audit ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",
+        "ALTER TABLE card_audit ADD COLUMN card TEXT",
+    )),
 )
 
 CREATE_TRACKING = (

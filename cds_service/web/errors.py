@@ -1,11 +1,11 @@
-"""JSON error answers: a :class:`cds_service.errors.RequestError` as its status and ``{"error", "message",
-"field"?}``, 401 without detail, 412 as an OperationOutcome, a broken store as 503 with Retry-After, and
-anything unexpected as a bare 500 (the details go to the log only)."""
+"""Error answers, every one a FHIR OperationOutcome (:mod:`cds_service.protocol.outcome`): a
+:class:`cds_service.errors.RequestError` as its status (``expression`` naming the offending member), 401 without
+detail, 412 with what failed per prefetch key, a broken store as 503 with Retry-After, and anything unexpected as
+a bare 500 (the details go to the log only)."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from flask import Flask, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
@@ -19,6 +19,7 @@ from cds_service.errors import (
     StoreUnavailable,
     Unauthorized,
 )
+from cds_service.protocol.outcome import operation_outcome
 
 log = logging.getLogger("cds_service.http")
 
@@ -28,30 +29,25 @@ def _error_response(exc: RequestError) -> tuple[Response, int]:
         log.warning("unauthorized", extra={"event": "auth-failed", "reason": exc.reason,
                                           "iss": g.get("iss"), "jti": g.get("jti")})
         metrics.auth_failure(exc.reason)
-        response = jsonify({"error": "unauthorized"})
+        response = jsonify(operation_outcome(401, "unauthorized"))
         response.headers["WWW-Authenticate"] = 'Bearer realm="cds-services"'  # RFC 6750; no error detail
         return response, 401
     if isinstance(exc, PreconditionFailed):
-        outcome = {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": exc.code, "diagnostics": exc.message}],
-        }
+        outcome = operation_outcome(412, exc.message, code=exc.code)
         log.info("precondition failed", extra={"event": "precondition-failed", "error": exc.message})
         return jsonify(outcome), 412
     if isinstance(exc, ServiceOverrun):
         metrics.overrun()
         log.error("request overran NMS_CDS_REQUEST_TIMEOUT_SECONDS; stopped", extra={"event": "overrun"})
-    body: dict[str, Any] = {"error": exc.code, "message": exc.message}
-    if exc.field:
-        body["field"] = exc.field
+    body = operation_outcome(exc.status, exc.message, code=exc.code, expression=exc.field)
     log.info("request rejected", extra={"event": "bad-request", "status": exc.status, "error": exc.message})
     return jsonify(body), exc.status
 
 
 def _store_error(exc: StoreUnavailable) -> tuple[Response, int]:
     log.error("store unavailable", extra={"event": "store-unavailable", "error": exc.cause})
-    response = jsonify({"error": exc.code, "message": f"storage unavailable: {exc.cause}; nothing was stored, "
-                        "send the same request again later"})
+    response = jsonify(operation_outcome(503, f"storage unavailable: {exc.cause}; nothing was stored, "
+                                         "send the same request again later", code="transient"))
     response.headers["Retry-After"] = "5"
     return response, 503
 
@@ -60,13 +56,17 @@ def _http_error(exc: HTTPException) -> tuple[Response, int]:
     status = exc.code or 500
     if status == 413:
         return _error_response(PayloadTooLarge("request body too large"))
-    names = {404: "not-found", 405: "method-not-allowed", 400: "invalid"}
-    return jsonify({"error": names.get(status, "error"), "message": exc.description or exc.name}), status
+    response = jsonify(operation_outcome(status, exc.description or exc.name))
+    sent = dict(exc.get_headers())
+    for name in ("Allow", "Retry-After", "WWW-Authenticate"):  # what the HTTP exception would have sent
+        if name in sent:
+            response.headers[name] = sent[name]
+    return response, status
 
 
 def _unexpected(exc: Exception) -> tuple[Response, int]:
     log.error("unexpected error", extra={"event": "internal-error", "error": type(exc).__name__})
-    return jsonify({"error": "internal", "message": "internal error; see the service log"}), 500
+    return jsonify(operation_outcome(500, "internal error; see the service log")), 500
 
 
 def register(app: Flask) -> None:

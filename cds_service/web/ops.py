@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from cds_service import metrics
 from cds_service.errors import StoreUnavailable
 from cds_service.protocol.openapi import openapi_document
+from cds_service.protocol.outcome import operation_outcome, outcome_issues
 from cds_service.web.guards import runtime
 
 bp = Blueprint("ops", __name__)
@@ -81,8 +82,8 @@ def metrics_text() -> Response | tuple[Response, int]:
     allowed, status = _metrics_allowed()
     if not allowed:
         if status == 404:
-            return jsonify({"error": "not-found", "message": "metrics are off: set NMS_CDS_METRICS_TOKEN"}), 404
-        response = jsonify({"error": "unauthorized"})
+            return jsonify(operation_outcome(404, "metrics are off: set NMS_CDS_METRICS_TOKEN")), 404
+        response = jsonify(operation_outcome(401, "unauthorized"))
         response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response, 401
     body, content_type = metrics.exposition()
@@ -93,5 +94,5 @@ def metrics_text() -> Response | tuple[Response, int]:
 def ready() -> tuple[Response, int]:
     problems = readiness(current_app.extensions["nms_cds"])
     if problems:
-        return jsonify({"status": "not-ready", "problems": problems}), 503
+        return jsonify(outcome_issues(503, problems)), 503
     return jsonify({"status": "ready"}), 200

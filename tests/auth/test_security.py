@@ -1,6 +1,6 @@
 """The CDS Hooks trust model and the protections a hospital security review asks for.
 
-Every rejected request is checked three ways: the status (and a bare ``{"error": "unauthorized"}`` for 401),
+Every rejected request is checked three ways: the status (and an OperationOutcome without detail for 401),
 that nothing else happened (no outbound HTTP call at all, recorded by ``responses``), and that no secret
 (the JWT, the FHIR access token) reached any log record. The reason the server logged is checked too, so a
 case cannot pass by failing for an unrelated reason.
@@ -49,6 +49,7 @@ from tests.helpers.jwt_helpers import (
     unsigned_token,
     write_trusted_clients,
 )
+from tests.helpers.outcome import UNAUTHORIZED, issue
 
 BASE = "https://cds.example.org"
 ISS = "https://ehr.example.org"
@@ -196,7 +197,7 @@ def auth_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
 def assert_rejected(resp: Any, caplog: pytest.LogCaptureFixture, outbound: responses.RequestsMock,
                     reason: str, *secrets: str) -> None:
     assert resp.status_code == 401
-    assert resp.get_json() == {"error": "unauthorized"}
+    assert resp.get_json() == UNAUTHORIZED
     assert resp.headers["WWW-Authenticate"] == 'Bearer realm="cds-services"'  # RFC 6750, without detail
     assert len(outbound.calls) == 0, [c.request.url for c in outbound.calls]
     failures = auth_failures(caplog)
@@ -443,7 +444,7 @@ def test_oversized_body_is_413(client: FlaskClient, build: Callable[..., Flask],
     body = hook_body(padding="x" * 8192)
     resp = send(small, "POST", SERVICE, jwt_token=token(), body=body)
     assert resp.status_code == 413
-    assert resp.is_json and resp.get_json()["error"] == "too-costly"
+    assert resp.is_json and issue(resp.get_json())["code"] == "too-costly"
     assert len(outbound.calls) == 0
     assert ACCESS_TOKEN not in logged_text(caplog)
 
@@ -454,7 +455,7 @@ def test_deep_json_is_400_naming_the_problem(client: FlaskClient, caplog: pytest
     raw = json.dumps(hook_body())[:-1] + f', "x": {deep}}}'
     resp = send(client, "POST", SERVICE, jwt_token=token(), data=raw, content_type="application/json")
     assert resp.status_code == 400
-    assert resp.is_json and "nesting deeper than 64" in resp.get_json()["message"]
+    assert resp.is_json and "nesting deeper than 64" in issue(resp.get_json())["diagnostics"]
     assert len(outbound.calls) == 0
     assert ACCESS_TOKEN not in logged_text(caplog)
 
@@ -469,7 +470,7 @@ def test_malformed_bodies_are_clear_400s(client: FlaskClient, outbound: response
                                          fragment: str) -> None:
     resp = send(client, "POST", SERVICE, jwt_token=token(), data=data, content_type="application/json")
     assert resp.status_code == 400
-    assert resp.is_json and fragment in resp.get_json()["message"]
+    assert resp.is_json and fragment in issue(resp.get_json())["diagnostics"]
     assert len(outbound.calls) == 0
 
 

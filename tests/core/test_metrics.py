@@ -23,6 +23,7 @@ from cds_service.app import create_app
 from cds_service.devtools import fixtures
 from tests.conftest import FHIR_BASE, make_settings
 from tests.helpers.jwt_helpers import ec_key, jwks, write_trusted_clients
+from tests.helpers.outcome import UNAUTHORIZED, issue, valid_outcome
 
 TOKEN = "scrape-token-0123456789"
 HOOK = "/cds-services/nms-order-sign"
@@ -62,7 +63,7 @@ def classic_request(**changes: Any) -> dict[str, Any]:
 def test_metrics_need_the_scrape_token_in_production(client: FlaskClient) -> None:
     assert client.get("/metrics").status_code == 401
     wrong = client.get("/metrics", headers={"Authorization": "Bearer not-the-token-at-all"})
-    assert wrong.status_code == 401 and wrong.get_json() == {"error": "unauthorized"}
+    assert wrong.status_code == 401 and wrong.get_json() == UNAUTHORIZED
     assert TOKEN not in wrong.get_data(as_text=True)
     assert "nms_cds_http_requests_total" in scrape(client)
 
@@ -73,7 +74,7 @@ def test_metrics_are_off_without_a_token_in_production_and_open_in_development()
         response = app.test_client().get("/metrics")
         assert response.status_code == status
         if status == 404:
-            assert "NMS_CDS_METRICS_TOKEN" in response.get_json()["message"]
+            assert "NMS_CDS_METRICS_TOKEN" in issue(response.get_json())["diagnostics"]
         app.extensions["nms_cds"].close()
 
 
@@ -174,7 +175,8 @@ def test_readyz_follows_the_store_when_there_is_one(app: Flask, client: FlaskCli
     store.fail = True
     response = client.get("/readyz")
     assert response.status_code == 503
-    assert response.get_json() == {"status": "not-ready", "problems": ["store not usable (ConnectionError)"]}
+    assert [i["diagnostics"] for i in valid_outcome(response.get_json()).model_dump()["issue"]] == [
+        "store not usable (ConnectionError)"]
     assert client.get("/healthz").status_code == 200  # liveness is not readiness
 
 
@@ -185,7 +187,7 @@ def test_readyz_not_ready_when_the_trusted_clients_file_is_gone(tmp_path: Path) 
     client = app.test_client()
     assert client.get("/readyz").status_code == 200
     path.unlink()
-    assert client.get("/readyz").get_json()["problems"] == ["trusted clients file is not readable"]
+    assert issue(client.get("/readyz").get_json())["diagnostics"] == "trusted clients file is not readable"
     app.extensions["nms_cds"].close()
 
 

@@ -47,6 +47,7 @@ from cds_service.services.cards import card_uuid
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import REPO, make_settings
 from tests.helpers.cdshooks_check import discovery_problems, response_problems
+from tests.helpers.outcome import issue
 from tests.protocol.test_protocol import hook_request
 
 # A failing example can be large (a whole fixture request); hypothesis warns before printing it.
@@ -168,10 +169,10 @@ def check_answer(status: int, mimetype: str | None, raw: bytes, *, hook_instance
         diagnostics = body["issue"][0]["diagnostics"]
         assert isinstance(diagnostics, str) and "could not be obtained" in diagnostics
     else:
-        assert isinstance(body.get("error"), str) and body["error"], body
-        message = body.get("message")
+        first = issue(body)  # a valid FHIR OperationOutcome
+        message = first.get("diagnostics")
         assert isinstance(message, str) and message.strip(), body
-        field = body.get("field")
+        field = first["field"]
         if field is not None:
             leaf = field.rsplit(".", 1)[-1].split("[", 1)[0]
             assert field in message or leaf in message, f"message {message!r} does not name field {field!r}"
@@ -620,7 +621,7 @@ def test_fuzz_one_missing_or_mistyped_field_is_named(fuzz_client: FlaskClient) -
             response = post(fuzz_client, URLS[hook], body)
             check_answer(response.status_code, response.mimetype, response.get_data())
             assert response.status_code == 400, response.get_data(as_text=True)
-            assert response.get_json()["field"] == field
+            assert issue(response.get_json())["field"] == field
 
         _counted("hook-required-field", check)
 
@@ -710,7 +711,7 @@ def _our_invariants(ctx: Any, response: Any, case: Any) -> bool | None:
             assert response.status_code == 200 and "access-control-allow-methods" in response.headers
         else:
             assert response.status_code == 405 and mimetype == "application/json"
-            assert json.loads(response.content)["message"]
+            assert issue(json.loads(response.content))["diagnostics"]
         return None
     STATUSES[f"{CURRENT[0]} {response.status_code}"] += 1 if case.method.upper() == "GET" else 0
     if case.operation.path in ("/app/", "/app/{name}"):  # the trend view's files, else a JSON 404

@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import dataset_json
 from tests.helpers.cdshooks_check import card_problems, discovery_problems, response_problems
+from tests.helpers.outcome import issue
 
 URL = "/cds-services/nms-order-sign"
 HALOPERIDOL_DRAFT = {
@@ -123,15 +124,15 @@ def test_malformed_requests_get_400_naming_the_field(client: FlaskClient, mutate
     response = client.post(URL, json=body)
     assert response.status_code == 400
     error = response.get_json()
-    assert error["field"] == field
-    assert field.split(".")[-1] in error["message"]
+    assert issue(error)["field"] == field
+    assert field.split(".")[-1] in issue(error)["diagnostics"]
 
 
 @pytest.mark.parametrize("raw", [b"", b"{", b"[]", b"\xff\xfe", b'"text"', b"null"])
 def test_non_object_bodies_get_400_json(client: FlaskClient, raw: bytes) -> None:
     response = client.post(URL, data=raw, content_type="application/json")
     assert response.status_code == 400
-    assert response.get_json()["error"] == "invalid"
+    assert issue(response.get_json())["code"] == "invalid"
 
 
 @pytest.mark.parametrize("spelling", [b'"\\ud800"', b'"\\uDFFF tail"', b'"\xed\xa0\x80"', b'"x\xed\xbf\xbf"'])
@@ -142,13 +143,13 @@ def test_a_lone_surrogate_in_either_spelling_gets_400(client: FlaskClient, spell
     body = body[:-1] + b', "note": ' + spelling + b"}"
     response = client.post(URL, data=body, content_type="application/json")
     assert response.status_code == 400
-    assert "surrogate" in response.get_json()["message"]
+    assert "surrogate" in issue(response.get_json())["diagnostics"]
 
 
 def test_unknown_service_is_404_and_unknown_route_is_json(client: FlaskClient) -> None:
     assert client.post("/cds-services/nope", json=hook_request()).status_code == 404
     response = client.get("/nothing-here")
-    assert response.status_code == 404 and response.get_json()["error"] == "not-found"
+    assert response.status_code == 404 and issue(response.get_json())["code"] == "not-found"
     assert client.delete(URL).status_code == 405
 
 
@@ -278,7 +279,7 @@ def test_feedback_is_idempotent_and_accepts_sandbox_overrides(client: FlaskClien
 )
 def test_bad_feedback_is_400(client: FlaskClient, body: dict[str, Any]) -> None:
     response = client.post(URL + "/feedback", json=body)
-    assert response.status_code == 400 and response.get_json()["message"]
+    assert response.status_code == 400 and issue(response.get_json())["diagnostics"]
 
 
 def test_feedback_for_unknown_service_is_404(client: FlaskClient) -> None:

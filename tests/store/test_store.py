@@ -26,6 +26,7 @@ from cds_service.store.sql import SqlStore
 from cds_service.store.sqlite import FILENAME
 from tests.conftest import make_settings
 from tests.helpers.dbservers import PostgresServer, postgres  # noqa: F401  (session fixture)
+from tests.helpers.outcome import issue
 from tests.protocol.test_openapi import assert_documented
 from tests.protocol.test_protocol import febrile_prefetch, hook_request
 
@@ -257,8 +258,8 @@ def _feedback_body(card: str) -> dict[str, Any]:
 def _assert_503_names_cause_without_secrets(response: Any, *words: str, secrets: tuple[str, ...]) -> None:
     assert response.status_code == 503
     body = response.get_json()
-    assert body["error"] == "store-unavailable" and response.headers["Retry-After"]
-    assert any(w in body["message"] for w in words), body
+    assert issue(body)["code"] == "transient" and response.headers["Retry-After"]
+    assert any(w in issue(body)["diagnostics"] for w in words), body
     for secret in secrets:
         assert secret not in response.get_data(as_text=True)
 
@@ -359,13 +360,13 @@ def test_feedback_item_and_request_size_limits_are_413_json(make_app: Callable[.
     client = app.test_client()
     item = _feedback_body("c")["feedback"][0]
     many = client.post(URL + "/feedback", json={"feedback": [dict(item, card=f"c{i}") for i in range(6)]})
-    assert many.status_code == 413 and many.get_json()["field"] == "feedback"
-    assert "at most 5" in many.get_json()["message"]
+    assert many.status_code == 413 and issue(many.get_json())["field"] == "feedback"
+    assert "at most 5" in issue(many.get_json())["diagnostics"]
     big = dict(item, overrideReason={"reason": {"code": "x" * 2000}})
     large = client.post(URL + "/feedback", json={"feedback": [item, big]})
-    assert large.status_code == 413 and large.get_json()["field"] == "feedback[1]"
+    assert large.status_code == 413 and issue(large.get_json())["field"] == "feedback[1]"
     long_card = client.post(URL + "/feedback", json={"feedback": [dict(item, card="c" * 300)]})
-    assert long_card.status_code == 400 and long_card.get_json()["field"] == "feedback[0].card"
+    assert long_card.status_code == 400 and issue(long_card.get_json())["field"] == "feedback[0].card"
     assert app.extensions["nms_cds"].store.report_rows(0).feedback == []
     ok = client.post(URL + "/feedback", json={"feedback": [dict(item, card=f"c{i}") for i in range(5)]})
     assert ok.get_json() == {"received": 5, "new": 5}
@@ -429,7 +430,7 @@ def test_replay_check_with_the_store_locked_is_503_never_skipped(make_app: Calla
     release = postgres_lock(app, "replay_issuer")
     locked = client.get("/cds-services", headers=token())
     release()
-    assert locked.status_code == 503 and locked.get_json()["error"] == "store-unavailable"
+    assert locked.status_code == 503 and issue(locked.get_json())["code"] == "transient"
     again = token()
     assert client.get("/cds-services", headers=again).status_code == 200
     assert client.get("/cds-services", headers=again).status_code == 401  # and the replay check is back

@@ -33,6 +33,7 @@ import requests
 from cds_service.devtools import fixtures
 from cds_service.serve import front, output
 from tests.conftest import REPO, free_port, start_group, stop_group
+from tests.helpers.outcome import issue
 
 NMS_CDS = REPO / ".venv" / "bin" / "nms-cds"
 HOOK_PATH = "/cds-services/nms-order-sign"
@@ -290,7 +291,7 @@ def test_an_overrunning_request_answers_json_and_the_worker_survives(tmp_path: P
         elapsed = time.monotonic() - started
         assert response.status_code == 503
         assert response.headers["Content-Type"].startswith("application/json")
-        assert response.json()["error"] == "timeout" and response.json()["message"]
+        assert issue(response.json())["code"] == "timeout" and issue(response.json())["diagnostics"]
         assert 1.4 <= elapsed <= 5.0, elapsed
         assert requests.get(f"{served.base}/test/pid", timeout=5).json()["pid"] == pid_before  # same worker
         assert requests.get(f"{served.base}/healthz", timeout=5).status_code == 200
@@ -309,7 +310,7 @@ def test_a_request_stuck_in_c_code_gets_gunicorns_error_as_json(tmp_path: Path) 
         # gunicorn's SIGABRT wakes the sleep; then either the watchdog's pending exception answers first (503
         # timeout) or gunicorn's abort does (500, its error page made JSON): JSON either way
         assert response.headers["Content-Type"] == "application/json"
-        assert (response.status_code, response.json()["error"]) in {(503, "timeout"), (500, "internal")}
+        assert (response.status_code, issue(response.json())["code"]) in {(503, "timeout"), (500, "exception")}
         assert requests.get(f"{served.base}/healthz", timeout=10).status_code == 200
 
 
@@ -320,7 +321,7 @@ def test_gunicorn_without_front_answers_malformed_http_as_json(tmp_path: Path) -
         answer = sock.recv(4000)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400") and b"Content-Type: application/json" in head
-    assert json.loads(body)["error"] == "invalid"
+    assert issue(json.loads(body))["code"] == "invalid"
 
 
 def test_every_output_line_is_json_and_no_control_socket(tmp_path: Path) -> None:
@@ -446,8 +447,8 @@ def test_one_address_cannot_hold_more_than_its_share_of_requests(tmp_path: Path)
             sock.close()
         time.sleep(0.3)
         assert requests.get(f"{served.base}/healthz", timeout=5).status_code == 200  # slots freed
-    assert answer.startswith(b"HTTP/1.1 429") and b'"throttled"' in answer  # an OperationOutcome
-    assert refused.status_code == 429 and refused.json()["issue"][0]["code"] == "throttled"
+    assert answer.startswith(b"HTTP/1.1 429") and b'"throttled"' in answer
+    assert refused.status_code == 429 and issue(refused.json())["code"] == "throttled"
 
 
 def test_missing_nginx_is_refused_in_production(monkeypatch: pytest.MonkeyPatch,

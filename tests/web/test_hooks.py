@@ -16,6 +16,7 @@ from cds_service.config import Settings
 from cds_service.devtools import fixtures
 from tests.conftest import dataset_json, make_settings
 from tests.helpers.cdshooks_check import card_problems, discovery_problems, response_problems
+from tests.helpers.outcome import issue
 from tests.protocol.test_protocol import HALOPERIDOL_DRAFT, empty_prefetch, febrile_prefetch, hook_request
 
 PATIENT_VIEW = "/cds-services/nms-patient-view"
@@ -119,7 +120,7 @@ def test_malformed_requests_get_400_naming_the_field(client: FlaskClient, url: s
     mutate(body)
     response = client.post(url, json=body)
     assert response.status_code == 400
-    assert response.get_json()["field"] == field
+    assert issue(response.get_json())["field"] == field
 
 
 def test_patient_view_ignores_members_it_does_not_define(client: FlaskClient) -> None:

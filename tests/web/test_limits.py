@@ -29,6 +29,7 @@ from cds_service.errors import BadRequest
 from cds_service.fhir.prefetch import KeyData
 from cds_service.fhir.scope import restrict
 from tests.conftest import make_settings
+from tests.helpers.outcome import issue
 
 URL = "/cds-services/nms-order-sign"
 LIMITS = load().thresholds["limits"]  # the core's own cap
@@ -81,8 +82,8 @@ def test_80000_draft_orders_are_refused_with_400(client: FlaskClient) -> None:
     assert time.perf_counter() - started < TIME_BOUND
     assert response.status_code == 400
     body = response.get_json()
-    assert body["field"] == "context.draftOrders"
-    assert f"at most {SETTINGS_LIMITS['draft_orders_per_request']:,}" in body["message"]
+    assert issue(body)["field"] == "context.draftOrders"
+    assert f"at most {SETTINGS_LIMITS['draft_orders_per_request']:,}" in issue(body)["diagnostics"]
 
 
 def test_drafts_at_the_limit_are_assessed(client: FlaskClient) -> None:
