@@ -136,7 +136,7 @@ def _app_paths(settings: Settings, public: list[Any]) -> dict[str, Any]:
     page = {"description": "A page, script or style of the trend view (Content-Security-Policy: self only)",
             "content": {"text/html": {"schema": {"type": "string"}}, "text/javascript": {"schema": {"type": "string"}},
                         "text/css": {"schema": {"type": "string"}}}}
-    missing = {"description": "No such file", "content": {JSON: {"schema": _ref("Error")}}}
+    missing = {"description": "No such file", "content": {JSON: {"schema": _ref("OperationOutcome")}}}
     view = {"type": "object", "description": "The patient-view engine's assessment as series, thresholds and bands "
             "(docs/trend-view.md)", "required": ["indicator", "charts", "exposures", "criteria", "other_causes",
                                                   "not_read"]}
@@ -162,7 +162,7 @@ def _app_paths(settings: Settings, public: list[Any]) -> dict[str, Any]:
                 "properties": {"fhirServer": {"type": "string"}, "patient": {"type": "string"}}}}}},
             "responses": {"200": _json(view, "Series, thresholds, exposures, onset, criteria, other causes"),
                           **_errors(settings, 400, 412, 413),
-                          "401": _json(_ref("Unauthorized"), "No SMART access token (required unless "
+                          "401": _json(_ref("OperationOutcome"), "No SMART access token (required unless "
                                        "NMS_CDS_SMART_OPEN_FHIR_SERVER in development)")}}},
     }
 
@@ -170,7 +170,7 @@ def _app_paths(settings: Settings, public: list[Any]) -> dict[str, Any]:
 def _worklist_paths(public: list[Any]) -> dict[str, Any]:
     """The surveillance worklist (:mod:`cds_service.web.worklist`, docs/surveillance.md)."""
     entry = {"type": "object", "required": ["id", "patient", "indicator", "summary", "state"]}
-    refused = {"description": "Refused", "content": {JSON: {"schema": {"type": "object"}}}}
+    refused = {"description": "Refused", "content": {JSON: {"schema": _ref("OperationOutcome")}}}
     errors = {"400": refused, "401": refused, "404": refused, "503": refused}
     return {
         "/worklist": {"get": {

@@ -50,7 +50,7 @@ def _ms(seconds: float) -> str:
 #: (http://hl7.org/fhir/R4/valueset-issue-type.html) and what the client is told, as an OperationOutcome.
 FRONT_ANSWERS: dict[int, tuple[str, str]] = {
     400: ("invalid", "malformed HTTP request"),
-    401: ("login", "authentication required: a valid CDS client JWT in Authorization"),
+    401: ("security", "authentication required: a valid CDS client JWT in Authorization"),
     403: ("forbidden", "forbidden"),
     404: ("not-found", "no such resource"),
     405: ("not-supported", "method not allowed"),

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from cds_service.errors import ServiceOverrun, StoreUnavailable
-from cds_service.protocol.outcome import ISSUE_TYPE_BY_STATUS, operation_outcome
+from cds_service.protocol.outcome import ISSUE_TYPE_BY_STATUS, issue_type, operation_outcome
 from cds_service.serve import front, gunicorn
 from tests.conftest import app_for, make_settings
 from tests.helpers.jwt_helpers import ec_key, jwks, make_token, write_trusted_clients
@@ -109,13 +109,14 @@ def test_every_error_answer_of_the_application_is_an_operation_outcome(tmp_path:
 
 
 def test_the_fronts_own_error_pages_are_operation_outcomes() -> None:
-    conf = front._error_locations(4096)
+    conf = front._error_pages(4096)
     bodies = {int(status): json.loads(text.replace("\\'", "'"))
               for status, text in re.findall(r"return (\d{3}) '(.*)';", conf)}
-    assert set(bodies) == {400, 408, 413, 429, 503}
+    assert {400, 401, 405, 408, 413, 429, 502, 503, 504} <= set(bodies)
     for status, body in bodies.items():
         check(body, f"front {status}")
-        assert body["issue"][0]["code"] == ISSUE_TYPE_BY_STATUS[status]
+        if status in ISSUE_TYPE_BY_STATUS:
+            assert body["issue"][0]["code"] == issue_type(status)  # the same code as the service's
 
 
 @pytest.mark.parametrize("status", [400, 500])
