@@ -43,6 +43,7 @@ class ObservationConcept:
     display: str
     canonical_unit: str
     conversions: dict[str, UnitConversion] = field(hash=False)
+    implied_unit: str | None = None  # a site code map's unit: a value without a unit is read in it
 
 
 @dataclass(frozen=True, slots=True)
