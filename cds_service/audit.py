@@ -43,9 +43,10 @@ def patient_token(patient_id: str | None, key: bytes, *, opt_in: bool) -> str | 
 
 def card_records(cards: Sequence[dict[str, Any]], *, served_at: float, hook: str, service_id: str,
                  hook_instance: str, score: int | None, rules: Sequence[str], reasons: Sequence[str],
-                 evidence: Sequence[str], iss: str | None, patient: str | None) -> list[CardRecord]:
+                 evidence: Sequence[str], iss: str | None, patient: str | None,
+                 knowledge_version: str | None = None) -> list[CardRecord]:
     return [CardRecord(card_uuid=str(card.get("uuid")), served_at=served_at, hook=hook, service_id=service_id,
                        hook_instance=hook_instance, indicator=str(card.get("indicator")), score=score,
                        rules=tuple(rules), reasons=tuple(reasons), evidence=tuple(evidence), client_iss=iss,
-                       patient=patient)
+                       patient=patient, knowledge_version=knowledge_version)
             for card in cards if card.get("uuid")]

@@ -15,6 +15,7 @@ from cds_service.auth import Authenticator
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import StoreUnavailable
 from cds_service.fhir.client import QueryPool
+from cds_service.knowledge import Knowledge, default_knowledge, load_knowledge
 from cds_service.services.engine import CallReport, CdsService, Engine
 from cds_service.services.order_select import OrderSelectPolicy
 from cds_service.services.order_sign import OrderSignPolicy
@@ -38,9 +39,11 @@ class Runtime:
     _next_purge: float = 0.0
     _purge_lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+    knowledge: Knowledge = field(default_factory=default_knowledge)  # NMS_CDS_SITE_FILE over the defaults
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
+        knowledge = load_knowledge(settings.site_file)  # read once; ConfigError before anything is opened
         fixed = settings.fixed_now
         if fixed is not None and fixed.tzinfo is None:
             fixed = fixed.replace(tzinfo=UTC)
@@ -58,7 +61,7 @@ class Runtime:
         authenticator = Authenticator(settings, replay=replay) if settings.auth == AuthMode.JWT else \
             Authenticator(settings)
         return cls(settings=settings, services=services, pool=pool, store=store, replay=replay,
-                   authenticator=authenticator, clock=clock)
+                   authenticator=authenticator, clock=clock, knowledge=knowledge)
 
     def audit_cards(self, cards: Sequence[dict[str, Any]], *, hook: str, service_id: str, hook_instance: str,
                     patient_id: str | None, report: CallReport, iss: str | None) -> int:
@@ -71,7 +74,8 @@ class Runtime:
             records = audit.card_records(
                 cards, served_at=self.wall_clock(), hook=hook, service_id=service_id, hook_instance=hook_instance,
                 score=report.score, rules=report.rules, reasons=report.reasons, evidence=report.evidence, iss=iss,
-                patient=audit.patient_token(patient_id, key, opt_in=self.settings.audit_patient_ids))
+                patient=audit.patient_token(patient_id, key, opt_in=self.settings.audit_patient_ids),
+                knowledge_version=self.knowledge.version)
             self.store.record_cards(records)
         except StoreUnavailable as exc:
             log.error("card audit not written", extra={"event": "audit-failed", "error": exc.cause})

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from cds_service.clinical.criteria import LAB_CONCEPTS, VITAL_CONCEPTS
 from cds_service.clinical.valuesets import ATC, LOINC, RXNORM, ValueSets
+from cds_service.clinical.valuesets_load import CodeMap as CodeMap
 from cds_service.clinical.valuesets_load import (
     ConditionConcept,
     DrugConcept,
@@ -51,25 +52,6 @@ class Edit:
 
 
 @dataclass(frozen=True)
-class CodeMap:
-    """A site code read as a concept of the rules: ``system|code`` (and, when ``text`` is given, only where the
-    CodeableConcept's text or a coding's display equals it, ignoring case) is ``concept``; a value without a
-    unit is read in ``unit``."""
-
-    system: str
-    code: str
-    concept: str
-    text: str | None = None
-    unit: str | None = None
-    display: str = ""
-
-    @property
-    def key(self) -> str:
-        """The code under which the reading reaches the rules (``ObservationInput.codes``)."""
-        return f"{self.system}|{self.code}" + (f"|{self.text.casefold()}" if self.text else "")
-
-
-@dataclass(frozen=True)
 class SiteKnowledge:
     """What a site file changes (hashable: :func:`cds_service.clinical.valuesets.load` caches by it).
     ``version``: the knowledge version cards, audit rows and metrics carry."""
@@ -82,6 +64,9 @@ class SiteKnowledge:
     @property
     def empty(self) -> bool:
         return not (self.thresholds or self.edits or self.code_maps)
+
+    def apply(self, base: ValueSets) -> ValueSets:
+        return apply(base, self)
 
 
 # --- the value sets the rules read, by name ----------------------------------------------------------
@@ -218,9 +203,9 @@ def _add(vs: ValueSets, table: str, concept: str, edit: Edit, cultures: set[str]
             vs.codes_by_concept[concept] = (*vs.codes_by_concept.get(concept, ()), edit.code)
     elif table == "drug" or table == "atc":
         drugs = vs.drugs_by_code if table == "drug" else vs.drugs_by_atc
-        like = _drug_like(drugs, concept)
+        drug = _drug_like(drugs, concept)
         drugs[edit.code] = DrugConcept(edit.code, edit.display or edit.ingredient, (edit.ingredient,), concept,
-                                       like.role, False, "unknown")
+                                       drug.role, False, "unknown")
     elif table == "other-drug":
         other = vs.other_drugs.get(key)
         groups = (other.groups if other else frozenset()) | {concept}
@@ -234,7 +219,9 @@ def _add(vs: ValueSets, table: str, concept: str, edit: Edit, cultures: set[str]
 
 
 def _keyed(vs: ValueSets, table: str) -> dict[tuple[str, str], Any]:
-    return {"condition": vs.conditions, "route": vs.routes, "culture-result": vs.culture_results}[table]
+    tables: dict[str, dict[tuple[str, str], Any]] = {
+        "condition": vs.conditions, "route": vs.routes, "culture-result": vs.culture_results}
+    return tables[table]
 
 
 def _concept_of(value: object) -> str | None:

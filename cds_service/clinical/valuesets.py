@@ -15,17 +15,30 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass, field, replace
 from functools import cache, lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cds_service.clinical import valuesets_load as read
+from cds_service.clinical.valuesets_load import CodeMap as CodeMap
 from cds_service.clinical.valuesets_load import ConditionConcept as ConditionConcept
 from cds_service.clinical.valuesets_load import DrugConcept as DrugConcept
 from cds_service.clinical.valuesets_load import ObservationConcept as ObservationConcept
 from cds_service.clinical.valuesets_load import OtherDrug as OtherDrug
 from cds_service.clinical.valuesets_load import UnitConversion as UnitConversion
 
-if TYPE_CHECKING:
-    from cds_service.clinical.site import CodeMap, SiteKnowledge
+
+class Overlay(Protocol):
+    """What a site changes over the packaged data (:class:`cds_service.clinical.site.SiteKnowledge`): hashable,
+    so that :func:`load` builds each distinct knowledge once."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def empty(self) -> bool: ...
+
+    def apply(self, base: ValueSets) -> ValueSets: ...
+
+    def __hash__(self) -> int: ...
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
@@ -248,31 +261,31 @@ def _cached_names(text: str, key_id: int, first: bool, keys: dict[str, Any]) -> 
 
 # The site knowledge of the service handling the current request (set by the web layer around each request,
 # cds_service/web/middleware.py); None outside a request: the packaged defaults.
-_ACTIVE: ContextVar[SiteKnowledge | None] = ContextVar("nms_cds_site_knowledge", default=None)
+_ACTIVE: ContextVar[Overlay | None] = ContextVar("nms_cds_site_knowledge", default=None)
 
 
-def load(site: SiteKnowledge | None = None) -> ValueSets:
+def load(site: Overlay | None = None) -> ValueSets:
     """The value sets and thresholds of ``site`` (default: the knowledge in effect, :func:`active`): the
     packaged data with the site's changes, built once per distinct knowledge (then O(1) lookups)."""
     return _load(site if site is not None else _ACTIVE.get())
 
 
-def active() -> SiteKnowledge | None:
+def active() -> Overlay | None:
     """The site knowledge in effect in this context (None: the packaged defaults)."""
     return _ACTIVE.get()
 
 
-def activate(site: SiteKnowledge | None) -> Token[SiteKnowledge | None]:
+def activate(site: Overlay | None) -> Token[Overlay | None]:
     """Make ``site`` the knowledge :func:`load` returns in this context, until :func:`deactivate`."""
     return _ACTIVE.set(site)
 
 
-def deactivate(token: Token[SiteKnowledge | None]) -> None:
+def deactivate(token: Token[Overlay | None]) -> None:
     _ACTIVE.reset(token)
 
 
 @contextmanager
-def using(site: SiteKnowledge | None) -> Iterator[ValueSets]:
+def using(site: Overlay | None) -> Iterator[ValueSets]:
     """``with using(site) as vs:`` the block runs with ``site`` in effect."""
     token = activate(site)
     try:
@@ -282,14 +295,12 @@ def using(site: SiteKnowledge | None) -> Iterator[ValueSets]:
 
 
 @lru_cache(maxsize=16)
-def _load(site: SiteKnowledge | None) -> ValueSets:
+def _load(site: Overlay | None) -> ValueSets:
     if site is None:
         return _defaults()
     if site.empty:
         return replace(_defaults(), knowledge_version=site.version)
-    from cds_service.clinical.site import apply  # site.py builds on this module
-
-    return apply(_defaults(), site)
+    return site.apply(_defaults())
 
 
 @cache

@@ -43,6 +43,7 @@ class CardRecord:
     evidence: tuple[str, ...] = ()  # ids of the evidence resources ("Observation/t1", "MedicationRequest/d")
     client_iss: str | None = None
     patient: str | None = None  # keyed hash of patientId, or the id itself when the operator opted in
+    knowledge_version: str | None = None  # the knowledge the card was built with (package version + site file)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE replay_issuer (iss TEXT PRIMARY KEY, entries INTEGER NOT NULL)",
         "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )),
+    Migration(2, "card audit: the knowledge version each card was built with", (
+        "ALTER TABLE card_audit ADD COLUMN knowledge_version TEXT",
+    )),
 )
 
 CREATE_TRACKING = (

@@ -99,11 +99,11 @@ class SqlStore(ABC):
             for c in cards:
                 cur.x(
                     "INSERT INTO card_audit (card_uuid, served_at, hook, service_id, hook_instance, indicator, "
-                    "score, rules, reasons, evidence, client_iss, patient) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT (card_uuid) DO NOTHING",
+                    "score, rules, reasons, evidence, client_iss, patient, knowledge_version) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (card_uuid) DO NOTHING",
                     (clip(c.card_uuid), c.served_at, clip(c.hook), clip(c.service_id), clip(c.hook_instance),
                      clip(c.indicator), c.score, _dumps(clip_list(c.rules)), _dumps(clip_list(c.reasons, 512)),
-                     _dumps(clip_list(c.evidence)), clip(c.client_iss), clip(c.patient)))
+                     _dumps(clip_list(c.evidence)), clip(c.client_iss), clip(c.patient), clip(c.knowledge_version)))
 
         if cards:
             self._run(fn)
@@ -178,10 +178,10 @@ class SqlStore(ABC):
         def fn(cur: Cursor) -> ReportRows:
             rows = ReportRows()
             for r in cur.x("SELECT card_uuid, served_at, hook, service_id, hook_instance, indicator, score, rules, "
-                           "reasons, evidence, client_iss, patient FROM card_audit WHERE served_at >= ? "
-                           "ORDER BY served_at", (since,)).fetchall():
+                           "reasons, evidence, client_iss, patient, knowledge_version FROM card_audit "
+                           "WHERE served_at >= ? ORDER BY served_at", (since,)).fetchall():
                 rows.cards.append(CardRecord(r[0], float(r[1]), r[2], r[3], r[4], r[5], r[6], _loads(r[7]),
-                                             _loads(r[8]), _loads(r[9]), r[10], r[11]))
+                                             _loads(r[8]), _loads(r[9]), r[10], r[11], r[12]))
             for r in cur.x("SELECT service_id, card_uuid, outcome, outcome_timestamp, received_at, "
                            "accepted_suggestions, override_code, override_system, client_iss FROM feedback "
                            "WHERE received_at >= ? ORDER BY id", (since,)).fetchall():
