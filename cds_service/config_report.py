@@ -234,7 +234,9 @@ def collect() -> dict[str, Any]:
             settings = None
     rows: list[dict[str, Any]] = []
     trusted: int | None = None
+    knowledge: dict[str, Any] | None = None
     if settings is not None:
+        knowledge = _knowledge(settings, problems)
         rows = [{"variable": name, "value": value, "source": source, "valid": name not in failing}
                 for name, value, source in describe(settings)]
         if not problems:
@@ -248,7 +250,22 @@ def collect() -> dict[str, Any]:
                     trusted = len(load_trusted_clients(settings.trusted_clients))
                 except ConfigError as exc:
                     problems.extend(exc.problems)
-    return {"settings": rows, "trusted_clients": trusted, "problems": problems, "warnings": warnings}
+    return {"settings": rows, "trusted_clients": trusted, "knowledge": knowledge, "problems": problems,
+            "warnings": warnings}
+
+
+def _knowledge(settings: Settings, problems: list[str]) -> dict[str, Any] | None:
+    """The knowledge the service would run with: its version and each override of the site file with where it
+    came from (``file: key``); an unusable site file adds its problems, one line each."""
+    from cds_service.knowledge import load_knowledge
+
+    try:
+        loaded = load_knowledge(settings.site_file)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+    return {"version": loaded.version, "site_file": str(loaded.path) if loaded.path else None,
+            "overrides": [{"source": o.source, "change": o.change} for o in loaded.overrides]}
 
 
 def table(report: dict[str, Any]) -> list[str]:
@@ -260,6 +277,11 @@ def table(report: dict[str, Any]) -> list[str]:
         out.append(f"  {row['variable']:45} {shown}  [{row['source']}]")
     if report["trusted_clients"] is not None:
         out.append(f"  {'(trusted clients loaded)':45} {report['trusted_clients']}")
+    knowledge = report.get("knowledge")
+    if knowledge is not None:
+        where = knowledge["site_file"] or "packaged defaults, no NMS_CDS_SITE_FILE"
+        out.append(f"knowledge {knowledge['version']} ({where}); overrides: {len(knowledge['overrides'])}")
+        out.extend(f"  {o['source']}  {o['change']}" for o in knowledge["overrides"])
     for title in ("problems", "warnings"):
         out.append(f"{title}: {len(report[title])}")
         out.extend(f"  {line}" for line in report[title])

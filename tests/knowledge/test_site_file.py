@@ -13,8 +13,6 @@ from flask import Flask
 
 from cds_service.clinical.valuesets import load, using
 from cds_service.devtools import fixtures
-from cds_service.errors import ConfigError
-from cds_service.knowledge import load_knowledge
 from cds_service.services.templates import prefetch_templates
 from tests.conftest import app_for, make_settings
 
