@@ -82,6 +82,9 @@ def tables(vs: ValueSets) -> dict[str, list[Member]]:
     for code, obs in vs.observations_by_code.items():
         if "|" not in code:  # site code maps are listed by code_maps(), not as LOINC members
             put(f"observation:{obs.concept}", Member(LOINC, code, obs.display))
+    for entries in vs.site_codes.values():
+        for entry in entries:
+            put(f"observation:{entry.concept}", Member(entry.system, entry.code, entry.display))
     for code in sorted(vs.culture_codes):
         if code not in vs.observations_by_code:
             put("observation:blood-culture", Member(LOINC, code))
