@@ -73,9 +73,9 @@ def value_set(name: str, members: list[Member], knowledge: Knowledge) -> dict[st
         if m.prefix:
             filters.append({"system": m.system, "filter": [{"property": "concept", "op": "is-a", "value": m.code}]})
         else:
-            concept = {"code": m.code, **({"display": m.display} if m.display else {})}
-            if concept not in by_system.setdefault(m.system, []):
-                by_system[m.system].append(concept)
+            entry = {"code": m.code, **({"display": m.display} if m.display else {})}
+            if entry not in by_system.setdefault(m.system, []):
+                by_system[m.system].append(entry)
     include = [{"system": system, "concept": concepts} for system, concepts in by_system.items()] + filters
     table, _, concept = name.partition(":")
     return {
