@@ -145,3 +145,26 @@ def test_the_audit_row_and_metrics_carry_the_knowledge_version(tmp_path: Path) -
         assert row.knowledge_version == version
         text = client.get("/metrics").get_data(as_text=True)
         assert f'nms_cds_knowledge_info{{version="{version}"}} 1.0' in text
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "site-file.md"
+
+
+def test_the_documented_bounds_table_is_the_data() -> None:
+    th = load().thresholds
+    rows = [f"| `{section}.{key}` | {values[key]:g} | {low:g} | {high:g} |"
+            for section, values in th.items() if isinstance(values, dict)
+            for key, (low, high) in values.get("bounds", {}).items()]
+    text = DOC.read_text(encoding="utf-8")
+    assert rows and all(row in text for row in rows)
+    assert text.count("| `") == len(rows)
+
+
+def test_the_documented_example_is_a_valid_site_file(tmp_path: Path) -> None:
+    text = DOC.read_text(encoding="utf-8")
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "site.toml"
+    path.write_text(example, encoding="utf-8")
+    knowledge = load_knowledge(path)
+    assert len(knowledge.overrides) == 10
+    assert load(knowledge.site).thresholds["ck"]["uln_multiple"] == 5.0
