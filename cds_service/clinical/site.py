@@ -65,6 +65,14 @@ class SiteKnowledge:
     def empty(self) -> bool:
         return not (self.thresholds or self.edits or self.code_maps)
 
+    def __hash__(self) -> int:
+        # computed once: the caches keyed by the knowledge look it up for every Observation code list
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash((self.version, self.thresholds, self.edits, self.code_maps))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
     def apply(self, base: ValueSets) -> ValueSets:
         return apply(base, self)
 
