@@ -95,6 +95,10 @@ def read(path: Path, package_version: str) -> LoadedSite:
     site = checker.check(parsed, f"{package_version}+site.{short_hash(data)}")
     if checker.problems:
         raise ConfigError(checker.problems)
+    try:
+        load(site)  # built once here, at start; an edit that empties what another needs is refused now
+    except (KeyError, ValueError) as exc:
+        raise ConfigError([f"{path}: the changes cannot be applied together: {exc}"]) from None
     return LoadedSite(site, path, tuple(checker.overrides))
 
 

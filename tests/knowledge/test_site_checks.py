@@ -168,3 +168,17 @@ def test_the_documented_example_is_a_valid_site_file(tmp_path: Path) -> None:
     knowledge = load_knowledge(path)
     assert len(knowledge.overrides) == 10
     assert load(knowledge.site).thresholds["ck"]["uln_multiple"] == 5.0
+
+
+def test_changes_that_cannot_be_applied_together_are_refused(tmp_path: Path) -> None:
+    codes = load().codes_by_concept["creatine-kinase"]
+    removals = ", ".join(f'{{ system = "{LOINC}", code = "{c}" }}' for c in codes)
+    (line,) = _problems(tmp_path, f"""
+[valuesets."observation:creatine-kinase"]
+remove = [{removals}]
+[[code_map]]
+system = "urn:oid:1.2.3"
+code = "CK"
+concept = "creatine-kinase"
+""")
+    assert line.startswith("the changes cannot be applied together: ") and "creatine-kinase" in line
