@@ -54,3 +54,19 @@ def test_plain_and_model_paths_read_a_site_code_alike() -> None:
     assert not fhir_observations.has_code(local, without)
     plain, parsed = _both(ck)
     assert plain == parsed and plain is not None and plain[0].codes == ("32673-6",)
+
+
+def test_the_core_reads_a_mapped_value_without_a_unit_in_the_maps_unit() -> None:
+    from datetime import UTC, datetime
+
+    from cds_service.clinical.criteria import normalise
+    from cds_service.clinical.model import ObservationInput
+    from cds_service.clinical.valuesets import load
+
+    now = datetime(2026, 11, 24, 12, tzinfo=UTC)
+    readings = [ObservationInput("Observation/t", "final", ("urn:oid:1.2.3|TEMP",), 39.1, None, now),
+                ObservationInput("Observation/c", "final", (f"{LOINC}|32673-6|kreatinkinase",), 24000, None, now)]
+    series, _ = normalise(readings, now, load(SITE))
+    assert [(r.value, r.unit) for r in series["body-temperature"]] == [(39.1, "Cel")]
+    assert [(r.value, r.unit) for r in series["creatine-kinase"]] == [(24000, "U/L")]
+    assert normalise(readings, now, load())[0] == {}  # without the site's knowledge neither is read
