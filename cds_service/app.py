@@ -8,9 +8,10 @@ import logging
 from flask import Flask
 
 from cds_service import logs, web
-from cds_service.clinical.valuesets import load as load_valuesets
+from cds_service.clinical.valuesets import using
 from cds_service.config import AuthMode, Settings
 from cds_service.config_report import load_settings, unknown_variables
+from cds_service.fhir.bounds import windows
 from cds_service.fhir.client import log_outbound_config
 from cds_service.runtime import Runtime
 from cds_service.services.templates import prefetch_templates
@@ -25,13 +26,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     logs.configure(settings.log_level)
     for note in [*notes, *settings.warnings()]:
         log.warning(note, extra={"event": "config-warning"})
-    load_valuesets()  # parse the terminology once at start-up, not on the first request
-    prefetch_templates()
+    runtime = Runtime.build(settings)  # reads the site file (NMS_CDS_SITE_FILE) once
+    with using(runtime.knowledge.site):  # parse the terminology once at start-up, not on the first request
+        prefetch_templates()
+        windows()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    app.extensions["nms_cds"] = Runtime.build(settings)
+    app.extensions["nms_cds"] = runtime
     log_outbound_config(settings)
     web.register(app)
     # Start-up objects (value sets, templates, models) live for the whole process: move them out of the

@@ -76,11 +76,13 @@ def stored_card(card: dict[str, Any], patient_id: str | None, patient: str | Non
 def card_records(cards: Sequence[dict[str, Any]], *, served_at: float, hook: str, service_id: str,
                  hook_instance: str, score: int | None, rules: Sequence[str], reasons: Sequence[str],
                  evidence: Sequence[str], iss: str | None, patient: str | None, quiet: str | None = None,
-                 decisive: str | None = None, silent: bool = False, patient_id: str | None = None) -> list[CardRecord]:
+                 decisive: str | None = None, silent: bool = False, patient_id: str | None = None,
+                 knowledge_version: str | None = None) -> list[CardRecord]:
     """One record per card; ``silent``: cards not returned, each kept whole (:func:`stored_card`)."""
     return [CardRecord(card_uuid=str(card.get("uuid")), served_at=served_at, hook=hook, service_id=service_id,
                        hook_instance=hook_instance, indicator=str(card.get("indicator")), score=score,
                        rules=tuple(rules), reasons=tuple(reasons), evidence=tuple(evidence), client_iss=iss,
                        patient=patient, quiet_key=quiet, decisive=decisive, mode="silent" if silent else "live",
-                       card=stored_card(card, patient_id, patient) if silent else None)
+                       card=stored_card(card, patient_id, patient) if silent else None,
+                       knowledge_version=knowledge_version)
             for card in cards if card.get("uuid")]

@@ -49,6 +49,24 @@ def _check_config(args: argparse.Namespace) -> int:
     return 2 if report["problems"] else 0
 
 
+def _export_knowledge(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from cds_service.knowledge import load_knowledge
+    from cds_service.knowledge.export import write
+
+    site = Path(args.site_file) if args.site_file else load_settings().site_file
+    if site is not None and not site.is_file():
+        raise UsageError(f"--site-file {site}: no such file")
+    knowledge = load_knowledge(site)
+    folder = Path(args.dir)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder}: exists and is not a folder")
+    paths = write(knowledge, folder)
+    print(f"{len(paths)} FHIR resources (knowledge {knowledge.version}) written to {folder}")
+    return 0
+
+
 def _healthcheck(args: argparse.Namespace) -> int:
     url = healthcheck.healthz_url(args.host, args.port, args.pid)
     trouble = healthcheck.problem(url)
@@ -79,6 +97,11 @@ def build_parser(*, dev: bool = True) -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="print the effective configuration and its problems (exit 0 or 2)")
     check.add_argument("--json", action="store_true", help="one JSON object instead of text")
     check.set_defaults(func=_check_config)
+    export = sub.add_parser("export-knowledge", help="write the rules' value sets (after the site file) as FHIR R4 "
+                            "ValueSets and a Library of their data requirements into DIR")
+    export.add_argument("dir", metavar="DIR", help="folder to write <type>-<id>.json into (created)")
+    export.add_argument("--site-file", default=None, help="site knowledge file (default: NMS_CDS_SITE_FILE)")
+    export.set_defaults(func=_export_knowledge)
     health = sub.add_parser("healthcheck", help="exit 0 when the local service answers /healthz (container check)")
     health.add_argument("--host", default=None, help="default: the serving process's --host, else 127.0.0.1")
     health.add_argument("--port", type=int, default=None,

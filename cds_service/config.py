@@ -290,6 +290,11 @@ class Settings(BaseSettings):
         json_schema_extra={"form": "an IANA time zone name, e.g. Europe/Berlin or America/New_York"},
     )
 
+    site_file: Path | None = Field(
+        None, description="The site knowledge file (TOML): thresholds within their bounds, value-set additions and "
+        "removals, local code maps (docs/site-file.md); read once at start",
+    )
+
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
@@ -389,6 +394,13 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_allowlist(cls, value: list[str]) -> list[str]:
         return normalise_allowlist(value)  # ValueError naming the first bad entry (e.g. one without a host)
+
+    @field_validator("site_file")
+    @classmethod
+    def _site_file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"NMS_CDS_SITE_FILE={value}: no such file; name the site knowledge file (TOML)")
+        return value
 
     @field_validator("ca_bundle", "requests_ca_bundle", "ssl_cert_file")
     @classmethod

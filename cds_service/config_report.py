@@ -235,7 +235,9 @@ def collect() -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     trusted: int | None = None
     policies: list[str] = []
+    knowledge: dict[str, Any] | None = None
     if settings is not None:
+        knowledge = _knowledge(settings, problems)
         rows = [{"variable": name, "value": value, "source": source, "valid": name not in failing}
                 for name, value, source in describe(settings)]
         if not problems:
@@ -253,8 +255,8 @@ def collect() -> dict[str, Any]:
                     problems.extend(exc.problems)
             if settings.auth == AuthMode.OFF:
                 policies = client_policies(settings, {})
-    return {"settings": rows, "trusted_clients": trusted, "policies": policies, "problems": problems,
-            "warnings": warnings}
+    return {"settings": rows, "trusted_clients": trusted, "policies": policies, "knowledge": knowledge,
+            "problems": problems, "warnings": warnings}
 
 
 def client_policies(settings: Settings, clients: Mapping[str, Any]) -> list[str]:
@@ -270,6 +272,20 @@ def client_policies(settings: Settings, clients: Mapping[str, Any]) -> list[str]
     return lines
 
 
+def _knowledge(settings: Settings, problems: list[str]) -> dict[str, Any] | None:
+    """The knowledge the service would run with: its version and each override of the site file with where it
+    came from (``file: key``); an unusable site file adds its problems, one line each."""
+    from cds_service.knowledge import load_knowledge
+
+    try:
+        loaded = load_knowledge(settings.site_file)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+    return {"version": loaded.version, "site_file": str(loaded.path) if loaded.path else None,
+            "overrides": [{"source": o.source, "change": o.change} for o in loaded.overrides]}
+
+
 def table(report: dict[str, Any]) -> list[str]:
     """The ``check-config`` text: the settings table, then the problems and warnings, one line each."""
     out = ["effective configuration (secrets redacted):"]
@@ -282,6 +298,11 @@ def table(report: dict[str, Any]) -> list[str]:
     if report.get("policies"):
         out.append("client policies:")
         out.extend(f"  {line}" for line in report["policies"])
+    knowledge = report.get("knowledge")
+    if knowledge is not None:
+        where = knowledge["site_file"] or "packaged defaults, no NMS_CDS_SITE_FILE"
+        out.append(f"knowledge {knowledge['version']} ({where}); overrides: {len(knowledge['overrides'])}")
+        out.extend(f"  {o['source']}  {o['change']}" for o in knowledge["overrides"])
     for title in ("problems", "warnings"):
         out.append(f"{title}: {len(report[title])}")
         out.extend(f"  {line}" for line in report[title])

@@ -44,7 +44,7 @@ def _m() -> dict[str, Any]:
         return _metrics
     with _lock:
         if not _metrics:
-            from prometheus_client import Counter, Histogram
+            from prometheus_client import Counter, Gauge, Histogram
 
             _metrics.update(
                 requests=Counter("nms_cds_http_requests", "HTTP requests answered by the application",
@@ -74,6 +74,9 @@ def _m() -> dict[str, Any]:
                 silent_cards=Counter("nms_cds_silent_cards",
                                      "Cards evaluated and audited but not returned (silent mode), by service, hook "
                                      "and indicator", ["service", "hook", "indicator"]),
+                # 1 for the knowledge version in effect (package version + site file hash), as an info metric
+                knowledge=Gauge("nms_cds_knowledge_info", "The knowledge the rules run with (value 1)", ["version"],
+                                multiprocess_mode="max"),
             )
     return _metrics
 
@@ -127,6 +130,21 @@ def unreadable_resources(counts: Mapping[tuple[str, str], int]) -> None:
     for (kind, reason), n in counts.items():
         if n > 0:
             _m()["unreadable"].labels(kind, reason).inc(n)
+
+
+_knowledge_shown: list[str] = []
+
+
+def knowledge(version: str) -> None:
+    """``nms_cds_knowledge_info{version=...} 1`` for the knowledge in effect (any other version shown before: 0)."""
+    gauge = _m()["knowledge"]
+    with _lock:
+        for old in _knowledge_shown:
+            if old != version:
+                gauge.labels(old).set(0)
+        if version not in _knowledge_shown:
+            _knowledge_shown.append(version)
+    gauge.labels(version).set(1)
 
 
 def overrun() -> None:

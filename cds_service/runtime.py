@@ -16,6 +16,7 @@ from cds_service.auth.policy import ClientPolicy, default_policy
 from cds_service.config import AuthMode, Settings
 from cds_service.errors import StoreUnavailable
 from cds_service.fhir.client import QueryPool
+from cds_service.knowledge import Knowledge, default_knowledge, load_knowledge
 from cds_service.services import quiet
 from cds_service.services.engine import CallReport, CdsService, Engine
 from cds_service.services.order_select import OrderSelectPolicy
@@ -40,9 +41,11 @@ class Runtime:
     _next_purge: float = 0.0
     _purge_lock: threading.Lock = field(default_factory=threading.Lock)
     closed: bool = False
+    knowledge: Knowledge = field(default_factory=default_knowledge)  # NMS_CDS_SITE_FILE over the defaults
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
+        knowledge = load_knowledge(settings.site_file)  # read once; ConfigError before anything is opened
         fixed = settings.fixed_now
         if fixed is not None and fixed.tzinfo is None:
             fixed = fixed.replace(tzinfo=UTC)
@@ -60,7 +63,7 @@ class Runtime:
         authenticator = Authenticator(settings, replay=replay) if settings.auth == AuthMode.JWT else \
             Authenticator(settings)
         return cls(settings=settings, services=services, pool=pool, store=store, replay=replay,
-                   authenticator=authenticator, clock=clock)
+                   authenticator=authenticator, clock=clock, knowledge=knowledge)
 
     def _hash_key(self) -> bytes:
         return (self.settings.audit_hash_key.get_secret_value().encode("utf-8")
@@ -118,7 +121,7 @@ class Runtime:
                 patient=audit.patient_token(patient_id, key, opt_in=self.settings.audit_patient_ids),
                 quiet=audit.quiet_key(service_id, patient_id, iss, key),
                 decisive=report.decisive.to_json() if report.decisive is not None else None,
-                silent=silent, patient_id=patient_id)
+                silent=silent, patient_id=patient_id, knowledge_version=self.knowledge.version)
             self.store.record_cards(records)
         except StoreUnavailable as exc:
             log.error("card audit not written", extra={"event": "audit-failed", "error": exc.cause})

@@ -621,6 +621,8 @@ PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
     "german-medication-reference": ("critical", "haloperidol given and ordered, named through included Medications"),
     "german-medication-unresolved": ("critical", "risperidone statement; the haloperidol records stay unidentified"),
     "identity-by-shape": (None, "no data of this patient; the fever and CK are another patient's"),
+    # site knowledge (a site's local code, read only with its site file):
+    "site-local-ck-code": ("warning", "active haloperidol statement; the 32673-6 CK is not read by default"),
 }
 
 
@@ -1920,6 +1922,44 @@ def identity_by_shape() -> Built:
         "the patient, so every one is excluded, counted by type and why, and logged; the draft haloperidol is "
         "exposure (20) with nothing else to assess -> no card.",
         evidence={}))
+
+
+# --- site knowledge: a German hospital's local CK code (NMS_CDS_SITE_FILE; docs/site-file.md) ------------
+
+CK_MB_LOINC = "32673-6"  # LOINC defines it as CK-MB; the site below reports total CK under it
+
+
+@scenario
+def site_local_ck_code() -> Built:
+    b = Builder("site-local-ck-code", "German record: total CK under LOINC 32673-6 'Kreatinkinase'",
+                "A German university hospital reports total CK under LOINC 32673-6 (CK-MB in LOINC) with the text "
+                "'Kreatinkinase': by default the code is not read as CK, so the card is a warning that asks for "
+                "CK while 24,000 U/L is on file; with a site file mapping the code to total CK "
+                "(tests/knowledge/test_site_file.py) the same record gives the critical card with CK read",
+                "female", "1968-04-22")
+    haloperidol = {"coding": [atc("N05AD01", "Haloperidol", system=BFARM_ATC)], "text": "Haloperidol 5 mg Tabletten"}
+    b.stated(haloperidol, status="active", start_days=-4)
+    b.baseline(t=36.6, hr=74, rr=15, bp=(124, 78))
+    b.vitals(-30, t=38.5, hr=102, rr=18, bp=(126, 80))
+    b.vitals(-18, t=39.1, hr=120, rr=24, bp=(166, 100))
+    b.vitals(-6, t=39.5, hr=124, rr=25, bp=(120, 76))
+    b.add({"resourceType": "Observation", "status": "final",
+           "category": [{"coding": [coding(OBS_CATEGORY, "laboratory", "Laboratory")]}],
+           "code": {"coding": [{"system": LOINC, "code": CK_MB_LOINC, "display": "Kreatinkinase"}],
+                    "text": "Kreatinkinase"},
+           "subject": b.subject, "effectiveDateTime": at(-10), "issued": at(-9),
+           "valueQuantity": quantity(24000, "U/L"),
+           "referenceRange": [{"low": quantity(30, "U/L"), "high": quantity(170, "U/L")}]}, "ck")
+    d = b.draft(None, Dose(5, frequency=2), name="haloperidol", medication={"medicationCodeableConcept": haloperidol})
+    return Built(b, Expected(
+        "warning", ["exposure", "hyperthermia", "autonomic", "hypermetabolism"], ["haloperidol"],
+        "Haloperidol (BfArM ATC N05AD01, stated since -4 d) is exposure before onset (-30 h) -> 20. 38.5, 39.1, "
+        "39.5 -> 18 (below the 40 degC extreme-hyperthermia line). BP 166/100 then 120/76 -> 10; HR 120 with RR "
+        "24 -> 5. The CK of 24,000 U/L (ULN 170) is coded LOINC 32673-6, which LOINC defines as CK-MB: by "
+        "default it is not read, so CK is missing and the card suggests ordering it -> warning. With the site "
+        "file mapping 32673-6 'Kreatinkinase' to total CK it is 141 x ULN -> critical "
+        "(tests/knowledge/test_site_file.py).",
+        evidence={"tmax_cel": 39.5}, suggest_delete_draft=delete(d)))
 
 
 def dumps(obj: Any) -> str:

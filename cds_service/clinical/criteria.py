@@ -67,7 +67,7 @@ def normalise(observations: Iterable[ObservationInput], now: datetime, vs: Value
         if status not in USABLE_STATUSES:
             quality.not_final += 1
             continue
-        unit = obs.unit if obs.unit else implied.get(concept.concept)
+        unit = obs.unit if obs.unit else (concept.implied_unit or implied.get(concept.concept))
         conversion = None
         if unit:
             conversion = concept.conversions.get(unit) or concept.conversions.get(spellings.get(unit, ""))

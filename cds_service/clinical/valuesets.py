@@ -9,18 +9,36 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from functools import cache
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field, replace
+from functools import cache, lru_cache
 from importlib import resources
-from typing import Any
+from typing import Any, Protocol
 
 from cds_service.clinical import valuesets_load as read
+from cds_service.clinical.valuesets_load import CodeMap as CodeMap
 from cds_service.clinical.valuesets_load import ConditionConcept as ConditionConcept
 from cds_service.clinical.valuesets_load import DrugConcept as DrugConcept
 from cds_service.clinical.valuesets_load import ObservationConcept as ObservationConcept
 from cds_service.clinical.valuesets_load import OtherDrug as OtherDrug
 from cds_service.clinical.valuesets_load import UnitConversion as UnitConversion
+
+
+class Overlay(Protocol):
+    """What a site changes over the packaged data (:class:`cds_service.clinical.site.SiteKnowledge`): hashable,
+    so that :func:`load` builds each distinct knowledge once."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def empty(self) -> bool: ...
+
+    def apply(self, base: ValueSets) -> ValueSets: ...
+
+    def __hash__(self) -> int: ...
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 LOINC = "http://loinc.org"
@@ -65,6 +83,9 @@ class ValueSets:
     icd10_systems: frozenset[str] = frozenset()
     icd10_markers: str = ""
     system_names: dict[str, str] = field(default_factory=dict)
+    # a site's local code maps ((system, code) -> maps; clinical/site.py) and the knowledge version in effect
+    site_codes: dict[tuple[str, str], tuple[CodeMap, ...]] = field(default_factory=dict)
+    knowledge_version: str = ""
 
     def atc(self, system: str | None, code: str) -> DrugConcept | None:
         return self.drugs_by_atc.get(code) if system in self.atc_systems else None
@@ -140,6 +161,14 @@ class ValueSets:
         out: list[str] = []
         for concept in concepts:
             out.extend(self.codes_by_concept.get(concept, ()))
+        return tuple(out)
+
+    def query_codes(self, *concepts: str) -> tuple[str, ...]:
+        """``system|code`` of every code of ``concepts`` for a FHIR search: the LOINC codes, and the code of each
+        site code map (without its text, which a search cannot filter on)."""
+        out: dict[str, None] = {}
+        for code in self.loinc_codes(*concepts):
+            out[code.rsplit("|", 1)[0] if code.count("|") > 1 else code if "|" in code else f"{LOINC}|{code}"] = None
         return tuple(out)
 
     def condition_codes(self, *concepts: str) -> tuple[tuple[str, str], ...]:
@@ -230,8 +259,52 @@ def _cached_names(text: str, key_id: int, first: bool, keys: dict[str, Any]) -> 
     return result
 
 
+# The site knowledge of the service handling the current request (set by the web layer around each request,
+# cds_service/web/middleware.py); None outside a request: the packaged defaults.
+_ACTIVE: ContextVar[Overlay | None] = ContextVar("nms_cds_site_knowledge", default=None)
+
+
+def load(site: Overlay | None = None) -> ValueSets:
+    """The value sets and thresholds of ``site`` (default: the knowledge in effect, :func:`active`): the
+    packaged data with the site's changes, built once per distinct knowledge (then O(1) lookups)."""
+    return _load(site if site is not None else _ACTIVE.get())
+
+
+def active() -> Overlay | None:
+    """The site knowledge in effect in this context (None: the packaged defaults)."""
+    return _ACTIVE.get()
+
+
+def activate(site: Overlay | None) -> Token[Overlay | None]:
+    """Make ``site`` the knowledge :func:`load` returns in this context, until :func:`deactivate`."""
+    return _ACTIVE.set(site)
+
+
+def deactivate(token: Token[Overlay | None]) -> None:
+    _ACTIVE.reset(token)
+
+
+@contextmanager
+def using(site: Overlay | None) -> Iterator[ValueSets]:
+    """``with using(site) as vs:`` the block runs with ``site`` in effect."""
+    token = activate(site)
+    try:
+        yield load()
+    finally:
+        deactivate(token)
+
+
+@lru_cache(maxsize=16)
+def _load(site: Overlay | None) -> ValueSets:
+    if site is None:
+        return _defaults()
+    if site.empty:
+        return replace(_defaults(), knowledge_version=site.version)
+    return site.apply(_defaults())
+
+
 @cache
-def load() -> ValueSets:
+def _defaults() -> ValueSets:
     """Load every data file once per process (startup cost, then O(1) lookups)."""
     raw = resources.files("cds_service.clinical").joinpath("data", "thresholds.toml").read_text("utf-8")
     thresholds = tomllib.loads(raw)

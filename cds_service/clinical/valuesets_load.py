@@ -43,6 +43,7 @@ class ObservationConcept:
     display: str
     canonical_unit: str
     conversions: dict[str, UnitConversion] = field(hash=False)
+    implied_unit: str | None = None  # a site code map's unit: a value without a unit is read in it
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,25 @@ class ConditionConcept:
     system: str
     code: str
     display: str
+
+
+@dataclass(frozen=True)
+class CodeMap:
+    """A site code read as a concept of the rules (a site file's ``[[code_map]]``, cds_service/clinical/site.py):
+    ``system|code`` (and, when ``text`` is given, only where the CodeableConcept's text or a coding's display
+    equals it, ignoring case) is ``concept``; a value without a unit is read in ``unit``."""
+
+    system: str
+    code: str
+    concept: str
+    text: str | None = None
+    unit: str | None = None
+    display: str = ""
+
+    @property
+    def key(self) -> str:
+        """The code under which the reading reaches the rules (``ObservationInput.codes``)."""
+        return f"{self.system}|{self.code}" + (f"|{self.text.strip().casefold()}" if self.text else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,12 +38,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from itertools import pairwise
 from typing import Any
 from urllib.parse import quote, unquote
 
-from cds_service.clinical.valuesets import LOINC, load
+from cds_service.clinical.site import SiteKnowledge
+from cds_service.clinical.valuesets import active, load
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,13 @@ ROWS: dict[str, Row] = {
 EARLIEST_COUNT = 200  # one page; HAPI's largest
 
 
-@cache
 def windows() -> dict[str, timedelta]:
+    """:func:`_windows` of the knowledge in effect."""
+    return _windows(active())
+
+
+@lru_cache(maxsize=16)
+def _windows(site: SiteKnowledge | None) -> dict[str, timedelta]:
     """How far back before ``now`` each family of rules looks (from ``thresholds.toml``).
 
     - ``vitals``: the acute window plus the baseline look-back before its earliest anchor (the window
@@ -93,7 +99,7 @@ def windows() -> dict[str, timedelta]:
     - ``exposure``: the exposure window, the long-acting-injectable interval, the withdrawal window and
       the recent-start window, whichever is longest.
     """
-    th: dict[str, Any] = load().thresholds
+    th: dict[str, Any] = load(site).thresholds
     hours = timedelta(hours=1)
     days = timedelta(days=1)
     acute = th["window"]["acute_hours"] * hours
@@ -169,7 +175,7 @@ def plan(key: str, url: str, now: datetime | None) -> Plan:
     extras: list[ExtraQuery] = []
     for extra in row.extras:
         if extra.kind == "previous":
-            codes = ",".join(f"{LOINC}|{code}" for code in load().loinc_codes(*extra.concepts))
+            codes = ",".join(load().query_codes(*extra.concepts))
             rest = [part for part in pairs if _name(part) not in ("code", "_count")]
             parts = [*rest, f"code={quote(codes, safe='|,:/')}", f"{row.param}=lt{since}",
                      f"_sort=-{row.param}", "_count=1"]

@@ -15,12 +15,13 @@ process (thread-local sessions over a shared pool size) is reused across hook ca
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -412,11 +413,19 @@ def _outcome_text(body: bytes) -> str:
     return ""
 
 
+class _ContextExecutor(ThreadPoolExecutor):
+    """Runs each task in a copy of the submitter's context, so that a query planned in a worker thread reads
+    the same knowledge (cds_service.clinical.valuesets.active) as the request that submitted it."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
 class QueryPool:
     """Threads that run one hook's independent FHIR queries concurrently (one pool per worker)."""
 
     def __init__(self, workers: int) -> None:
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fhir")
+        self.executor: ThreadPoolExecutor = _ContextExecutor(max_workers=workers, thread_name_prefix="fhir")
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

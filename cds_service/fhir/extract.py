@@ -11,13 +11,14 @@ be read is counted, never fatal.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from cds_service.clinical.model import Coding, HistoryInput, MedicationInput, ObservationInput
+from cds_service.clinical.valuesets import load
 from cds_service.fhir.models import REASONS, ParseResult
 
 
@@ -94,3 +95,31 @@ def read_model(result: ParseResult, out: Extracted, kind: str) -> Any:
         out.unread[(kind, result.reason or "invalid structure")] += 1
     return result.model
 
+
+
+def site_keys(text: object, codings: Iterable[tuple[object, object, object]]) -> tuple[str, ...]:
+    """The keys of the site's local code maps (cds_service/clinical/site.py) that a CodeableConcept matches:
+    ``(system, code, display)`` of each coding, and the concept's text; a map with a text matches only where the
+    text or a display equals it, ignoring case and surrounding space. () without a site file."""
+    site_codes = load().site_codes
+    if not site_codes:
+        return ()
+    keys: list[str] = []
+    listed = [c for c in codings if isinstance(c[0], str) and isinstance(c[1], str)]
+    for system, code, _ in listed:
+        for entry in site_codes.get((str(system), str(code)), ()):
+            if entry.text is not None:
+                texts = {t.strip().casefold() for t in (text, *(c[2] for c in listed)) if isinstance(t, str)}
+                if entry.text.strip().casefold() not in texts:
+                    continue
+            keys.append(entry.key)
+    return tuple(keys)
+
+
+def json_site_keys(concept: Any) -> tuple[str, ...]:
+    """:func:`site_keys` of a CodeableConcept as JSON."""
+    if type(concept) is not dict or not load().site_codes:
+        return ()
+    codings = concept.get("coding")
+    return site_keys(concept.get("text"), [(c.get("system"), c.get("code"), c.get("display"))
+                                           for c in (codings if type(codings) is list else ()) if type(c) is dict])

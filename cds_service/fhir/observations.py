@@ -8,13 +8,14 @@ plain path reproduces exactly.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from cds_service.clinical.model import Coding, ObservationInput
 from cds_service.clinical.rules import LAB_CONCEPTS, VITAL_CONCEPTS
-from cds_service.clinical.valuesets import LOINC, load
-from cds_service.fhir.extract import Extracted, codings_of, number_of, read_model, when
+from cds_service.clinical.site import SiteKnowledge
+from cds_service.clinical.valuesets import LOINC, active, load
+from cds_service.fhir.extract import Extracted, codings_of, number_of, read_model, site_keys, when
 from cds_service.fhir.models import parse
 from cds_service.fhir.plain_json import plain_observation
 from cds_service.fhir.plain_types import Memo
@@ -43,12 +44,20 @@ def observation_kind(raw: Mapping[str, Any]) -> str:
 
 
 
-@cache
 def relevant_loinc() -> frozenset[str]:
-    vs = load()
+    """The codes of the Observations the rules read, in the knowledge in effect: LOINC codes, and for a site
+    code map its code, its ``system|code`` and its key (:func:`has_code` and the component filter use them)."""
+    return _relevant(active())
+
+
+@lru_cache(maxsize=16)
+def _relevant(site: SiteKnowledge | None) -> frozenset[str]:
+    vs = load(site)
     wanted = set(VITAL_CONCEPTS) | set(LAB_CONCEPTS) | {"bp-panel"}
+    mapped = {part for entries in vs.site_codes.values() for e in entries
+              for part in (e.code, f"{e.system}|{e.code}", e.key)}
     return frozenset({code for code, c in vs.observations_by_code.items() if c.concept in wanted}
-                     | vs.culture_codes)
+                     | vs.culture_codes | mapped)
 
 
 def has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
@@ -59,7 +68,8 @@ def has_code(resource: Mapping[str, Any], wanted: frozenset[str]) -> bool:
         for coding in concept.get("coding") or ():
             if isinstance(coding, dict):
                 code = coding.get("code")  # the code first: in a long record most are not wanted
-                if isinstance(code, str) and code in wanted and coding.get("system") in (LOINC, None):
+                if isinstance(code, str) and code in wanted and (
+                        coding.get("system") in (LOINC, None) or f"{coding.get('system')}|{code}" in wanted):
                     return True
     return False
 
@@ -93,7 +103,8 @@ def parsed_observation(raw: Mapping[str, Any], wanted: frozenset[str], out: Extr
     time = when(obs.effectiveDateTime) or when(obs.effectiveInstant) or (
         when(obs.effectivePeriod.start) if obs.effectivePeriod else None) or when(obs.issued)
     ref = f"Observation/{obs.id}" if obs.id else None
-    codes = tuple(c.code for c in (obs.code.coding or []) if c.code and c.system in (LOINC, None))
+    codes = tuple(c.code for c in (obs.code.coding or []) if c.code and c.system in (LOINC, None)) + _site_keys(
+        obs.code)
     low = high = None
     ref_unit = None
     if obs.referenceRange:
@@ -112,10 +123,16 @@ def parsed_observation(raw: Mapping[str, Any], wanted: frozenset[str], out: Extr
             ref, obs.status, codes, number_of(q.value) if q else None, (q.code or q.unit) if q else None,
             time, low, high, ref_unit, value_codes))
     for comp in obs.component or []:
-        comp_codes = tuple(c.code for c in (comp.code.coding or []) if c.code and c.system in (LOINC, None))
+        comp_codes = tuple(c.code for c in (comp.code.coding or []) if c.code and c.system in (LOINC, None)
+                           ) + _site_keys(comp.code)
         q = comp.valueQuantity
         if not (set(comp_codes) & wanted):
             continue
         out.observations.append(ObservationInput(
             ref, obs.status, comp_codes, number_of(q.value) if q else None, (q.code or q.unit) if q else None, time))
 
+
+
+def _site_keys(concept: Any) -> tuple[str, ...]:
+    """:func:`.extract.site_keys` of a parsed CodeableConcept (the plain path reads the same from JSON)."""
+    return site_keys(concept.text, [(c.system, c.code, c.display) for c in (concept.coding or [])])

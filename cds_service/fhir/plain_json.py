@@ -19,7 +19,7 @@ from typing import Any
 
 from cds_service.clinical.model import Coding, MedicationInput, ObservationInput
 from cds_service.clinical.valuesets import LOINC
-from cds_service.fhir.extract import number_of
+from cds_service.fhir.extract import json_site_keys, number_of
 from cds_service.fhir.plain_types import (
     Check,
     Memo,
@@ -114,8 +114,9 @@ def _q_unit(quantity: Any) -> str | None:
 
 
 def _loinc_codes(concept: dict[str, Any]) -> tuple[str, ...]:
+    """The LOINC codes of a CodeableConcept, then the keys of the site code maps it matches."""
     return tuple(c["code"] for c in concept.get("coding") or () if c.get("code") and c.get("system") in
-                 (LOINC, None))
+                 (LOINC, None)) + json_site_keys(concept)
 
 
 def plain_observation(raw: Mapping[str, Any], wanted: frozenset[str], memo: Memo | None = None

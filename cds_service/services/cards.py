@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from cds_service import __version__
 from cds_service.clinical.model import Assessment
 from cds_service.clinical.valuesets import LOINC, load
 from cds_service.protocol import models
@@ -80,6 +81,13 @@ def suggestions(a: Assessment, hook_instance: str, patient_id: str) -> list[mode
 
 
 _SOURCE = models.Source(label=SOURCE_LABEL, url=IEC_URL, topic=nms_topic())  # topic: CDS Hooks 3.0 readiness
+
+
+def _source() -> models.Source:
+    """The card's source, its label naming the knowledge version the card was built with (package version and
+    site file: cds_service/knowledge)."""
+    version = load().knowledge_version or f"{__version__}+default"
+    return _SOURCE.model_copy(update={"label": f"{SOURCE_LABEL}; knowledge {version}"})
 _LINKS = (
     models.Link(label="IEC consensus criteria for NMS (Gurrera 2011)", url=IEC_URL, type="absolute"),
     models.Link(label="NMS: a neuroimmunologic hypothesis (Anglin 2010, serum iron)", url=SEED_URL, type="absolute"),
@@ -121,7 +129,7 @@ def build_card(a: Assessment, hook_instance: str, patient_id: str,
         summary=summary(a),
         indicator=a.indicator,
         detail=detail(a, style),
-        source=_SOURCE,
+        source=_source(),
         links=links(a, style),
         overrideReasons=override,
         suggestions=suggested or None,

@@ -13,23 +13,29 @@ drive the service's own FHIR queries when a prefetch key is absent, so both path
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cache
+from functools import lru_cache
 
-from cds_service.clinical.valuesets import LOINC, load
+from cds_service.clinical.site import SiteKnowledge
+from cds_service.clinical.valuesets import active, load
 
 PATIENT = "{{context.patientId}}"
 
 
-def _codes(system: str, codes: tuple[str, ...]) -> str:
-    return ",".join(f"{system}|{code}" for code in codes)
+def _codes(codes: tuple[str, ...]) -> str:
+    return ",".join(codes)
 
 
-@cache
 def prefetch_templates() -> dict[str, str]:
-    vs = load()
-    temperature = vs.loinc_codes("body-temperature")
-    vitals = vs.loinc_codes("heart-rate", "respiratory-rate", "bp-panel", "systolic-bp", "diastolic-bp")
-    labs = vs.loinc_codes(
+    """The templates of the knowledge in effect (a site's code maps add their codes to the searches)."""
+    return _templates(active())
+
+
+@lru_cache(maxsize=16)
+def _templates(site: SiteKnowledge | None) -> dict[str, str]:
+    vs = load(site)
+    temperature = vs.query_codes("body-temperature")
+    vitals = vs.query_codes("heart-rate", "respiratory-rate", "bp-panel", "systolic-bp", "diastolic-bp")
+    labs = vs.query_codes(
         "creatine-kinase", "serum-iron", "wbc", "crp", "albumin", "creatinine", "potassium", "blood-culture"
     )
     # Every Condition of the patient: NMS history, and the infections and other causes of fever that the
@@ -40,9 +46,9 @@ def prefetch_templates() -> dict[str, str]:
         "administrations": f"MedicationAdministration?patient={PATIENT}"
                            "&_include=MedicationAdministration:medication&_count=100",
         "statements": f"MedicationStatement?patient={PATIENT}&_include=MedicationStatement:medication&_count=100",
-        "temperature": f"Observation?patient={PATIENT}&code={_codes(LOINC, temperature)}&_sort=-date&_count=100",
-        "vitals": f"Observation?patient={PATIENT}&code={_codes(LOINC, vitals)}&_sort=-date&_count=200",
-        "labs": f"Observation?patient={PATIENT}&code={_codes(LOINC, labs)}&_sort=-date&_count=100",
+        "temperature": f"Observation?patient={PATIENT}&code={_codes(temperature)}&_sort=-date&_count=100",
+        "vitals": f"Observation?patient={PATIENT}&code={_codes(vitals)}&_sort=-date&_count=200",
+        "labs": f"Observation?patient={PATIENT}&code={_codes(labs)}&_sort=-date&_count=100",
         "conditions": f"Condition?patient={PATIENT}&_count=100",
         "allergies": f"AllergyIntolerance?patient={PATIENT}&_count=100",
     }

@@ -47,6 +47,7 @@ class CardRecord:
     decisive: str | None = None  # the card's decisive facts (JSON, services/quiet.py): no patient ids
     mode: str = "live"  # "live": returned to the client; "silent": would have shown (silent mode), not returned
     card: str | None = None  # silent mode: the full card as JSON (patient references as the audit stores them)
+    knowledge_version: str | None = None  # the knowledge the card was built with (package version + site file)
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         "ALTER TABLE card_audit ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",
         "ALTER TABLE card_audit ADD COLUMN card TEXT",
     )),
+    Migration(5, "card audit: the knowledge version each card was built with", (
+        "ALTER TABLE card_audit ADD COLUMN knowledge_version TEXT",
+    )),
 )
 
 CREATE_TRACKING = (

@@ -111,8 +111,8 @@ class SqlStore(ABC):
             for c in cards:
                 cur.x(
                     "INSERT INTO card_audit (card_uuid, served_at, hook, service_id, hook_instance, indicator, "
-                    "score, rules, reasons, evidence, client_iss, patient, quiet_key, decisive, mode, card) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "score, rules, reasons, evidence, client_iss, patient, quiet_key, decisive, mode, card, "
+                    "knowledge_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     # a card audited before the quiet period existed gets its memory at its next showing
                     "ON CONFLICT (card_uuid) DO UPDATE SET quiet_key = excluded.quiet_key, "
                     "decisive = excluded.decisive "
@@ -120,7 +120,7 @@ class SqlStore(ABC):
                     (clip(c.card_uuid), c.served_at, clip(c.hook), clip(c.service_id), clip(c.hook_instance),
                      clip(c.indicator), c.score, _dumps(clip_list(c.rules)), _dumps(clip_list(c.reasons, 512)),
                      _dumps(clip_list(c.evidence)), clip(c.client_iss), clip(c.patient), clip(c.quiet_key),
-                     clip(c.decisive, MAX_DECISIVE), clip(c.mode), c.card))
+                     clip(c.decisive, MAX_DECISIVE), clip(c.mode), c.card, clip(c.knowledge_version)))
 
         if cards:
             self._run(fn)
@@ -223,10 +223,12 @@ class SqlStore(ABC):
         def fn(cur: Cursor) -> ReportRows:
             rows = ReportRows()
             for r in cur.x("SELECT card_uuid, served_at, hook, service_id, hook_instance, indicator, score, rules, "
-                           "reasons, evidence, client_iss, patient, quiet_key, decisive, mode, card FROM card_audit "
-                           "WHERE served_at >= ? ORDER BY served_at", (since,)).fetchall():
+                           "reasons, evidence, client_iss, patient, quiet_key, decisive, mode, card, "
+                           "knowledge_version FROM card_audit WHERE served_at >= ? ORDER BY served_at",
+                           (since,)).fetchall():
                 rows.cards.append(CardRecord(r[0], float(r[1]), r[2], r[3], r[4], r[5], r[6], _loads(r[7]),
-                                             _loads(r[8]), _loads(r[9]), r[10], r[11], r[12], r[13], r[14], r[15]))
+                                             _loads(r[8]), _loads(r[9]), r[10], r[11], r[12], r[13], r[14], r[15],
+                                             r[16]))
             for r in cur.x("SELECT service_id, card_uuid, outcome, outcome_timestamp, received_at, "
                            "accepted_suggestions, override_code, override_system, client_iss FROM feedback "
                            "WHERE received_at >= ? ORDER BY id", (since,)).fetchall():

@@ -11,6 +11,7 @@ import uuid
 from flask import Flask, Response, current_app, g, request
 
 from cds_service import metrics
+from cds_service.clinical import valuesets
 from cds_service.watchdog import GcPause, RequestWatchdog
 from cds_service.web import guards
 
@@ -19,6 +20,7 @@ access_log = logging.getLogger("cds_service.access")
 
 
 def _start() -> None:
+    g.knowledge_token = valuesets.activate(guards.runtime().knowledge.site)  # the site file's knowledge, read once
     current_app.extensions["nms_cds_gc_pause"].enter()
     g.gc_paused = True
     g.request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
@@ -42,6 +44,9 @@ def _access(response: Response) -> Response:
 
 
 def _disarm(exc: BaseException | None) -> None:
+    token = g.pop("knowledge_token", None)
+    if token is not None:
+        valuesets.deactivate(token)
     current_app.extensions["nms_cds_watchdog"].disarm()
     if g.pop("gc_paused", False):
         current_app.extensions["nms_cds_gc_pause"].exit()

@@ -86,6 +86,7 @@ def metrics_text() -> Response | tuple[Response, int]:
         response = jsonify(operation_outcome(401, "unauthorized"))
         response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response, 401
+    metrics.knowledge(current_app.extensions["nms_cds"].knowledge.version)
     body, content_type = metrics.exposition()
     return Response(body, status=200, mimetype=None, content_type=content_type)
 
