@@ -210,6 +210,25 @@ class Settings(BaseSettings):
         None, description="Pin the clinical clock (tests, demos and replay of recorded fixtures only)",
         json_schema_extra={"form": "an ISO 8601 date-time, e.g. 2026-11-24T12:00:00Z (UTC when no offset)"},
     )
+    # --- hardening: key file, back-end refusals, quotas, disk floor ---------------------------------------------
+    audit_hash_key_file: Path | None = Field(
+        None, description="File holding the patient-id hash key (mode 0600 or 0400); default: "
+                          "audit-hash.key in NMS_CDS_DATA_DIR, created on first start"
+    )
+    redis_eviction_checked: bool = Field(
+        False, description="Operator statement that Redis cannot evict replay entries, for a Redis that refuses "
+                           "CONFIG GET (else its maxmemory-policy must be noeviction)"
+    )
+    feedback_quota_per_hour: int = Field(
+        3600, ge=0, description="Feedback rows one client (JWT iss) may add per hour; 429 beyond; 0: no limit"
+    )
+    feedback_quota_total: int = Field(
+        1_000_000, ge=0, description="Feedback rows one client may keep in the store; 429 beyond; 0: no limit"
+    )
+    min_free_disk_bytes: int = Field(
+        256 * 1024 * 1024, ge=0,
+        description="/readyz is not ready when the store's or the temporary directory's file system has less free"
+    )
 
     @field_validator("environment", mode="before")
     @classmethod

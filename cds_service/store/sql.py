@@ -8,7 +8,6 @@ decides "new" for feedback and replay entries inside the transaction that stores
 from __future__ import annotations
 
 import json
-import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -52,7 +51,6 @@ class SqlStore(ABC):
 
     def __init__(self, *, max_per_issuer: int) -> None:
         self.max_per_issuer = max_per_issuer
-        self._hash_key: bytes | None = None
 
     @abstractmethod
     def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False) -> T:
@@ -72,8 +70,6 @@ class SqlStore(ABC):
             cur.x("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                   (migration.version, migration.name, time.time()))
             applied.append(migration.version)
-        cur.x("INSERT INTO store_meta (name, value) VALUES ('patient_hash_key', ?) ON CONFLICT (name) DO NOTHING",
-              (secrets.token_hex(32),))
         return applied
 
     def schema_version(self) -> int:
@@ -87,12 +83,13 @@ class SqlStore(ABC):
     def ping(self) -> None:
         self._run(lambda cur: cur.x("SELECT 1").fetchone())
 
-    def hash_key(self) -> bytes:
-        if self._hash_key is None:
-            row = self._run(lambda cur: cur.x("SELECT value FROM store_meta WHERE name = 'patient_hash_key'")
-                            .fetchone())
-            self._hash_key = bytes.fromhex(row[0])
-        return self._hash_key
+    def legacy_hash_key(self) -> str | None:
+        """The patient-hash key (hex) that earlier versions kept in the database, if it is still there."""
+        row = self._run(lambda cur: cur.x("SELECT value FROM store_meta WHERE name = 'patient_hash_key'").fetchone())
+        return None if row is None else str(row[0])
+
+    def drop_legacy_hash_key(self) -> None:
+        self._run(lambda cur: cur.x("DELETE FROM store_meta WHERE name = 'patient_hash_key'"), durable=True)
 
     def record_cards(self, cards: Sequence[CardRecord]) -> None:
         def fn(cur: Cursor) -> None:
