@@ -225,8 +225,8 @@ class Settings(BaseSettings):
     feedback_quota_total: int = Field(
         1_000_000, ge=0, description="Feedback rows one client may keep in the store; 429 beyond; 0: no limit"
     )
-    min_free_disk_bytes: int = Field(
-        256 * 1024 * 1024, ge=0,
+    min_free_disk_bytes: ByteCount = Field(
+        ByteSize(256 * 1024 * 1024), ge=0,
         description="/readyz is not ready when the store's or the temporary directory's file system has less free"
     )
 

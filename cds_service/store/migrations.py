@@ -68,6 +68,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE TABLE replay_issuer (iss TEXT PRIMARY KEY, entries INTEGER NOT NULL)",
         "CREATE TABLE store_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     )),
+    Migration(2, "per-client feedback quota", (
+        "CREATE INDEX feedback_client_received ON feedback (client_iss, received_at)",
+        "CREATE TABLE feedback_client (client TEXT PRIMARY KEY, total INTEGER NOT NULL)",
+        "INSERT INTO feedback_client (client, total) "
+        "SELECT coalesce(client_iss, ''), count(*) FROM feedback GROUP BY coalesce(client_iss, '')",
+    )),
 )
 
 CREATE_TRACKING = (

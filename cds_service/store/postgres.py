@@ -9,7 +9,7 @@ Replay claims lock the issuer's counter row (``SELECT … FOR UPDATE``); migrati
 
 Deadlines (all ``NMS_CDS_STORE_TIMEOUT_SECONDS``): ``connect_timeout`` (libpq's minimum is 2 s), server-side
 ``statement_timeout`` and ``lock_timeout``, TCP keepalives and ``tcp_user_timeout`` against a lost network,
-and a client-side deadline on each transaction (:mod:`.deadline`) against a server that accepts bytes and
+and a client-side deadline (0.5 s later) on each transaction (:mod:`.deadline`) against a server that accepts bytes and
 never answers (a stopped process). There is no pool to wait on: one connection per thread.
 """
 
@@ -31,6 +31,7 @@ from cds_service.store.sql import Cursor, SqlStore
 
 T = TypeVar("T")
 HUNG = "PostgreSQL did not answer within the store timeout"
+DEADLINE_GRACE = 0.5  # the client deadline leaves a live server's own timeouts time to answer first
 UNREACHABLE = "cannot reach the PostgreSQL server within the store timeout"
 MIGRATION_LOCK = 7_345_001  # pg_advisory_xact_lock key of nms-cds migrations
 
@@ -61,8 +62,10 @@ class PostgresStore(SqlStore):
     backend = "postgres"
     for_update = " FOR UPDATE"
 
-    def __init__(self, url: str, *, timeout: float = 5.0, max_per_issuer: int = 100_000) -> None:
-        super().__init__(max_per_issuer=max_per_issuer)
+    def __init__(self, url: str, *, timeout: float = 5.0, max_per_issuer: int = 100_000,
+                 feedback_per_hour: int = 0, feedback_total: int = 0) -> None:
+        super().__init__(max_per_issuer=max_per_issuer, feedback_per_hour=feedback_per_hour,
+                         feedback_total=feedback_total)
         self._url = url
         self.timeout = timeout
         self._local = threading.local()
@@ -138,7 +141,7 @@ class PostgresStore(SqlStore):
             fired: set[int] = set()
             try:
                 conn, reused = self._connection()
-                with DEADLINES.guard(conn.pgconn.socket, self.timeout) as fired:
+                with DEADLINES.guard(conn.pgconn.socket, self.timeout + DEADLINE_GRACE) as fired:
                     try:
                         with conn.cursor() as cursor:
                             result = fn(Cursor(cursor, "postgres"))

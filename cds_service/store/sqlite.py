@@ -61,8 +61,10 @@ def cause_of(exc: sqlite3.Error) -> str:
 class SqliteStore(SqlStore):
     backend = "sqlite"
 
-    def __init__(self, path: Path, *, timeout: float = 5.0, max_per_issuer: int = 100_000) -> None:
-        super().__init__(max_per_issuer=max_per_issuer)
+    def __init__(self, path: Path, *, timeout: float = 5.0, max_per_issuer: int = 100_000,
+                 feedback_per_hour: int = 0, feedback_total: int = 0) -> None:
+        super().__init__(max_per_issuer=max_per_issuer, feedback_per_hour=feedback_per_hour,
+                         feedback_total=feedback_total)
         self.path = path.resolve()
         self.timeout = timeout
         self._uri = self.path.as_uri() + "?mode=rw"

@@ -14,6 +14,7 @@ from cds_service import metrics
 from cds_service.errors import (
     PayloadTooLarge,
     PreconditionFailed,
+    QuotaExceeded,
     RequestError,
     ServiceOverrun,
     StoreUnavailable,
@@ -45,7 +46,10 @@ def _error_response(exc: RequestError) -> tuple[Response, int]:
     if exc.field:
         body["field"] = exc.field
     log.info("request rejected", extra={"event": "bad-request", "status": exc.status, "error": exc.message})
-    return jsonify(body), exc.status
+    response = jsonify(body)
+    if isinstance(exc, QuotaExceeded):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response, exc.status
 
 
 def _store_error(exc: StoreUnavailable) -> tuple[Response, int]:

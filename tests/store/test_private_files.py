@@ -98,7 +98,7 @@ def test_a_key_file_other_accounts_can_read_refuses_to_start(tmp_path: Path, bit
     key_file.write_text("cd" * 32)
     os.chmod(key_file, bits)
     settings = make_settings(data_dir=tmp_path / "data", audit_hash_key_file=key_file)
-    with pytest.raises(ConfigError, match="readable by other accounts .*chmod 600"):
+    with pytest.raises(ConfigError, match=r"readable by other accounts .*chmod 600"):
         create_app(settings)
     assert _store_ready(settings) is False
     assert "refusing to start: audit hash key file" in capsys.readouterr().err

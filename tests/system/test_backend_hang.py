@@ -9,6 +9,7 @@ both workers at 30 s; ``/healthz`` was blocked meanwhile.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -101,10 +102,8 @@ def _signal_server(pid: int, sig: int) -> None:
     except OSError:
         children = []
     for target in ([pid, *children] if sig == signal.SIGSTOP else [*children, pid]):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(target, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _outage(service: ServiceProcess, key: object, group: int, seconds: float) -> None:
