@@ -1,7 +1,8 @@
 """Request bytes → JSON: the raw checks (number of values, depth, UTF-8, lone surrogates) at C speed, each a
 4xx naming what is wrong, all before ``json.loads`` builds anything: a hostile body (62 levels of nesting, 31 MB
-of tiny arrays) is refused in milliseconds instead of being decoded and walked for seconds. The size cap is checked before the bytes are read (:mod:`cds_service.web.guards`); what the
-JSON must hold is :mod:`cds_service.protocol.parse`'s.
+of tiny arrays) is refused in about 0.1 s instead of being decoded and walked for seconds. The size cap is
+checked before the bytes are read (:mod:`cds_service.web.guards`); what the JSON must hold is
+:mod:`cds_service.protocol.parse`'s.
 """
 
 from __future__ import annotations
