@@ -2,7 +2,8 @@
 
 Prints cards per indicator, hook and rule; acceptance and override rates overall, per rule and per
 override reason; feedback that does not match an audited card. ``--png FILE`` writes a chart of
-cards and overrides per day (matplotlib, imported only here: never on the request path).
+cards and overrides per day (matplotlib, imported only here: never on the request path). Names that came from
+clients (override reason codes) are printed with control characters escaped (:mod:`cds_service.printable`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from cds_service.printable import printable
 from cds_service.store.base import ReportRows
 
 _SINCE = re.compile(r"^\s*(\d+)\s*([hdw])\s*$")
@@ -93,19 +95,19 @@ def render_text(r: Report) -> str:
     lines += ["", f"{'Indicator':<28}{'cards':>7}{'accepted':>11}{'overridden':>12}{'no feedback':>13}"]
     for name, n in r.by_indicator.most_common():
         o = r.indicator_outcomes[name]
-        lines.append(f"{name:<28}{n:>7}{_pct(o['accepted'], n):>11}{_pct(o['overridden'], n):>12}"
+        lines.append(f"{printable(name):<28}{n:>7}{_pct(o['accepted'], n):>11}{_pct(o['overridden'], n):>12}"
                      f"{_pct(o['none'], n):>13}")
     lines += ["", f"{'Hook':<28}{'cards':>7}"]
-    lines += [f"{name:<28}{n:>7}" for name, n in r.by_hook.most_common()]
+    lines += [f"{printable(name):<28}{n:>7}" for name, n in r.by_hook.most_common()]
     lines += ["", f"{'Rule fired':<28}{'cards':>7}{'accepted':>11}{'overridden':>12}{'no feedback':>13}"]
     for name, n in r.by_rule.most_common():
         o = r.rule_outcomes[name]
-        lines.append(f"{name:<28}{n:>7}{_pct(o['accepted'], n):>11}{_pct(o['overridden'], n):>12}"
+        lines.append(f"{printable(name):<28}{n:>7}{_pct(o['accepted'], n):>11}{_pct(o['overridden'], n):>12}"
                      f"{_pct(o['none'], n):>13}")
     total_overrides = sum(r.override_reasons.values())
     lines += ["", f"{'Override reason':<28}{'count':>7}{'of overrides':>14}"]
     for name, n in r.override_reasons.most_common():
-        lines.append(f"{name[:27]:<28}{n:>7}{_pct(n, total_overrides):>14}")
+        lines.append(f"{printable(name[:27]):<28}{n:>7}{_pct(n, total_overrides):>14}")
     lines += ["", f"Feedback items: {r.feedback_items}; for cards not in this window's audit: {r.unlinked_feedback}"]
     return "\n".join(lines) + "\n"
 
