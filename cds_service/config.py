@@ -63,7 +63,9 @@ class AuthMode(StrEnum):
 class Settings(BaseSettings):
     """Service configuration. Environment prefix ``NMS_CDS_``; see docs/configuration.md."""
 
-    model_config = SettingsConfigDict(env_prefix="NMS_CDS_", env_ignore_empty=True, extra="ignore")
+    # hide_input_in_errors: a ValidationError's text (a traceback) never repeats a value, e.g. a short token
+    model_config = SettingsConfigDict(env_prefix="NMS_CDS_", env_ignore_empty=True, extra="ignore",
+                                      hide_input_in_errors=True)
 
     # --- deployment -----------------------------------------------------------------------------
     environment: Literal["production", "development"] = Field(

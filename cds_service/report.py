@@ -143,7 +143,7 @@ def render_png(r: Report, path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cds_service.config import Settings
+    from cds_service.config_report import load_settings
     from cds_service.errors import StoreUnavailable
     from cds_service.store import open_store
 
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     now = time.time()
     try:
-        store = open_store(Settings())
+        store = open_store(load_settings())  # ConfigError (secrets redacted) for the command line
         rows = store.report_rows(now - window)
         store.close()
     except StoreUnavailable as exc:
@@ -173,11 +173,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def purge(args: argparse.Namespace) -> int:
-    from cds_service.config import Settings
+    from cds_service.config_report import load_settings
     from cds_service.errors import StoreUnavailable
     from cds_service.store import open_store
 
-    settings = Settings()
+    settings = load_settings()
     now = time.time()
     try:
         store = open_store(settings)

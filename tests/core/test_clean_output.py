@@ -6,7 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import unicodedata
+from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
+from cds_service import cli
+from cds_service.config import Settings
 from cds_service.logs import JsonFormatter
 from cds_service.printable import printable
 from cds_service.report import build, render_text
@@ -66,3 +72,20 @@ def test_env_secrets_take_url_passwords_and_whole_tokens() -> None:
     env = {"NMS_CDS_DATABASE_URL": "postgresql://u:pg-password-1@db/x", "NMS_CDS_REDIS_URL": "redis://cache:6379/0",
            "NMS_CDS_METRICS_TOKEN": "0123456789abcdef", "NMS_CDS_AUDIT_HASH_KEY": "short"}
     assert env_secrets(env) == {"pg-password-1", "0123456789abcdef"}
+
+
+def test_a_bad_secret_setting_is_never_repeated_by_report_purge_or_a_traceback(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """The traceback path that printed the metrics token: `nms-cds report` built Settings() itself, and the
+    ValidationError of a too-short NMS_CDS_METRICS_TOKEN repeated the token (pydantic's input_value)."""
+    secret = "shortsecret9"
+    monkeypatch.setenv("NMS_CDS_METRICS_TOKEN", secret)
+    monkeypatch.setenv("NMS_CDS_DATA_DIR", str(tmp_path / "data"))
+    for command in (["report"], ["purge"]):
+        assert cli.main(command) == 2
+        out = capsys.readouterr()
+        assert "NMS_CDS_METRICS_TOKEN must be at least 16 characters" in out.err
+        assert secret not in out.out + out.err
+    with pytest.raises(ValidationError) as raised:
+        Settings(metrics_token=secret)
+    assert secret not in str(raised.value)
