@@ -335,4 +335,8 @@ class Settings(BaseSettings):
         if self.fixed_now is not None and not self.is_development:
             notes.append(f"NMS_CDS_FIXED_NOW={self.fixed_now.isoformat()} pins the clinical clock in production: "
                          "every time window is computed from that instant, not from now; unset it for live use")
+        if self.store_timeout_seconds + 0.5 >= self.request_timeout_seconds:
+            notes.append(f"NMS_CDS_STORE_TIMEOUT_SECONDS={self.store_timeout_seconds:g} is not below "
+                         f"NMS_CDS_REQUEST_TIMEOUT_SECONDS={self.request_timeout_seconds:g}: a hung database would "
+                         "stop requests by the watchdog instead of answering 503 with Retry-After")
         return notes

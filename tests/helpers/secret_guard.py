@@ -12,6 +12,7 @@ per record. Server processes (``nms-cds serve``) are checked from their log file
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from cds_service.config import Settings
 from cds_service.logs import JsonFormatter
 
 MIN_LENGTH = 8  # shorter values would match ordinary text by chance
+_HEX_KEY = re.compile(r"[0-9a-f]{64}")  # a patient-hash key as hex: one per app, so looked up in a set
 
 
 def secret_values(values: Iterable[str]) -> set[str]:
@@ -55,15 +57,25 @@ class SecretGuard(logging.Handler):
     def __init__(self) -> None:
         super().__init__(level=logging.DEBUG)
         self.secrets: set[str] = set()
+        self.hex_keys: set[str] = set()
         self.leaks: list[str] = []
         self._json = JsonFormatter()
         self._plain = logging.Formatter()
 
     def add(self, values: Iterable[str]) -> None:
-        self.secrets.update(v for v in values if len(v) >= MIN_LENGTH)
+        for value in values:
+            if _HEX_KEY.fullmatch(value):
+                self.hex_keys.add(value)
+            elif len(value) >= MIN_LENGTH:
+                self.secrets.add(value)
+
+    def leaked(self, text: str) -> bool:
+        if any(secret in text for secret in self.secrets):
+            return True
+        return bool(self.hex_keys) and any(m in self.hex_keys for m in _HEX_KEY.findall(text))
 
     def emit(self, record: logging.LogRecord) -> None:
-        if not self.secrets:
+        if not self.secrets and not self.hex_keys:
             return
         try:
             text = self._json.format(record)
@@ -71,10 +83,8 @@ class SecretGuard(logging.Handler):
                 text += self._plain.formatException(record.exc_info)
         except Exception:  # a record that cannot be formatted is logging's own problem, not a leak
             return
-        for secret in self.secrets:
-            if secret in text:
-                self.leaks.append(f"logger {record.name!r} ({record.levelname}): {record.msg!s:.80}")
-                return
+        if self.leaked(text):
+            self.leaks.append(f"logger {record.name!r} ({record.levelname}): {record.msg!s:.80}")
 
 
 GUARD = SecretGuard()
