@@ -15,6 +15,7 @@ from cds_service.errors import QuotaExceeded
 from cds_service.store import open_store
 from tests.conftest import app_for, make_settings
 from tests.helpers.dbservers import postgres  # noqa: F401  (session fixture)
+from tests.protocol.test_openapi import assert_documented
 from tests.store.test_store import (  # noqa: F401  (fixtures)
     _feedback_body,
     backend,
@@ -70,6 +71,7 @@ def test_quota_over_http_is_429_with_retry_after(make_app: Callable[..., Flask])
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["Retry-After"]) <= 3600
     assert refused.get_json()["error"] == "throttled"
+    assert_documented(client.get("/openapi.json").get_json(), "/cds-services/{service_id}/feedback", "post", refused)
     assert client.post(URL + "/feedback", json=_feedback_body("c1")).status_code == 200  # a resend is no new row
 
 
