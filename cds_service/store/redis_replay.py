@@ -9,7 +9,7 @@ of one claim live on the same Redis Cluster slot.
 Eviction: both keys carry a TTL (they expire with the token), which makes them candidates for every
 ``volatile-*`` policy as well as every ``allkeys-*`` one; an evicted unexpired jti lets its token be replayed.
 Only ``noeviction`` keeps them: :meth:`RedisReplayGuard.eviction_problem` is checked when the service starts
-(docs/security.md, "Refused back-ends").
+(docs/security.md, section 2.4).
 """
 
 from __future__ import annotations
