@@ -70,7 +70,9 @@ class AuthMode(StrEnum):
 class Settings(BaseSettings):
     """Service configuration. Environment prefix ``NMS_CDS_``; see docs/configuration.md."""
 
-    model_config = SettingsConfigDict(env_prefix="NMS_CDS_", env_ignore_empty=True, extra="ignore")
+    # hide_input_in_errors: a ValidationError's text (a traceback) never repeats a value, e.g. a short token
+    model_config = SettingsConfigDict(env_prefix="NMS_CDS_", env_ignore_empty=True, extra="ignore",
+                                      hide_input_in_errors=True)
 
     # --- deployment -----------------------------------------------------------------------------
     environment: Literal["production", "development"] = Field(
@@ -295,6 +297,31 @@ class Settings(BaseSettings):
         "removals, local code maps (docs/site-file.md); read once at start",
     )
 
+    # --- hardening: key file, back-end refusals, quotas, disk floor ---------------------------------------------
+    audit_hash_key_file: Path | None = Field(
+        None, description="File holding the patient-id hash key (mode 0600 or 0400); default: "
+                          "audit-hash.key in NMS_CDS_DATA_DIR, created on first start"
+    )
+    redis_eviction_checked: bool = Field(
+        False, description="Operator statement that Redis cannot evict replay entries, for a Redis that refuses "
+                           "CONFIG GET (else its maxmemory-policy must be noeviction)"
+    )
+    feedback_quota_per_hour: int = Field(
+        3600, ge=0, description="Feedback rows one client (JWT iss) may add per hour; 429 beyond; 0: no limit"
+    )
+    feedback_quota_total: int = Field(
+        1_000_000, ge=0, description="Feedback rows one client may keep in the store; 429 beyond; 0: no limit"
+    )
+    min_free_disk_bytes: ByteCount = Field(
+        ByteSize(256 * 1024 * 1024), ge=0,
+        description="/readyz is not ready when the store's or the temporary directory's file system has less free"
+    )
+    max_json_items: int = Field(
+        3_000_000, ge=1000,
+        description="Most JSON values in a request body, counted as its [, { and , bytes before decoding (413 "
+                    "beyond); a 10,000-Observation prefetch (8.5 MB) counts about 400,000"
+    )
+
     @field_validator("time_zone")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
@@ -463,4 +490,8 @@ class Settings(BaseSettings):
         if self.fixed_now is not None and not self.is_development:
             notes.append(f"NMS_CDS_FIXED_NOW={self.fixed_now.isoformat()} pins the clinical clock in production: "
                          "every time window is computed from that instant, not from now; unset it for live use")
+        if self.store_timeout_seconds + 0.5 >= self.request_timeout_seconds:
+            notes.append(f"NMS_CDS_STORE_TIMEOUT_SECONDS={self.store_timeout_seconds:g} is not below "
+                         f"NMS_CDS_REQUEST_TIMEOUT_SECONDS={self.request_timeout_seconds:g}: a hung database would "
+                         "stop requests by the watchdog instead of answering 503 with Retry-After")
         return notes

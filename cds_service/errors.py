@@ -15,6 +15,7 @@
     │   ├── NotFound            404  unknown service id or route
     │   ├── PayloadTooLarge     413  body above NMS_CDS_MAX_BODY_BYTES
     │   ├── PreconditionFailed  412  required FHIR data could be had neither from prefetch nor the server
+    │   ├── QuotaExceeded       429  the client's feedback quota (per hour or in total) is used up; Retry-After
     │   └── ServiceOverrun      503  the request ran past NMS_CDS_REQUEST_TIMEOUT_SECONDS and was stopped
     ├── StoreUnavailable        the database (or Redis) could not be used; mapped to 503 with the cause in
     │                           words (never a path, URL or secret), so the client sends the same data again
@@ -89,6 +90,17 @@ class PayloadTooLarge(RequestError):
 class PreconditionFailed(RequestError):
     status = 412
     code = "processing"
+
+
+class QuotaExceeded(RequestError):
+    """429: the client's feedback quota is used up; ``retry_after`` seconds until it may send again."""
+
+    status = 429
+    code = "throttled"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StoreUnavailable(NmsCdsError):

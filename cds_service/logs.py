@@ -1,7 +1,8 @@
 """Structured logging: one JSON object per line on stderr.
 
 Only fields that are safe by construction are emitted: the message, the logger, the level, the
-request id and hookInstance of the current request, and the whitelisted ``extra`` keys below. Tokens,
+request id and hookInstance of the current request, and the whitelisted ``extra`` keys below; every control
+character is escaped (a log line cannot carry a terminal escape sequence). Tokens,
 JWTs, resource content and patient identifiers are never passed to the logger (a test checks it).
 """
 
@@ -39,7 +40,8 @@ class JsonFormatter(logging.Formatter):
                 payload[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             payload["exception"] = record.exc_info[0].__name__
-        return json.dumps(payload, separators=(",", ":"), default=str)
+        # ensure_ascii escapes C0, C1 and every non-ASCII character; DEL is the one control it leaves raw
+        return json.dumps(payload, separators=(",", ":"), default=str).replace("\x7f", "\\u007f")
 
 
 class RequestContextFilter(logging.Filter):

@@ -3,7 +3,8 @@
 Prints cards per indicator, hook and rule; acceptance and override rates overall, per rule and per
 override reason; feedback that does not match an audited card; repeats not shown within the quiet
 period, per hook. ``--png FILE`` writes a chart of
-cards and overrides per day (matplotlib, imported only here: never on the request path).
+cards and overrides per day (matplotlib, imported only here: never on the request path). Names that came from
+clients (override reason codes) are printed with control characters escaped (:mod:`cds_service.printable`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cds_service.printable import printable
 from cds_service.services.override_reasons import reason_code
 from cds_service.store.base import ReportRows
 
@@ -123,19 +125,19 @@ def render_text(r: Report) -> str:
     lines += ["", f"{'Indicator':<28}{'cards':>7}{'accepted':>11}{'overridden':>12}{'no feedback':>13}"]
     for name, n in r.by_indicator.most_common():
         o = r.indicator_outcomes[name]
-        lines.append(f"{name:<28}{n:>7}{_pct(o['accepted'], n):>11}{_pct(o['overridden'], n):>12}"
+        lines.append(f"{printable(name):<28}{n:>7}{_pct(o['accepted'], n):>11}{_pct(o['overridden'], n):>12}"
                      f"{_pct(o['none'], n):>13}")
     lines += ["", f"{'Hook':<28}{'cards':>7}"]
-    lines += [f"{name:<28}{n:>7}" for name, n in r.by_hook.most_common()]
+    lines += [f"{printable(name):<28}{n:>7}" for name, n in r.by_hook.most_common()]
     lines += ["", f"{'Rule fired':<28}{'cards':>7}{'accepted':>11}{'overridden':>12}{'no feedback':>13}"]
     for name, n in r.by_rule.most_common():
         o = r.rule_outcomes[name]
-        lines.append(f"{name:<28}{n:>7}{_pct(o['accepted'], n):>11}{_pct(o['overridden'], n):>12}"
+        lines.append(f"{printable(name):<28}{n:>7}{_pct(o['accepted'], n):>11}{_pct(o['overridden'], n):>12}"
                      f"{_pct(o['none'], n):>13}")
     total_overrides = sum(r.override_reasons.values())
     lines += ["", f"{'Override reason':<28}{'count':>7}{'of overrides':>14}"]
     for name, n in r.override_reasons.most_common():
-        lines.append(f"{name[:27]:<28}{n:>7}{_pct(n, total_overrides):>14}")
+        lines.append(f"{printable(name[:27]):<28}{n:>7}{_pct(n, total_overrides):>14}")
     if r.suppressed:
         lines += ["", f"{'Repeats not shown (quiet)':<28}{'cards':>7}"]
         lines += [f"{name:<28}{n:>7}" for name, n in r.suppressed_by_hook.most_common()]
@@ -194,14 +196,13 @@ def _outcome_records(args: argparse.Namespace, settings: Any) -> Any:
         return records.from_server(args.fhir_base, session, limits, token)
 
 
-def run_outcomes(args: argparse.Namespace, rows: ReportRows, key: bytes, *, since: float, now: float) -> int:
+def run_outcomes(args: argparse.Namespace, rows: ReportRows, key: bytes, settings: Any, *, since: float,
+                 now: float) -> int:
     import requests
 
     from cds_service.audit import patient_token
-    from cds_service.config import Settings
     from cds_service.outcomes import summary
 
-    settings = Settings()
     try:
         horizon = timedelta(seconds=parse_since(args.horizon))
         found = _outcome_records(args, settings)
@@ -227,9 +228,10 @@ def run_outcomes(args: argparse.Namespace, rows: ReportRows, key: bytes, *, sinc
 
 
 def run(args: argparse.Namespace) -> int:
-    from cds_service.config import Settings
+    from cds_service.config_report import load_settings
     from cds_service.errors import StoreUnavailable
     from cds_service.store import open_store
+    from cds_service.store.keys import audit_key
 
     try:
         window = parse_since(args.since)
@@ -241,17 +243,18 @@ def run(args: argparse.Namespace) -> int:
         print("nms-cds report: --outcomes needs --export DIR or --fhir-base URL", file=sys.stderr)
         return 2
     try:
-        store = open_store(Settings())
+        settings = load_settings()  # ConfigError (secrets redacted) for the command line
+        store = open_store(settings)
         try:
             rows = store.report_rows(now - window)
-            key = store.hash_key() if args.outcomes else b""
+            key = audit_key(settings, store) if args.outcomes else b""
         finally:
             store.close()
     except StoreUnavailable as exc:
         print(f"nms-cds report: store unavailable: {exc.cause}", file=sys.stderr)
         return 1
     if args.outcomes:
-        return run_outcomes(args, rows, key, since=now - window, now=now)
+        return run_outcomes(args, rows, key, settings, since=now - window, now=now)
     report = build(rows, since=now - window, now=now)
     sys.stdout.write(json.dumps(as_json(report), indent=2) + "\n" if args.json else render_text(report))
     if args.png:
@@ -265,11 +268,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def purge(args: argparse.Namespace) -> int:
-    from cds_service.config import Settings
+    from cds_service.config_report import load_settings
     from cds_service.errors import StoreUnavailable
     from cds_service.store import open_store
 
-    settings = Settings()
+    settings = load_settings()
     now = time.time()
     try:
         store = open_store(settings)

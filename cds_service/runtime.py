@@ -23,6 +23,7 @@ from cds_service.services.order_select import OrderSelectPolicy
 from cds_service.services.order_sign import OrderSignPolicy
 from cds_service.services.patient_view import PatientViewPolicy
 from cds_service.store import ReplayGuard, Store, SuppressedRecord, open_replay_guard, open_store
+from cds_service.store.keys import audit_key
 
 log = logging.getLogger("cds_service.store")
 PURGE_INTERVAL_SECONDS = 3600.0
@@ -37,6 +38,7 @@ class Runtime:
     replay: ReplayGuard
     authenticator: Authenticator
     clock: Callable[[], datetime]  # the clinical clock (pinned by NMS_CDS_FIXED_NOW)
+    hash_key: bytes = b""  # the patient-id hash key (cds_service.store.keys)
     wall_clock: Callable[[], float] = time.time  # audit and feedback times, replay expiry
     _next_purge: float = 0.0
     _purge_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -54,6 +56,11 @@ class Runtime:
             return fixed if fixed is not None else datetime.now(UTC)
 
         store = open_store(settings)
+        try:
+            hash_key = audit_key(settings, store)
+        except BaseException:
+            store.close()
+            raise
         replay = open_replay_guard(settings, store)
         pool = QueryPool(settings.fhir_concurrency)
         engine = Engine(settings, pool, clock)
@@ -63,11 +70,7 @@ class Runtime:
         authenticator = Authenticator(settings, replay=replay) if settings.auth == AuthMode.JWT else \
             Authenticator(settings)
         return cls(settings=settings, services=services, pool=pool, store=store, replay=replay,
-                   authenticator=authenticator, clock=clock, knowledge=knowledge)
-
-    def _hash_key(self) -> bytes:
-        return (self.settings.audit_hash_key.get_secret_value().encode("utf-8")
-                if self.settings.audit_hash_key is not None else self.store.hash_key())
+                   authenticator=authenticator, clock=clock, knowledge=knowledge, hash_key=hash_key)
 
     def quiet_cards(self, cards: list[dict[str, Any]], *, hook: str, service_id: str, hook_instance: str,
                     patient_id: str | None, report: CallReport, iss: str | None) -> list[dict[str, Any]]:
@@ -78,7 +81,7 @@ class Runtime:
             return cards
         now = self.wall_clock()
         try:
-            key = audit.quiet_key(service_id, patient_id, iss, self._hash_key())
+            key = audit.quiet_key(service_id, patient_id, iss, self.hash_key)
             rows = self.store.answered(key or "", since=now - period)
             answered = [quiet.Answered(r.card_uuid, quiet.Decisive.from_json(r.decisive), r.answered_at, r.outcome)
                         for r in rows]
@@ -114,7 +117,7 @@ class Runtime:
         if not cards:
             return 0
         try:
-            key = self._hash_key()
+            key = self.hash_key
             records = audit.card_records(
                 cards, served_at=self.wall_clock(), hook=hook, service_id=service_id, hook_instance=hook_instance,
                 score=report.score, rules=report.rules, reasons=report.reasons, evidence=report.evidence, iss=iss,

@@ -265,7 +265,11 @@ _original_build = Runtime.build.__func__  # type: ignore[attr-defined]
 
 
 def _tracked_build(cls: type[Runtime], settings: Settings) -> Runtime:
+    from tests.helpers.secret_guard import GUARD, settings_secrets
+
+    GUARD.add(settings_secrets(settings))  # before the build: its own log lines are checked too
     runtime: Runtime = _original_build(cls, settings)
+    GUARD.add([runtime.hash_key.hex()])
     _runtimes.append(runtime)
     _all_runtimes.append(runtime)
     return runtime
@@ -280,6 +284,27 @@ def _open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:
         return 0
+
+
+def _install_secret_guard() -> Any:
+    import logging
+
+    from tests.helpers.secret_guard import GUARD
+
+    if GUARD not in logging.getLogger().handlers:
+        logging.getLogger().addHandler(GUARD)
+    return GUARD
+
+
+@pytest.fixture(autouse=True)
+def _logs_no_secret(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test during which a configured secret reached a log record (tests/helpers/secret_guard.py)."""
+    guard = _install_secret_guard()
+    guard.leaks.clear()
+    yield
+    leaks, guard.leaks[:] = list(guard.leaks), []
+    if leaks:
+        pytest.fail(f"{request.node.nodeid} logged a configured secret: " + "; ".join(leaks[:5]), pytrace=False)
 
 
 @pytest.fixture(autouse=True)

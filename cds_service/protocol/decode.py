@@ -1,6 +1,8 @@
-"""Request bytes → JSON: the raw checks (depth, UTF-8, lone surrogates) at C speed, each a 400 naming
-what is wrong. The size cap is checked before the bytes are read (:mod:`cds_service.web.guards`); what the
-JSON must hold is :mod:`cds_service.protocol.parse`'s.
+"""Request bytes → JSON: the raw checks (number of values, depth, UTF-8, lone surrogates) at C speed, each a
+4xx naming what is wrong, all before ``json.loads`` builds anything: a hostile body (62 levels of nesting, 31 MB
+of tiny arrays) is refused in about 0.1 s instead of being decoded and walked for seconds. The size cap is
+checked before the bytes are read (:mod:`cds_service.web.guards`); what the JSON must hold is
+:mod:`cds_service.protocol.parse`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from array import array
 from itertools import accumulate
 from typing import Any
 
-from cds_service.errors import BadRequest
+from cds_service.errors import BadRequest, PayloadTooLarge
 
 # A UTF-16 surrogate as a JSON escape (\ud800-\udfff) or as the raw bytes json.loads decodes with surrogatepass.
 # Two patterns, each with a literal first byte, so that re scans for it at C speed (one alternation of both
@@ -73,6 +75,16 @@ def _well_formed_depth(body: bytes, limit: int) -> int | None:
     return depth
 
 
+def check_items(body: bytes, max_items: int) -> None:
+    """413 for a body with more than ``max_items`` values, counted as its ``[``, ``{`` and ``,`` bytes (three
+    scans at memchr speed, ~10 ms for 31 MB). Those inside strings count too, so the count is an upper bound:
+    counting exactly (strings removed) cost seconds on a body of millions of short strings holding commas."""
+    items = body.count(b"[") + body.count(b"{") + body.count(b",")
+    if items > max_items:
+        raise PayloadTooLarge(f"request body holds up to {items} JSON values (arrays, objects, members); "
+                              f"at most {max_items}")
+
+
 def loads_without_gc(body: bytes) -> Any:
     """``json.loads`` with the cyclic garbage collector paused.
 
@@ -89,9 +101,11 @@ def loads_without_gc(body: bytes) -> Any:
             gc.enable()
 
 
-def load_json(body: bytes, *, max_depth: int) -> Any:
+def load_json(body: bytes, *, max_depth: int, max_items: int | None = None) -> Any:
     if not body.strip():
         raise BadRequest("request body is empty; expected a JSON object")
+    if max_items is not None:
+        check_items(body, max_items)
     # Fast path: when the C-speed depth is within the limit and the body parses, the body is well-formed
     # JSON, for which that depth equals json_depth(body): the answer is the one the checks below would give.
     # Anything else (too deep, not JSON, not UTF-8) takes the original order of checks and messages.

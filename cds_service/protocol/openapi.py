@@ -87,9 +87,12 @@ def _errors(settings: Settings, *statuses: int) -> dict[str, Any]:
         404: ("No CDS service with this id", "OperationOutcome"),
         412: ("Required FHIR data (temperatures, vital signs and laboratory results all failed) could be had "
               "neither from prefetch nor from fhirServer", "OperationOutcome"),
-        413: (f"Request body larger than {limit} bytes (NMS_CDS_MAX_BODY_BYTES); for feedback also more than "
+        413: (f"Request body larger than {limit} bytes (NMS_CDS_MAX_BODY_BYTES) or holding more than "
+              f"{settings.max_json_items} JSON values (NMS_CDS_MAX_JSON_ITEMS); for feedback also more than "
               f"{settings.feedback_max_items} items or an item over {settings.feedback_max_item_bytes} bytes",
               "OperationOutcome"),
+        429: ("This client's feedback quota (NMS_CDS_FEEDBACK_QUOTA_PER_HOUR, NMS_CDS_FEEDBACK_QUOTA_TOTAL) is used "
+              "up; nothing was stored: send again after Retry-After seconds", "OperationOutcome"),
         503: ("The store (database or Redis) could not be used; `diagnostics` names the cause. Nothing was stored: "
               "send the same request again (Retry-After)", "OperationOutcome"),
     }
@@ -243,7 +246,7 @@ def _build(settings: Settings, services: dict[str, str]) -> dict[str, Any]:
                     "requestBody": {"required": True, "content": {JSON: {"schema": _ref("FeedbackRequest")}}},
                     "responses": {
                         "200": _json(_ref("FeedbackResponse"), "How many items were received and how many new"),
-                        **_errors(settings, 400, 401, 404, 413, 503),
+                        **_errors(settings, 400, 401, 404, 413, 429, 503),
                     },
                 },
             },

@@ -206,15 +206,35 @@ def run_server(settings: Settings, *, host: str, port: int, workers: int = 2, th
 
 
 def _store_ready(settings: Settings) -> bool:
-    """Open the store once before any worker starts: migrations run here, and a store that cannot be used
-    is one clear line (the cause, never a path or URL) instead of a traceback per gunicorn worker."""
-    from cds_service.errors import StoreUnavailable
+    """Open the store once before any worker starts: migrations run here, the patient-hash key is found (or
+    moved out of the database), Redis's eviction policy is checked; a store that cannot be used is one clear
+    line (the cause, never a path or URL) instead of a traceback per gunicorn worker."""
+    from cds_service.errors import ConfigError, StoreUnavailable
     from cds_service.store import open_store
+    from cds_service.store.keys import audit_key
 
     try:
-        open_store(settings).close()
+        store = open_store(settings)
+        try:
+            audit_key(settings, store)
+        finally:
+            store.close()
+        if settings.redis_url is not None:
+            from cds_service.store.redis_replay import RedisReplayGuard
+
+            guard = RedisReplayGuard(settings.redis_url.get_secret_value(), timeout=settings.store_timeout_seconds)
+            try:
+                problem = guard.eviction_problem(checked=settings.redis_eviction_checked)
+            finally:
+                guard.close()
+            if problem:
+                print(f"nms-cds: refusing to start: {problem}", file=sys.stderr)
+                return False
     except StoreUnavailable as exc:
         print(f"nms-cds: store unavailable: {exc.cause}", file=sys.stderr)
+        return False
+    except ConfigError as exc:
+        print(f"nms-cds: refusing to start: {exc}", file=sys.stderr)
         return False
     return True
 

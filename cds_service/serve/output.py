@@ -11,6 +11,8 @@ import threading
 import time
 from typing import IO, Any
 
+from cds_service.printable import printable
+
 # --- JSON-only output ---------------------------------------------------------------------------------------
 
 _NGINX_LINE = re.compile(rb"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(\w+)\] \d+#\d+: (?:\*\d+ )?(.*)$")
@@ -22,7 +24,9 @@ _MAX_TEXT = 1000
 def _record(level: str, logger: str, msg: str, **extra: Any) -> bytes:
     now = time.time()
     ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
-    payload = {"ts": ts, "level": level, "logger": logger, "msg": msg[:_MAX_TEXT], **extra}
+    # ensure_ascii=False keeps text readable; C1 controls and bidi overrides would then pass raw: escaped here
+    payload = {"ts": ts, "level": level, "logger": logger, "msg": printable(msg[:_MAX_TEXT]),
+               **{k: printable(v) if isinstance(v, str) else v for k, v in extra.items()}}
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 

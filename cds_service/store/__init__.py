@@ -27,11 +27,15 @@ def open_store(settings: Settings) -> Store:
         from cds_service.store.postgres import PostgresStore
 
         return PostgresStore(settings.database_url.get_secret_value(), timeout=settings.store_timeout_seconds,
-                             max_per_issuer=settings.replay_max_per_issuer)
+                             max_per_issuer=settings.replay_max_per_issuer,
+                             feedback_per_hour=settings.feedback_quota_per_hour,
+                             feedback_total=settings.feedback_quota_total)
     from cds_service.store.sqlite import SqliteStore
 
     return SqliteStore.in_dir(settings.data_dir, timeout=settings.store_timeout_seconds,
-                              max_per_issuer=settings.replay_max_per_issuer)
+                              max_per_issuer=settings.replay_max_per_issuer,
+                              feedback_per_hour=settings.feedback_quota_per_hour,
+                              feedback_total=settings.feedback_quota_total)
 
 
 def open_replay_guard(settings: Settings, store: Store) -> ReplayGuard:

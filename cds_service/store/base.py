@@ -123,9 +123,11 @@ class Store(ReplayGuard, Protocol):
         """Store feedback in one transaction; return how many items were new (repeats are ignored)."""
         ...
 
-    def hash_key(self) -> bytes:
-        """The key of the patient-id hash kept in the store (shared by every worker and replica)."""
+    def legacy_hash_key(self) -> str | None:
+        """The patient-id hash key (hex) earlier versions kept in the database (see :mod:`.keys`)."""
         ...
+
+    def drop_legacy_hash_key(self) -> None: ...
 
     def purge(self, *, before: float, now: float) -> dict[str, int]:
         """Delete audit and feedback older than ``before`` and replay entries expired at ``now``."""

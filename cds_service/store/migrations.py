@@ -117,6 +117,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "card audit: the knowledge version each card was built with", (
         "ALTER TABLE card_audit ADD COLUMN knowledge_version TEXT",
     )),
+    Migration(6, "per-client feedback quota", (
+        "CREATE INDEX feedback_client_received ON feedback (client_iss, received_at)",
+        "CREATE TABLE feedback_client (client TEXT PRIMARY KEY, total INTEGER NOT NULL)",
+        "INSERT INTO feedback_client (client, total) "
+        "SELECT coalesce(client_iss, ''), count(*) FROM feedback GROUP BY coalesce(client_iss, '')",
+    )),
 )
 
 CREATE_TRACKING = (

@@ -8,12 +8,13 @@ decides "new" for feedback and replay entries inside the transaction that stores
 from __future__ import annotations
 
 import json
-import secrets
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from cds_service.errors import QuotaExceeded
 from cds_service.store.base import (
     AnsweredRow,
     CardRecord,
@@ -60,9 +61,10 @@ class SqlStore(ABC):
     backend: str
     for_update: str = ""  # " FOR UPDATE" where the dialect has row locks
 
-    def __init__(self, *, max_per_issuer: int) -> None:
+    def __init__(self, *, max_per_issuer: int, feedback_per_hour: int = 0, feedback_total: int = 0) -> None:
         self.max_per_issuer = max_per_issuer
-        self._hash_key: bytes | None = None
+        self.feedback_per_hour = feedback_per_hour  # rows per client per hour (0: no limit)
+        self.feedback_total = feedback_total  # rows per client kept (0: no limit)
 
     @abstractmethod
     def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
@@ -84,8 +86,6 @@ class SqlStore(ABC):
             cur.x("INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                   (migration.version, migration.name, time.time()))
             applied.append(migration.version)
-        cur.x("INSERT INTO store_meta (name, value) VALUES ('patient_hash_key', ?) ON CONFLICT (name) DO NOTHING",
-              (secrets.token_hex(32),))
         return applied
 
     def schema_version(self) -> int:
@@ -99,12 +99,13 @@ class SqlStore(ABC):
     def ping(self) -> None:
         self._run(lambda cur: cur.x("SELECT 1").fetchone())
 
-    def hash_key(self) -> bytes:
-        if self._hash_key is None:
-            row = self._run(lambda cur: cur.x("SELECT value FROM store_meta WHERE name = 'patient_hash_key'")
-                            .fetchone())
-            self._hash_key = bytes.fromhex(row[0])
-        return self._hash_key
+    def legacy_hash_key(self) -> str | None:
+        """The patient-hash key (hex) that earlier versions kept in the database, if it is still there."""
+        row = self._run(lambda cur: cur.x("SELECT value FROM store_meta WHERE name = 'patient_hash_key'").fetchone())
+        return None if row is None else str(row[0])
+
+    def drop_legacy_hash_key(self) -> None:
+        self._run(lambda cur: cur.x("DELETE FROM store_meta WHERE name = 'patient_hash_key'"), durable=True)
 
     def record_cards(self, cards: Sequence[CardRecord]) -> None:
         def fn(cur: Cursor) -> None:
@@ -138,6 +139,8 @@ class SqlStore(ABC):
                      f.received_at, _dumps(clip_list(f.accepted_suggestions)), clip(f.override_code),
                      clip(f.override_system), clip(f.client_iss)))
                 new += max(result.rowcount, 0)
+            if items and new:
+                self._count_feedback(cur, items[0].client_iss, new, items[0].received_at)
             return new
 
         return self._run(fn, durable=True)
@@ -169,6 +172,26 @@ class SqlStore(ABC):
         if items:
             self._run(fn)
 
+    def _count_feedback(self, cur: Cursor, iss: str | None, new: int, now: float) -> None:
+        """Add ``new`` rows to the client's total; QuotaExceeded (the transaction rolls back) beyond a quota."""
+        client = iss or ""
+        cur.x("INSERT INTO feedback_client (client, total) VALUES (?, 0) ON CONFLICT (client) DO NOTHING", (client,))
+        row = cur.x(f"SELECT total FROM feedback_client WHERE client = ?{self.for_update}", (client,)).fetchone()
+        total = int(row[0]) + new
+        cur.x("UPDATE feedback_client SET total = ? WHERE client = ?", (total, client))
+        if self.feedback_total and total > self.feedback_total:
+            raise QuotaExceeded(f"this client's feedback quota of {self.feedback_total} stored rows is used up; "
+                                "rows are freed as they pass the retention period", retry_after=3600)
+        if self.feedback_per_hour:
+            who = "client_iss = ?" if iss is not None else "client_iss IS NULL"
+            params: tuple[Any, ...] = (iss, now - 3600.0) if iss is not None else (now - 3600.0,)
+            row = cur.x(f"SELECT count(*), min(received_at) FROM feedback WHERE {who} AND received_at > ?",
+                        params).fetchone()
+            if int(row[0]) > self.feedback_per_hour:
+                wait = max(1, math.ceil(float(row[1]) + 3600.0 - now))
+                raise QuotaExceeded(f"this client's feedback quota of {self.feedback_per_hour} rows per hour is "
+                                    "used up", retry_after=wait)
+
     def claim(self, iss: str, jti: str, until: float, now: float) -> ReplayVerdict | None:
         def fn(cur: Cursor) -> ReplayVerdict | None:
             entries = self._lock_issuer(cur, iss, now)
@@ -199,6 +222,11 @@ class SqlStore(ABC):
 
     def purge(self, *, before: float, now: float) -> dict[str, int]:
         def old(cur: Cursor) -> dict[str, int]:
+            gone = cur.x("SELECT coalesce(client_iss, ''), count(*) FROM feedback WHERE received_at < ? "
+                         "GROUP BY coalesce(client_iss, '')", (before,)).fetchall()
+            for client, count in gone:
+                cur.x("UPDATE feedback_client SET total = CASE WHEN total > ? THEN total - ? ELSE 0 END "
+                      "WHERE client = ?", (int(count), int(count), client))
             cards = cur.x("DELETE FROM card_audit WHERE served_at < ?", (before,)).rowcount
             feedback = cur.x("DELETE FROM feedback WHERE received_at < ?", (before,)).rowcount
             suppressed = cur.x("DELETE FROM card_suppressed WHERE suppressed_at < ?", (before,)).rowcount

@@ -7,7 +7,11 @@ instead of failing half-way. Feedback commits with ``synchronous=FULL`` (on disk
 audit and replay entries with ``NORMAL`` (safe against a killed process, not against power loss).
 
 Connections open the file in ``mode=rw``: a file that disappeared is an error (503), never a
-silently recreated empty database. (A connection per operation would be simpler but costs about
+silently recreated empty database. An open connection would go on writing into a file deleted or replaced
+under it (acknowledged data lost with the unlinked inode): every transaction first compares the path's
+device and inode with the file's at start (one ``stat``) and, once they differ, answers 503 until restarted.
+The file, its -wal and -shm are ``0600`` (SQLite gives them the database file's mode) in a ``0700``
+directory. (A connection per operation would be simpler but costs about
 25 ms each: closing the last connection checkpoints and deletes the WAL file.)
 """
 
@@ -24,10 +28,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from cds_service.errors import StoreUnavailable
+from cds_service.store.keys import private_dir, tighten
 from cds_service.store.sql import Cursor, SqlStore
 
 T = TypeVar("T")
 FILENAME = "nms-cds.sqlite3"
+VANISHED = "the SQLite database file was deleted or replaced while in use; restart the service"
 
 _CAUSES = {
     "SQLITE_BUSY": "the SQLite database is locked by another process",
@@ -56,8 +62,10 @@ def cause_of(exc: sqlite3.Error) -> str:
 class SqliteStore(SqlStore):
     backend = "sqlite"
 
-    def __init__(self, path: Path, *, timeout: float = 5.0, max_per_issuer: int = 100_000) -> None:
-        super().__init__(max_per_issuer=max_per_issuer)
+    def __init__(self, path: Path, *, timeout: float = 5.0, max_per_issuer: int = 100_000,
+                 feedback_per_hour: int = 0, feedback_total: int = 0) -> None:
+        super().__init__(max_per_issuer=max_per_issuer, feedback_per_hour=feedback_per_hour,
+                         feedback_total=feedback_total)
         self.path = path.resolve()
         self.timeout = timeout
         self._uri = self.path.as_uri() + "?mode=rw"
@@ -65,14 +73,13 @@ class SqliteStore(SqlStore):
         self._open: set[sqlite3.Connection] = set()  # every thread's connection, so that close() closes them all
         self._open_lock = threading.Lock()
         self._open_pid = os.getpid()
+        self._identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened at start
+        self._vanished = False
         self.migrated = self._setup()
 
     @classmethod
     def in_dir(cls, data_dir: Path, **kwargs: float | int) -> SqliteStore:
-        try:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(f"the data directory cannot be created ({type(exc).__name__})") from None
+        private_dir(data_dir)
         return cls(data_dir / FILENAME, **kwargs)  # type: ignore[arg-type]
 
     def _setup(self) -> list[int]:
@@ -91,11 +98,16 @@ class SqliteStore(SqlStore):
         this process can be open on a file that did not exist)."""
         try:
             with contextlib.suppress(FileExistsError):
-                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
-            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StoreUnavailable(f"the SQLite database file cannot be opened ({type(exc).__name__})") from None
         try:
+            st = os.fstat(fd)
+            self._identity = (st.st_dev, st.st_ino)
+            for path in (self.path, self.path.with_name(self.path.name + "-wal"),
+                         self.path.with_name(self.path.name + "-shm")):
+                tighten(path)  # files of earlier versions were 0644
             deadline = time.monotonic() + self.timeout
             while True:
                 try:
@@ -133,6 +145,7 @@ class SqliteStore(SqlStore):
 
     def _run(self, fn: Callable[[Cursor], T], *, durable: bool = False, lock: bool = False,
              wal: bool = False, read_only: bool = False) -> T:
+        self._check_identity()
         try:
             conn = self._connection()
             if wal:
@@ -151,6 +164,19 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             self._drop()
             raise StoreUnavailable(cause_of(exc)) from None
+
+    def _check_identity(self) -> None:
+        """StoreUnavailable (for good) once the path no longer names the file opened at start."""
+        if not self._vanished and self._identity is not None:
+            try:
+                st = os.stat(self.path)
+                self._vanished = (st.st_dev, st.st_ino) != self._identity
+            except FileNotFoundError:
+                self._vanished = True
+            except OSError:
+                return  # e.g. EACCES on a parent: SQLite's own error says what is wrong
+        if self._vanished:
+            raise StoreUnavailable(VANISHED)
 
     def close(self) -> None:
         """Close every thread's connection opened by this process (the files, -wal and -shm)."""

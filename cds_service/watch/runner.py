@@ -75,9 +75,7 @@ class Watcher:
         self.watched: set[str] = set()
 
     def _key(self) -> bytes:
-        s = self.settings
-        return (s.audit_hash_key.get_secret_value().encode("utf-8") if s.audit_hash_key is not None
-                else self.runtime.store.hash_key())
+        return self.runtime.hash_key  # the audit's patient-id hash key (cds_service.store.keys)
 
     def evaluate(self, patient_id: str, result: PassResult, access_token: str | None, now: datetime) -> None:
         """Lease, assess and record one patient."""

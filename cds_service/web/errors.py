@@ -14,6 +14,7 @@ from cds_service import metrics
 from cds_service.errors import (
     PayloadTooLarge,
     PreconditionFailed,
+    QuotaExceeded,
     RequestError,
     ServiceOverrun,
     StoreUnavailable,
@@ -41,7 +42,10 @@ def _error_response(exc: RequestError) -> tuple[Response, int]:
         log.error("request overran NMS_CDS_REQUEST_TIMEOUT_SECONDS; stopped", extra={"event": "overrun"})
     body = operation_outcome(exc.status, exc.message, code=exc.code, expression=exc.field)
     log.info("request rejected", extra={"event": "bad-request", "status": exc.status, "error": exc.message})
-    return jsonify(body), exc.status
+    response = jsonify(body)
+    if isinstance(exc, QuotaExceeded):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response, exc.status
 
 
 def _store_error(exc: StoreUnavailable) -> tuple[Response, int]:

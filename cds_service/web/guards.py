@@ -44,6 +44,6 @@ def body() -> Any:
         raise PayloadTooLarge(f"request body larger than {rt.settings.max_body_bytes} bytes") from exc
     if len(data) > rt.settings.max_body_bytes:
         raise PayloadTooLarge(f"request body larger than {rt.settings.max_body_bytes} bytes")
-    parsed = load_json(data, max_depth=rt.settings.max_json_depth)
+    parsed = load_json(data, max_depth=rt.settings.max_json_depth, max_items=rt.settings.max_json_items)
     reject_lone_surrogates(data, parsed)
     return parsed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import tempfile
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -39,7 +40,8 @@ def readiness(rt: Any) -> list[str]:
 
     Checks the configuration (built at start: the runtime exists), the trusted clients in JWT mode (loaded,
     file still readable) and the runtime's ``store`` and ``replay`` guard (when it is a separate backend, e.g.
-    Redis): ``ping()`` raising or returning ``False`` is not ready. No store: nothing to check.
+    Redis): ``ping()`` raising or returning ``False`` is not ready. No store: nothing to check. The file systems
+    of the data directory and of the temporary directory must have ``NMS_CDS_MIN_FREE_DISK_BYTES`` free.
     """
     problems: list[str] = []
     settings = rt.settings
@@ -49,6 +51,7 @@ def readiness(rt: Any) -> list[str]:
         path = settings.trusted_clients
         if path is not None and not os.path.isfile(path):
             problems.append("trusted clients file is not readable")
+    problems.extend(low_disk(settings))
     store = getattr(rt, "store", None)
     replay = getattr(rt, "replay", None)
     for name, backend in (("store", store), ("replay guard", replay if replay is not store else None)):
@@ -62,6 +65,23 @@ def readiness(rt: Any) -> list[str]:
             problems.append(f"{name} not usable: {exc.cause}")
         except Exception as exc:  # any other failure: the type only
             problems.append(f"{name} not usable ({type(exc).__name__})")
+    return problems
+
+
+def low_disk(settings: Any) -> list[str]:
+    """A problem per directory (the store's, the temporary one) whose file system is below the free-space floor."""
+    floor = int(settings.min_free_disk_bytes)
+    if floor <= 0:
+        return []
+    problems = []
+    for name, path in (("data directory", settings.data_dir), ("temporary directory", tempfile.gettempdir())):
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            continue  # a missing data directory is the store's problem, reported by its ping
+        free = st.f_bavail * st.f_frsize
+        if free < floor:
+            problems.append(f"{name}: {free // (1024 * 1024)} MiB free, below the {floor // (1024 * 1024)} MiB floor")
     return problems
 
 

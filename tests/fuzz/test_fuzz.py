@@ -765,7 +765,8 @@ def test_malformed_bodies_are_rejected_in_linear_time(size: int) -> None:
             started = time.perf_counter()
             response = client.post(URL, data=body, content_type="application/json")
             elapsed = time.perf_counter() - started
-            assert response.status_code == 400, response.get_data(as_text=True)[:200]
+            # 413: more JSON values than NMS_CDS_MAX_JSON_ITEMS, whose count includes brackets inside strings
+            assert response.status_code in (400, 413), response.get_data(as_text=True)[:200]
             assert elapsed < 2.0, f"{len(body)} bytes took {elapsed:.1f} s"
     finally:
         app.extensions["nms_cds"].close()

@@ -32,6 +32,7 @@ import pytest
 
 from bench.run_bench import child_pids
 from tests.conftest import IN_CI, REPO, free_port, start_group, stop_group
+from tests.helpers.secret_guard import env_secrets
 
 START_ATTEMPTS = 5  # a port taken between free_port() and the server's bind: another port, at most this often
 PORT_TAKEN = ("Address already in use", "could not bind", "could not create any TCP/IP sockets")
@@ -236,12 +237,19 @@ class ServiceProcess:
     base: str
     proc: subprocess.Popen[bytes]
     log: Path
+    secrets: set[str] = field(default_factory=set)  # configured secret values, never to appear in the log
 
     def worker_pids(self) -> list[int]:
         return child_pids(self.proc.pid)  # gunicorn's workers (not the nginx front)
 
     def stop(self) -> None:
         stop_group(self.proc, signal.SIGTERM, timeout=20)
+        if self.secrets and self.log.is_file():
+            text = self.log.read_text(errors="replace")
+            leaked = sorted(f"{s[:3]}…" for s in self.secrets if s in text)
+            if leaked:
+                pytest.fail(f"nms-cds serve logged configured secrets ({', '.join(leaked)}) in {self.log}",
+                            pytrace=False)
 
 
 def start_service(env: dict[str, str], *, workers: int, log: Path, threads: int = 1) -> ServiceProcess:
@@ -261,7 +269,7 @@ def start_service(env: dict[str, str], *, workers: int, log: Path, threads: int 
             proc = start_group([nms_cds, "serve", "--host", "127.0.0.1", "--port", str(port), "--workers",
                                 str(workers), "--threads", str(threads)],
                                env=full_env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO)
-        service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log)
+        service = ServiceProcess(f"http://127.0.0.1:{port}", proc, log, env_secrets(full_env))
         deadline = time.monotonic() + 40
         try:
             while True:

@@ -69,7 +69,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Any], bytes, 
                                     headers={"Authorization": f"Bearer {token}"})
             assert response.status_code == 200, response.get_data(as_text=True)
         rows = runtime.store.report_rows(0.0)
-        key = runtime.store.hash_key()
+        key = runtime.hash_key
     return rows.cards, key, tmp / "data"
 
 

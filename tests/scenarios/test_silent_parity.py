@@ -34,7 +34,7 @@ def _audited(app: Flask) -> dict[str, Any]:
 
 def _token(app: Flask, patient_id: str) -> str | None:
     rt = app.extensions["nms_cds"]
-    return audit.patient_token(patient_id, rt.store.hash_key(), opt_in=rt.settings.audit_patient_ids)
+    return audit.patient_token(patient_id, rt.hash_key, opt_in=rt.settings.audit_patient_ids)
 
 
 def _mismatches(app: Flask, live: Iterable[tuple[str, str, list[dict[str, Any]]]]) -> list[str]:

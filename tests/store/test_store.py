@@ -21,6 +21,7 @@ from cds_service.config import Settings
 from cds_service.errors import StoreUnavailable
 from cds_service.store import FeedbackRecord, Store, open_store
 from cds_service.store.base import CardRecord
+from cds_service.store.keys import audit_key
 from cds_service.store.migrations import LATEST
 from cds_service.store.sql import SqlStore
 from cds_service.store.sqlite import FILENAME
@@ -105,7 +106,7 @@ def test_migrations_apply_once_even_when_workers_start_together(store_settings: 
     assert sorted(len(s.migrated) for s in opened) == [0] * 5 + [LATEST]  # type: ignore[attr-defined]
     first = opened[0]
     assert isinstance(first, SqlStore) and first.schema_version() == LATEST
-    assert len({s.hash_key() for s in opened}) == 1  # one patient-hash key shared by every worker
+    assert len({audit_key(settings, s) for s in opened}) == 1  # one patient-hash key shared by every worker
     for s in opened:
         s.close()
 
@@ -225,7 +226,7 @@ def test_every_card_served_is_audited_without_the_patient_id(make_app: Callable[
     assert {"Observation/o2", "Observation/o3", "MedicationRequest/draft-1"} <= set(row.evidence)
     assert row.reasons and row.patient is not None and row.patient.startswith("hmac-sha256:")
     assert "p1" not in row.patient
-    # the same patient hashes alike in another worker (the key lives in the store)
+    # the same patient hashes alike in another worker (the key file in the data directory is shared)
     other = make_app()
     other.test_client().post(URL, json=hook_request(prefetch=febrile_prefetch(), hookInstance="second"))
     assert len({c.patient for c in rt.store.report_rows(0).cards}) == 1
