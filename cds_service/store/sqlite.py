@@ -103,7 +103,7 @@ class SqliteStore(SqlStore):
         except OSError as exc:
             raise StoreUnavailable(f"the SQLite database file cannot be opened ({type(exc).__name__})") from None
         try:
-            st = os.fstat(fd)
+            st = os.stat(self.path)  # the database file's identity (fd is the sibling lock file)
             self._identity = (st.st_dev, st.st_ino)
             for path in (self.path, self.path.with_name(self.path.name + "-wal"),
                          self.path.with_name(self.path.name + "-shm")):

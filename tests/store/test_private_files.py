@@ -44,7 +44,8 @@ def test_store_files_and_key_are_0600_in_a_0700_directory_with_umask_022(tmp_pat
         store = app.extensions["nms_cds"].store
         store.add_feedback([feedback_item()])  # the WAL and shared-memory files exist while it is open
         files = sorted(p.name for p in data.iterdir())
-        assert files == sorted([FILENAME, FILENAME + "-wal", FILENAME + "-shm", KEY_FILENAME])
+        # the database, its WAL and shared memory, its set-up lock file, the hash key
+        assert files == sorted([FILENAME, FILENAME + "-wal", FILENAME + "-shm", FILENAME + ".lock", KEY_FILENAME])
         assert mode(data) == 0o700
         assert {name: mode(data / name) for name in files} == {name: 0o600 for name in files}
 
@@ -122,9 +123,10 @@ def test_a_vanished_sqlite_file_stops_acknowledging_writes(tmp_path: Path, how: 
             open_store(make_settings(data_dir=data)).close()  # a new, empty database at the same path
         refused = client.post(URL + "/feedback", json=_feedback_body("card-2"))
         assert refused.status_code == 503 and refused.headers["Retry-After"]
-        assert VANISHED in refused.get_json()["message"]
+        assert VANISHED in refused.get_json()["issue"][0]["diagnostics"]
         ready = client.get("/readyz")
-        assert ready.status_code == 503 and VANISHED in " ".join(ready.get_json()["problems"])
+        assert ready.status_code == 503 and VANISHED in " ".join(
+            i["diagnostics"] for i in ready.get_json()["issue"])
         with pytest.raises(StoreUnavailable):
             app.extensions["nms_cds"].store.report_rows(0)
 

@@ -70,7 +70,7 @@ def test_quota_over_http_is_429_with_retry_after(make_app: Callable[..., Flask])
     refused = client.post(URL + "/feedback", json=_feedback_body("c3"))
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["Retry-After"]) <= 3600
-    assert refused.get_json()["error"] == "throttled"
+    assert refused.get_json()["issue"][0]["code"] == "throttled"
     assert_documented(client.get("/openapi.json").get_json(), "/cds-services/{service_id}/feedback", "post", refused)
     assert client.post(URL + "/feedback", json=_feedback_body("c1")).status_code == 200  # a resend is no new row
 
@@ -79,7 +79,7 @@ def test_readyz_is_not_ready_below_the_free_disk_floor() -> None:
     with app_for(make_settings(min_free_disk_bytes=2**60)) as app:  # an exbibyte: more than any test disk
         answer = app.test_client().get("/readyz")
         assert answer.status_code == 503
-        problems = answer.get_json()["problems"]
+        problems = [i["diagnostics"] for i in answer.get_json()["issue"]]
         assert any(p.startswith("data directory:") and "below the" in p for p in problems)
         assert any(p.startswith("temporary directory:") for p in problems)
     with app_for(make_settings(min_free_disk_bytes="1MiB")) as app:
