@@ -154,7 +154,7 @@ bench: install node front
 	@command -v wrk >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq wrk >/dev/null)
 	$(BIN)/python bench/run_bench.py
 
-## make bench-alternatives: in-process numbers for orjson, msgspec (typed), mypyc and window skipping (issue 16);
+## make bench-alternatives: in-process numbers for orjson, msgspec (typed), mypyc and window skipping;
 ## installs orjson and msgspec into the venv (not project dependencies); writes bench/results/alternatives.json
 bench-alternatives: install
 	$(BIN)/pip install -q orjson msgspec

@@ -1,8 +1,8 @@
 """``make bench-alternatives``: what the prefetch path's alternatives would buy, measured in-process.
 
-Issue 16 asked for numbers on faster decoders (orjson, msgspec, including msgspec decoding straight into
-typed structures with validation), mypyc for the pure core, skipping the validation of resources outside the
-time windows, and lazy card text. This script measures each on the benchmark's scenario 1 request (the 7-day
+The second performance round asked for numbers on faster decoders (orjson, msgspec, including msgspec decoding
+straight into typed structures with validation), mypyc for the pure core, skipping the validation of resources
+outside the time windows, and lazy card text. This script measures each on the benchmark's scenario 1 request (the 7-day
 admission, 195 KB) and on scenario 2's 10,000-Observation request (8.5 MB), in one process, best of several
 repeats, next to the service's own stages:
 

@@ -1,4 +1,4 @@
-"""``make burden``: alert burden of the service on realistic records WITHOUT NMS (issue 11 item 6).
+"""``make burden``: alert burden of the service on realistic records WITHOUT NMS (the time-order and other-causes work).
 
 Corpus: the repository's 25 Synthea bundles (``datasets/synthea-r4``) and the generated hard mimics of
 ``bench/burden_records.py``. Moments: one hour after the last febrile reading of every febrile episode

@@ -4,7 +4,7 @@ data look like it (fever, CK rise, low iron, tachycardia), and who were never gi
     records() -> list of {"id", "kind", "patient_id", "resources"}
 
 Seven kinds, three variants each (``random.Random(seed)``, no clock): sepsis, COVID-19 pneumonia, neutropenic
-fever (the German kidney-transplant record of issue 11: ATC-coded antimicrobials in the BfArM system, serum
+fever (the German kidney-transplant record of the time-order work: ATC-coded antimicrobials in the BfArM system, serum
 iron 12 ug/dL, no CK), post-operative fever, rhabdomyolysis after a fall, exercise CK rise and serotonin
 syndrome. Codes come from ``cds_service/clinical/data``; every resource carries the HTEST tag (synthetic).
 """

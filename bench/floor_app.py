@@ -6,7 +6,7 @@ start-up from ``NMS_CDS_BENCH_FLOOR_BODY`` - so both apps move the same bytes in
 
 It decodes with the service's own decoder (:data:`DECODE`: the same JSON library, the cyclic GC paused the
 same way), so a faster parser or decoding trick lowers both apps alike and the ratio to the floor measures
-only the service's own work (issue 16). The service's depth and surrogate checks are its own work, not the
+only the service's own work. The service's depth and surrogate checks are its own work, not the
 floor's.
 
     NMS_CDS_BENCH_FLOOR_BODY=answer.json python bench/floor_app.py --port 8090 --workers 2

@@ -65,7 +65,7 @@ WORKERS = 2  # the Docker image's CMD: --workers 2 (threads 1 → sync workers)
 FHIR_LATENCY_MS = 50
 LARGE_BODY_BYTES = 128 * 1024 * 1024  # scenario 2 only: the 50k-Observation prefetch (43 MB) exceeds the 32 MiB default
 
-# Issue 16's targets (and the earlier ones that still apply). Ratios are checked on unrounded figures; the
+# The second round's targets (and the earlier ones that still apply). Ratios are checked on unrounded figures; the
 # ratio shown is rounded against the service (up for a maximum, down for a minimum).
 TARGETS = {
     "s1_single_p50_floor_ratio_max": 1.5,  # scenario 1, each hook: single-request p50 <= 1.5 x the floor's

@@ -589,7 +589,7 @@ PATIENT_VIEW: dict[str, tuple[str | None, str]] = {
     "resources-without-ids": ("critical", "active metoclopramide in the record (the id-less draft adds to it)"),
     "sandbox-quirks": (None, "no finding; clozapine only as the draft"),
     "units-us-conventional": ("critical", "active chlorpromazine in the record"),
-    # scenarios of the clinical-reasoning work (issue 11), stated ahead of its merge:
+    # scenarios of the clinical-reasoning work (time order, other causes), stated ahead of its merge:
     "administration-only-haloperidol": ("critical", "haloperidol given (MedicationAdministration) before onset"),
     "atc-german-record": ("critical", "quetiapine statement and risperidone administration before onset"),
     "brand-name-free-text": ("critical", "active 'Haldol' order in the record"),
@@ -983,7 +983,7 @@ def contained_medication() -> Built:
         "The draft's medicationReference '#med1' points to a contained Medication coded RxNorm 312830 "
         "(risperidone 1 MG Oral Tablet); it is the only source of the name risperidone, so a service that does not "
         "resolve contained references cannot name it. Exposure before onset: metoclopramide active for 3 days "
-        "(issue 11: a draft alone never explains findings already there) -> 20. 38.4 and 38.9 -> 18. "
+        "(time order: a draft alone never explains findings already there) -> 20. 38.4 and 38.9 -> 18. "
         "CK 900 with ULN 200 = 4.5 x ULN "
         "-> 10 (no IM route, no artefact). Vitals otherwise flat. Total 48.",
         evidence={"tmax_cel": 38.9, "ck_peak_u_l": 900, "ck_uln_u_l": 200},
@@ -1011,7 +1011,7 @@ def medication_reference_display() -> Built:
         "with a display. The Medication has no patient link, so no prefetch template returns it: the service "
         "resolves it by reading it from the FHIR server or, prefetch-only, by matching the display name "
         "'haloperidol' (the only source of that name). Exposure before onset: metoclopramide active for 3 days "
-        "(issue 11: the draft alone never explains findings already there) -> 20. 38.5 and 39.0 -> 18. "
+        "(time order: the draft alone never explains findings already there) -> 20. 38.5 and 39.0 -> 18. "
         "CK 1,200 with ULN 200 = "
         "6 x ULN -> 10. Total 48.",
         evidence={"tmax_cel": 39.0, "ck_peak_u_l": 1200, "ck_uln_u_l": 200},
@@ -1157,7 +1157,7 @@ def resources_without_ids() -> Built:
     return Built(b, Expected(
         "critical", ["exposure", "hyperthermia", "ck"], ["olanzapine"],
         "The id-less draft olanzapine 10 MG (RxNorm 314154) adds to metoclopramide active for 3 days (the exposure "
-        "before onset; issue 11: a draft alone never explains findings already there) -> exposure 20; a second "
+        "before onset; time order: a draft alone never explains findings already there) -> exposure 20; a second "
         "id-less draft (ServiceRequest for CK) sits next to it. 38.6 and 39.0 -> 18. CK 1,000 with ULN 200 "
         "= 5 x ULN -> 10. Total 48. A delete action needs a resourceId (CDS Hooks 'Type/id'), so the card must "
         "offer no delete suggestion (suggest_delete_draft null) and must not crash or invent an id.",
@@ -1194,7 +1194,7 @@ def boundary_exact_thresholds() -> Built:
 
 
 
-# --- issue 11: time order, other causes, every record of exposure ------------------------------------
+# --- time order, other causes, every record of exposure ----------------------------------------------
 
 
 @scenario
@@ -1218,7 +1218,7 @@ def mimic_sepsis_haloperidol_draft() -> Built:
     b.draft("5093", Dose(2.5, frequency=2), name="haloperidol")
     return Built(b, Expected(
         None, ["hyperthermia", "hypermetabolism"], [],
-        "Issue 11 item 1 (deliberate change: this picture with a haloperidol draft used to give a critical card). "
+        "Time order (deliberate change: this picture with a haloperidol draft used to give a critical card). "
         "Fever 39.0/39.2/39.1 from -40 h, iron 6.0 (NMS range), WBC 18, CRP 180, CK 100 (0.5 x ULN), sepsis "
         "(A41.9) on piperacillin/tazobactam: every finding precedes the only dopamine antagonist, the unsigned "
         "draft. The draft never explains findings that precede it -> exposure not met (0), no warning, no "
@@ -1249,7 +1249,7 @@ def mimic_neutropenic_fever_german() -> Built:
     b.draft(None, Dose(1, frequency=2), name="haloperidol", display="Haloperidol 1 mg Tablette")
     return Built(b, Expected(
         None, ["hyperthermia"], [],
-        "The German hospital test record of issue 11, rebuilt from its description: kidney transplant, "
+        "The German hospital test record of the time-order work, rebuilt from its description: kidney transplant, "
         "febrile neutropenia (SNOMED 409089005) with fever 38.8/39.3/38.9 from -46 h on cefotaxime, "
         "metronidazole (ATC, BfArM "
         "system) and amphotericin B, serum iron 12 ug/dL (2.1 umol/L, NMS range), no CK, never a dopamine "
@@ -1357,7 +1357,7 @@ def other_cause_infection() -> Built:
         "is in the NMS range, which with fever used to make the card critical; but CK 300 (1.5 x ULN) is below "
         "4 x ULN and the record shows another cause of fever: pneumonia (SNOMED 233604007, active) treated with "
         "ceftriaxone "
-        "(ATC J01DD04, given -30 h). Issue 11 item 2: warning, not critical, and the card lists the infection.",
+        "(ATC J01DD04, given -30 h). Other causes: warning, not critical, and the card lists the infection.",
         evidence={"tmax_cel": 38.9, "iron_min_umol_l": 7.0}, suggest_delete_draft=delete(d)))
 
 

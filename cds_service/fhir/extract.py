@@ -34,8 +34,8 @@ class Extracted:
     unread: Counter[tuple[str, str]] = field(default_factory=Counter)
     # older versions (or differing repeats) of a resource listed more than once under one type and id: not used
     duplicates: int = 0
-    # (resource type, id) -> (version key, the raw resource used): one resource per type and id
-    seen: dict[tuple[str, str], tuple[tuple[str, str], Mapping[str, Any]]] = field(default_factory=dict)
+    # (resource type, id) -> the raw resource used (a reference into the request's data): one per type and id
+    seen: dict[tuple[str, str], Mapping[str, Any]] = field(default_factory=dict)
 
     def unread_items(self) -> tuple[tuple[str, str, int], ...]:
         """(kind, reason, count) of what could not be read, in a stable order."""

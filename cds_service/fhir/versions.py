@@ -45,16 +45,16 @@ def first_listing(raw: Mapping[str, Any], out: Extracted) -> str:
     if not isinstance(ident, str) or not ident or not isinstance(kind, str):
         return "no id"
     key = (kind, ident)
-    version = _version(raw)
     known = out.seen.get(key)
     if known is None:
-        out.seen[key] = (version, raw)
+        out.seen[key] = raw
         return "first"
-    if known[1] is raw or known[1] == raw:
+    if known is raw or known == raw:
         return "older"  # the same resource in two answers (e.g. two overlapping queries): nothing is lost
     out.duplicates += 1
-    if _newer(version, known[0]):
-        out.seen[key] = (version, raw)
+    # versions are compared only for a repeated id (rare), not read for every resource
+    if _newer(_version(raw), _version(known)):
+        out.seen[key] = raw
         return "newer"
     return "older"
 

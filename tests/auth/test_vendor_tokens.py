@@ -11,7 +11,8 @@ from typing import Any
 import responses
 from flask import Flask
 
-from tests.auth.test_security import (  # noqa: F401  (fixtures)
+from tests.helpers.jwt_helpers import jwks, rsa_key
+from tests.helpers.security import (  # noqa: F401  (fixtures)
     DISCOVERY,
     NOW,
     SERVICE,
@@ -21,7 +22,6 @@ from tests.auth.test_security import (  # noqa: F401  (fixtures)
     send,
     token,
 )
-from tests.helpers.jwt_helpers import jwks, rsa_key
 
 EPIC_ISS = "https://fhir.hospital.example.org/interconnect-fhir/api/FHIR/R4"
 EPIC_JKU = "https://fhir.hospital.example.org/interconnect-fhir/api/epic/2019/Security/Open/PublicKeys/530013/530013"
