@@ -494,4 +494,7 @@ class Settings(BaseSettings):
             notes.append(f"NMS_CDS_STORE_TIMEOUT_SECONDS={self.store_timeout_seconds:g} is not below "
                          f"NMS_CDS_REQUEST_TIMEOUT_SECONDS={self.request_timeout_seconds:g}: a hung database would "
                          "stop requests by the watchdog instead of answering 503 with Retry-After")
+        if self.database_url is not None and self.audit_hash_key is None and self.audit_hash_key_file is None:
+            notes.append("NMS_CDS_DATABASE_URL without NMS_CDS_AUDIT_HASH_KEY(_FILE): each replica makes its own "
+                         "patient-hash key and replicas disagree on pseudonyms (quiet period, reports, worklist)")
         return notes

@@ -721,7 +721,12 @@ def _our_invariants(ctx: Any, response: Any, case: Any) -> bool | None:
         return None
     if case.operation.path == "/app/api/assessment":  # no token: 401 unless refused before (400, 413)
         assert response.status_code in (400, 401, 413) and mimetype == "application/json", response.status_code
-        assert json.loads(response.content)["error"]
+        assert issue(json.loads(response.content))["diagnostics"]
+        return None
+    if case.operation.path.startswith("/worklist"):  # development: open; JSON (or an escaped HTML page)
+        assert response.status_code in (200, 400, 404) and mimetype in ("application/json", "text/html")
+        if mimetype == "application/json" and response.status_code != 200:
+            assert issue(json.loads(response.content))["diagnostics"]
         return None
     if case.method.upper() == "GET":  # discovery, health, the document: always 200 JSON (auth is off here)
         expected = "text/plain" if case.operation.path == "/metrics" else "application/json"  # Prometheus format

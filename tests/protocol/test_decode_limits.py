@@ -55,4 +55,4 @@ def small_cap_app() -> Iterator[Flask]:
 def test_over_http_the_answer_is_413(small_cap_app: Flask) -> None:
     answer = small_cap_app.test_client().post("/cds-services/nms-order-sign", data=hostile_body(62, 2000),
                                               content_type="application/json")
-    assert answer.status_code == 413 and "at most 1000" in answer.get_json()["message"]
+    assert answer.status_code == 413 and "at most 1000" in answer.get_json()["issue"][0]["diagnostics"]

@@ -105,8 +105,9 @@ def test_override_on_one_replica_silences_the_other_sharing_sqlite(launch: Calla
 def test_override_silences_replicas_sharing_postgres(launch: Callable[..., ServiceProcess],
                                                     postgres: PostgresServer) -> None:  # noqa: F811
     url = postgres.new_database()
-    a = launch("pg-a", data="pg-a", workers=2, NMS_CDS_DATABASE_URL=url)
-    b = launch("pg-b", data="pg-b", workers=2, NMS_CDS_DATABASE_URL=url)
+    key = "replicas-share-one-patient-hash-key-0123"  # the key lives apart from the database: one per deployment
+    a = launch("pg-a", data="pg-a", workers=2, NMS_CDS_DATABASE_URL=url, NMS_CDS_AUDIT_HASH_KEY=key)
+    b = launch("pg-b", data="pg-b", workers=2, NMS_CDS_DATABASE_URL=url, NMS_CDS_AUDIT_HASH_KEY=key)
     [card] = call(a, request())
     override(b, card)
     assert burst([a, b], request()) == [0] * SENDS
