@@ -166,7 +166,7 @@ def slow_uploads(port: int, attack: Attack, stop: threading.Event) -> None:
             head = info["answer"].partition(b"\r\n\r\n")[0]
             status = int(head.split(b" ")[1]) if head.startswith(b"HTTP/1.1 ") else 0
             attack.answers[status] = attack.answers.get(status, 0) + 1
-            if len(attack.bodies) < 20:
+            if status and len(attack.bodies) < 20:  # a sample of answers (a connection closed unanswered has none)
                 attack.bodies.append(info["answer"])
             open_one(info["i"])
         now = time.monotonic()
