@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -30,6 +31,28 @@ from cds_service.clinical.valuesets import ATC, RXNORM, load
 
 _PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
 CODES_PER_QUERY = 40
+
+
+class ServerBusy(Exception):
+    """The FHIR server answered 429 or 503 with ``Retry-After``: the watcher waits that long before its next pass."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"the FHIR server asks to retry after {retry_after:g} s")
+        self.retry_after = retry_after
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), capped at an hour; None without one."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return min(float(value), 3600.0)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return min(max((when - datetime.now(when.tzinfo)).total_seconds(), 0.0), 3600.0)
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,8 @@ def _search(session: requests.Session, url: str, params: dict[str, str], headers
         response = session.get(next_url, params=query, headers=headers,
                                 timeout=(limits.connect_timeout, limits.read_timeout))
         out.requests += 1
+        if response.status_code in (429, 503) and (wait := _retry_after(response)) is not None:
+            raise ServerBusy(wait)
         response.raise_for_status()
         bundle = response.json()
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":

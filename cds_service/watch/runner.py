@@ -50,6 +50,7 @@ class PassResult:
     census_requests: int = 0
     census_resources: int = 0
     due: int = 0  # patients with new data (or new on the drugs, or all on a full pass)
+    retry_after: float = 0.0  # the FHIR server's Retry-After: the next pass waits at least this long
     capped: list[str] = field(default_factory=list)
 
 
@@ -149,6 +150,11 @@ class Watcher:
                 except StoreUnavailable:
                     result.store_errors += 1
             self.deliver(result, access_token, now)
+        except census.ServerBusy as exc:
+            result.fhir_errors += 1
+            result.retry_after = exc.retry_after
+            log.warning("surveillance pass deferred", extra={"event": "watch-fhir-busy",
+                                                             "error": f"Retry-After {exc.retry_after:g} s"})
         except (requests.RequestException, ValueError) as exc:
             result.fhir_errors += 1
             log.warning("surveillance pass failed", extra={"event": "watch-fhir-error", "error": type(exc).__name__})
@@ -186,4 +192,5 @@ class Watcher:
                 on_pass(result)
             if passes is not None and done >= passes:
                 return
-            self.stopping.wait(max(self.settings.watch_interval_seconds - (time.monotonic() - began), 0.0))
+            wait = max(self.settings.watch_interval_seconds - (time.monotonic() - began), result.retry_after, 0.0)
+            self.stopping.wait(wait)
