@@ -80,8 +80,8 @@ def criteria_met(records: list[JsonDict], times: list[datetime]) -> dict[str, da
     """For every scenario, the first pass time at which patient-view (prefetch, in process) shows a card."""
     out: dict[str, datetime] = {}
     templates = prefetch_templates()
-    settings = Settings(auth="off", environment="development", fixed_now=times[0],
-                        data_dir=Path(tempfile.mkdtemp(prefix="nms-cds-surveillance-met-")))
+    store = tempfile.TemporaryDirectory(prefix="nms-cds-surveillance-met-")  # removed in the finally below
+    settings = Settings(auth="off", environment="development", fixed_now=times[0], data_dir=Path(store.name))
     app = create_app(settings)
     runtime = app.extensions["nms_cds"]
     sim = {"now": times[0]}
@@ -104,6 +104,7 @@ def criteria_met(records: list[JsonDict], times: list[datetime]) -> dict[str, da
                     break
     finally:
         runtime.close()
+        store.cleanup()
     return out
 
 
@@ -118,9 +119,10 @@ def run(census: int, hours: float, interval_minutes: float) -> JsonDict:
                    key=lambda x: x[0])
     met = criteria_met(records, times)
     by_patient = {f"Patient/{rec['patient_id']}": rec for rec in records}
-    tmp = Path(tempfile.mkdtemp(prefix="nms-cds-surveillance-"))
     passes: list[JsonDict] = []
-    with LocalFhirServer(port=0) as server, requests.Session() as session:
+    with tempfile.TemporaryDirectory(prefix="nms-cds-surveillance-") as store, LocalFhirServer(port=0) as server, \
+            requests.Session() as session:
+        tmp = Path(store)
         _put_all(session, server.base_url, undated + [r for when, r in dated if when <= start])
         posted = sum(1 for when, _ in dated if when <= start)
         settings = Settings(auth="off", environment="development", data_dir=tmp, fhir_allowlist=[server.base_url],

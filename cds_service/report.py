@@ -15,6 +15,7 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -175,12 +176,21 @@ def render_png(r: Report, path: Path) -> None:
     plt.close(fig)
 
 
-def _clean(text: str) -> str:
-    """Client-supplied text for a terminal: control characters shown as escapes, never interpreted."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+def _write_chart(draw: Callable[[Path], None], png: str | None) -> int:
+    """``--png FILE``: draw the chart there; 1 (and why) when matplotlib is not installed, else 0."""
+    if not png:
+        return 0
+    try:
+        draw(Path(png))
+    except ImportError:
+        print("nms-cds report: --png needs matplotlib (pip install 'nms-cds[report]')", file=sys.stderr)
+        return 1
+    print(f"chart written to {png}", file=sys.stderr)
+    return 0
 
 
 def _outcome_records(args: argparse.Namespace, settings: Any) -> Any:
+    from cds_service.fhir.paging import PageLimits
     from cds_service.net.http import new_session
     from cds_service.outcomes import records
 
@@ -190,8 +200,7 @@ def _outcome_records(args: argparse.Namespace, settings: Any) -> Any:
             raise ValueError(f"--export {args.export}: not a directory")
         return records.from_export(directory)
     token = Path(args.fhir_token_file).read_text(encoding="utf-8").strip() if args.fhir_token_file else None
-    limits = records.ServerLimits(settings.fhir_connect_timeout, settings.fhir_read_timeout,
-                                  max_pages=args.max_pages)
+    limits = PageLimits(settings.fhir_connect_timeout, settings.fhir_read_timeout, max_pages=args.max_pages)
     with new_session(settings.tls_trust[0]) as session:
         return records.from_server(args.fhir_base, session, limits, token)
 
@@ -201,30 +210,23 @@ def run_outcomes(args: argparse.Namespace, rows: ReportRows, key: bytes, setting
     import requests
 
     from cds_service.audit import patient_token
+    from cds_service.fhir.paging import ServerBusy
     from cds_service.outcomes import summary
+    from cds_service.outcomes.chart import render_png as outcome_png  # matplotlib: imported when drawing
 
     try:
         horizon = timedelta(seconds=parse_since(args.horizon))
         found = _outcome_records(args, settings)
-    except (ValueError, OSError, requests.RequestException) as exc:
-        print(f"nms-cds report --outcomes: {_clean(str(exc))[:300]}", file=sys.stderr)
+    except (ValueError, OSError, requests.RequestException, ServerBusy) as exc:
+        print(f"nms-cds report --outcomes: {printable(str(exc))[:300]}", file=sys.stderr)
         return 1
     result = summary.build(rows.cards, found, since=since, until=now, horizon=horizon,
                            token_of=lambda pid: patient_token(pid, key, opt_in=settings.audit_patient_ids))
     if args.json:
         sys.stdout.write(json.dumps(result.as_json(), indent=2, ensure_ascii=False) + "\n")
     else:
-        sys.stdout.write(summary.render_text(result, _clean))
-    if args.png:
-        try:
-            from cds_service.outcomes.chart import render_png as outcome_png
-
-            outcome_png(result, Path(args.png))
-        except ImportError:
-            print("nms-cds report: --png needs matplotlib (pip install 'nms-cds[report]')", file=sys.stderr)
-            return 1
-        print(f"chart written to {args.png}", file=sys.stderr)
-    return 0
+        sys.stdout.write(summary.render_text(result, printable))
+    return _write_chart(lambda path: outcome_png(result, path), args.png)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -257,14 +259,7 @@ def run(args: argparse.Namespace) -> int:
         return run_outcomes(args, rows, key, settings, since=now - window, now=now)
     report = build(rows, since=now - window, now=now)
     sys.stdout.write(json.dumps(as_json(report), indent=2) + "\n" if args.json else render_text(report))
-    if args.png:
-        try:
-            render_png(report, Path(args.png))
-        except ImportError:
-            print("nms-cds report: --png needs matplotlib (pip install 'nms-cds[report]')", file=sys.stderr)
-            return 1
-        print(f"chart written to {args.png}", file=sys.stderr)
-    return 0
+    return _write_chart(lambda path: render_png(report, path), args.png)
 
 
 def purge(args: argparse.Namespace) -> int:

@@ -89,6 +89,18 @@ def referenced_patient(resource: Mapping[str, Any]) -> str | None:
     return None
 
 
+def literal_patient_id(resource: Mapping[str, Any]) -> str | None:
+    """The id in a literal ``Patient/<id>`` reference (relative or absolute, a ``_history`` part dropped) of the
+    resource's ``subject`` or ``patient``; None without one (a logical reference, ``urn:uuid``, another type)."""
+    for element in ("subject", "patient"):
+        value = resource.get(element)
+        reference = value.get("reference") if isinstance(value, Mapping) else None
+        match = _PATIENT_REF.search(reference.strip()) if isinstance(reference, str) else None
+        if match and _FHIR_ID.fullmatch(match.group(1)):
+            return match.group(1)
+    return None
+
+
 def _server(base: str | None) -> ParsedUrl | None:
     if not base:
         return None

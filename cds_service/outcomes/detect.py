@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any
 
 from cds_service.clinical.valuesets import ATC, RXNORM, load
+from cds_service.fhir.plain_types import plain_datetime as when  # a FHIR dateTime string, as the fast path reads it
 
 KINDS = ("nms-coded", "specific-treatment", "antagonist-stopped", "icu-transfer")
 _STOPPED = {"stopped", "cancelled", "completed"}
@@ -52,17 +53,6 @@ def codes() -> OutcomeCodes:
     names = {r["code"] for r in drugs if r["system"] == "name"}
     icu = {(r["system"], r["code"]) for r in rows if r["outcome"] == "icu-transfer"}
     return OutcomeCodes(frozenset(treatment), frozenset(names), frozenset(icu))
-
-
-def when(value: Any) -> datetime | None:
-    """An R4 dateTime/instant with a time zone as an aware datetime; anything else None."""
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def _codings(concept: Any) -> list[Mapping[str, Any]]:

@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from cds_service.outcomes.detect import drug_roles, effective_start, medication_concept, request_end, when
+from cds_service.fhir.plain_types import plain_datetime as when
+from cds_service.outcomes.detect import drug_roles, effective_start, medication_concept, request_end
 
 _IGNORED = {"entered-in-error", "cancelled", "draft", "not-taken", "unknown"}
 

@@ -10,9 +10,8 @@ be read, or names no patient, is counted by reason, never silently dropped.
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +19,11 @@ from typing import Any
 import requests
 
 from cds_service.fhir.models import parse
+from cds_service.fhir.paging import PageLimits, Paging
+from cds_service.fhir.scope import literal_patient_id
 
 TYPES = ("Condition", "MedicationRequest", "MedicationAdministration", "MedicationStatement", "Encounter",
          "Medication")
-_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
 _MAX_FILE_BYTES = 256 * 1024 * 1024  # one export file; a larger one is refused, and counted
 
 
@@ -50,20 +50,11 @@ class Records:
         if kind == "Medication":
             self.medications[f"Medication/{raw.get('id')}"] = raw
             return
-        patient = _patient_of(raw)
+        patient = literal_patient_id(raw)
         if patient is None:
             self.unreadable[f"{kind}: no literal patient reference"] += 1
             return
         self.by_patient[patient].append(raw)
-
-
-def _patient_of(raw: Mapping[str, Any]) -> str | None:
-    for element in ("subject", "patient"):
-        ref = raw.get(element)
-        target = ref.get("reference") if isinstance(ref, Mapping) else None
-        if isinstance(target, str) and (match := _PATIENT_REF.search(target.strip())):
-            return match.group(1)
-    return None
 
 
 def _resources_in(document: Any) -> Iterator[Any]:
@@ -98,36 +89,17 @@ def from_export(directory: Path) -> Records:
     return out
 
 
-@dataclass(frozen=True)
-class ServerLimits:
-    connect_timeout: float
-    read_timeout: float
-    max_pages: int
-    page_size: int = 200
-
-
-def from_server(base: str, session: requests.Session, limits: ServerLimits, token: str | None = None) -> Records:
-    """Every resource of :data:`TYPES` on the server at ``base`` (paged, capped). Raises ``requests``'
-    exceptions on a transport failure and ``ValueError`` on an answer that is not a FHIR searchset."""
+def from_server(base: str, session: requests.Session, limits: PageLimits, token: str | None = None) -> Records:
+    """Every resource of :data:`TYPES` on the server at ``base`` (paged, capped: :mod:`cds_service.fhir.paging`).
+    Raises ``requests``' exceptions on a transport failure, ``ValueError`` on an answer that is not a searchset
+    and :class:`~cds_service.fhir.paging.ServerBusy` when the server asks to come back later."""
     out = Records()
     headers = {"Accept": "application/fhir+json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    paging = Paging()
     for kind in TYPES:
-        url: str | None = f"{base.rstrip('/')}/{kind}?_count={limits.page_size}"
-        pages = 0
-        while url is not None:
-            if pages == limits.max_pages:
-                out.truncated.append(kind)
-                break
-            response = session.get(url, headers=headers, timeout=(limits.connect_timeout, limits.read_timeout))
-            response.raise_for_status()
-            bundle = response.json()
-            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-                raise ValueError(f"{kind} search did not answer with a Bundle")
-            pages += 1
-            for raw in _resources_in(bundle):
-                out.add(raw)
-            url = next((link.get("url") for link in bundle.get("link") or []
-                        if isinstance(link, dict) and link.get("relation") == "next"), None)
+        for raw in paging.resources_of(session, f"{base.rstrip('/')}/{kind}", {}, headers, limits, kind):
+            out.add(raw)
+    out.truncated = paging.capped
     return out

@@ -18,57 +18,23 @@ Every request has the connect/read timeouts and the page cap of the settings.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.utils import parsedate_to_datetime
-from typing import Any
 
 import requests
 
 from cds_service.clinical.valuesets import ATC, RXNORM, load
+from cds_service.fhir.paging import PageLimits, Paging
+from cds_service.fhir.scope import literal_patient_id
 
-_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})$")
 CODES_PER_QUERY = 40
 
 
-class ServerBusy(Exception):
-    """The FHIR server answered 429 or 503 with ``Retry-After``: the watcher waits that long before its next pass."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"the FHIR server asks to retry after {retry_after:g} s")
-        self.retry_after = retry_after
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), capped at an hour; None without one."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    if value.isdigit():
-        return min(float(value), 3600.0)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return min(max((when - datetime.now(when.tzinfo)).total_seconds(), 0.0), 3600.0)
-
-
-@dataclass(frozen=True)
-class CensusLimits:
-    connect_timeout: float
-    read_timeout: float
-    max_pages: int
-    page_size: int = 200
-
-
 @dataclass
-class Census:
+class Census(Paging):
     patients: set[str] = field(default_factory=set)
-    requests: int = 0
     resources: int = 0
-    capped: list[str] = field(default_factory=list)  # searches that stopped at the page cap
 
 
 def drug_tokens() -> list[str]:
@@ -87,51 +53,21 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[i:i + size]
 
 
-def _patient(raw: Any) -> str | None:
-    if not isinstance(raw, dict):
-        return None
-    for element in ("subject", "patient"):
-        ref = raw.get(element)
-        target = ref.get("reference") if isinstance(ref, dict) else None
-        if isinstance(target, str) and (match := _PATIENT_REF.search(target.strip())):
-            return match.group(1)
-    return None
-
-
 def _search(session: requests.Session, url: str, params: dict[str, str], headers: dict[str, str],
-            limits: CensusLimits, out: Census, label: str, ids: set[str] | None = None) -> None:
-    """Follow one search's pages; add the patients its resources name (or, with ``ids``, collect the ids)."""
-    next_url: str | None = url
-    query: dict[str, str] | None = {**params, "_count": str(limits.page_size)}
-    pages = 0
-    while next_url is not None:
-        if pages == limits.max_pages:
-            out.capped.append(label)
-            return
-        response = session.get(next_url, params=query, headers=headers,
-                                timeout=(limits.connect_timeout, limits.read_timeout))
-        out.requests += 1
-        if response.status_code in (429, 503) and (wait := _retry_after(response)) is not None:
-            raise ServerBusy(wait)
-        response.raise_for_status()
-        bundle = response.json()
-        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-            raise ValueError(f"{label}: the server did not answer with a Bundle")
-        pages += 1
-        for entry in bundle.get("entry") or []:
-            resource = entry.get("resource") if isinstance(entry, dict) else None
-            out.resources += 1
-            if ids is not None:
-                if isinstance(resource, dict) and isinstance(resource.get("id"), str):
-                    ids.add(f"{resource.get('resourceType')}/{resource['id']}")
-            elif (patient := _patient(resource)) is not None:
-                out.patients.add(patient)
-        next_url = next((link.get("url") for link in bundle.get("link") or []
-                         if isinstance(link, dict) and link.get("relation") == "next"), None)
-        query = None  # the next link carries the query
+            limits: PageLimits, out: Census, label: str, ids: set[str] | None = None) -> None:
+    """One search, every page: add the patients its resources name (or, with ``ids``, collect the ids)."""
+    for resource in out.resources_of(session, url, params, headers, limits, label):
+        out.resources += 1
+        if not isinstance(resource, dict):
+            continue
+        if ids is not None:
+            if isinstance(resource.get("id"), str):
+                ids.add(f"{resource.get('resourceType')}/{resource['id']}")
+        elif (patient := literal_patient_id(resource)) is not None:
+            out.patients.add(patient)
 
 
-def find(base: str, session: requests.Session, limits: CensusLimits, *, now: datetime,
+def find(base: str, session: requests.Session, limits: PageLimits, *, now: datetime,
          token: str | None = None) -> Census:
     """The patients to evaluate this pass. Raises ``requests`` exceptions or ValueError when the server fails."""
     vs = load()
@@ -167,7 +103,7 @@ def find(base: str, session: requests.Session, limits: CensusLimits, *, now: dat
     return out
 
 
-def changed(base: str, session: requests.Session, limits: CensusLimits, *, patients: set[str], since: datetime,
+def changed(base: str, session: requests.Session, limits: PageLimits, *, patients: set[str], since: datetime,
             token: str | None = None) -> Census:
     """Which of ``patients`` have a reading the rules read, or a medication record, written since ``since`` (the
     server's clock: ``_lastUpdated``). Asked per chunk of watched patients, so the cost grows with them, not with

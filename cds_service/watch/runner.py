@@ -22,6 +22,7 @@ import requests
 
 from cds_service.audit import patient_token
 from cds_service.errors import FhirError, PreconditionFailed, StoreUnavailable
+from cds_service.fhir.paging import PageLimits, ServerBusy
 from cds_service.protocol.parse import HookRequest
 from cds_service.runtime import Runtime
 from cds_service.store.worklist import Worklist
@@ -75,12 +76,9 @@ class Watcher:
         self.changed_since: datetime | None = None  # the server-clock mark of the last pass
         self.watched: set[str] = set()
 
-    def _key(self) -> bytes:
-        return self.runtime.hash_key  # the audit's patient-id hash key (cds_service.store.keys)
-
     def evaluate(self, patient_id: str, result: PassResult, access_token: str | None, now: datetime) -> None:
         """Lease, assess and record one patient."""
-        pseudonym = patient_token(patient_id, self._key(), opt_in=False) or patient_id
+        pseudonym = patient_token(patient_id, self.runtime.hash_key, opt_in=False) or patient_id
         wall = self.wall_clock()
         if not self.worklist.lease(pseudonym, self.owner, until=wall + self.settings.watch_lease_seconds, now=wall):
             result.leased_elsewhere += 1
@@ -122,7 +120,7 @@ class Watcher:
         access_token = None
         try:
             access_token = self.token()
-            limits = census.CensusLimits(self.settings.fhir_connect_timeout, self.settings.fhir_read_timeout,
+            limits = PageLimits(self.settings.fhir_connect_timeout, self.settings.fhir_read_timeout,
                                          self.settings.watch_max_pages)
             real_start = datetime.now(UTC)
             found = census.find(self.base, self.session, limits, now=now, token=access_token)
@@ -150,7 +148,7 @@ class Watcher:
                 except StoreUnavailable:
                     result.store_errors += 1
             self.deliver(result, access_token, now)
-        except census.ServerBusy as exc:
+        except ServerBusy as exc:
             result.fhir_errors += 1
             result.retry_after = exc.retry_after
             log.warning("surveillance pass deferred", extra={"event": "watch-fhir-busy",

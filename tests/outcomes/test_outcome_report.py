@@ -20,6 +20,7 @@ import responses
 from cds_service import report
 from cds_service.audit import patient_token
 from cds_service.devtools import fixtures
+from cds_service.fhir.paging import PageLimits
 from cds_service.outcomes import detect, records, summary
 from cds_service.outcomes.exposure_days import patient_days
 from tests.conftest import REPO, app_for, make_settings
@@ -221,7 +222,7 @@ def test_server_reading_follows_pages_up_to_the_cap() -> None:
         responses.get(f"{base}/{kind}?_count=200", json=page(kind, 1, kind == "MedicationRequest"))
     for n in (2, 3):
         responses.get(f"{base}/MedicationRequest?page={n}", json=page("MedicationRequest", n, True))
-    limits = records.ServerLimits(connect_timeout=1.0, read_timeout=2.0, max_pages=3)
+    limits = PageLimits(connect_timeout=1.0, read_timeout=2.0, max_pages=3)
     with requests.Session() as session:
         found = records.from_server(base, session, limits, token="t0k")
     assert len(found.by_patient["p"]) == 3
@@ -266,7 +267,7 @@ def test_the_same_numbers_from_the_local_fhir_server(served: tuple[list[Any], by
             answer = session.post(srv.base_url, json=transaction, timeout=10,
                                   headers={"Content-Type": "application/fhir+json"})
             assert answer.status_code == 200, answer.text[:300]
-        limits = records.ServerLimits(connect_timeout=2.0, read_timeout=10.0, max_pages=20, page_size=50)
+        limits = PageLimits(connect_timeout=2.0, read_timeout=10.0, max_pages=20, page_size=50)
         found = records.from_server(srv.base_url, session, limits)
     assert found.truncated == []
     from_server = summary.build(cards, found, since=(ANCHOR - timedelta(days=30)).timestamp(),

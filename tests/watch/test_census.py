@@ -12,13 +12,14 @@ import requests
 import responses
 
 from cds_service.devtools import fixtures
+from cds_service.fhir.paging import PageLimits, ServerBusy
 from cds_service.runtime import Runtime
 from cds_service.watch import census
 from cds_service.watch.runner import Watcher
 from tests.conftest import make_settings
 
 BASE = "https://fhir.example.org/r4"
-LIMITS = census.CensusLimits(connect_timeout=1.0, read_timeout=2.0, max_pages=3)
+LIMITS = PageLimits(connect_timeout=1.0, read_timeout=2.0, max_pages=3)
 
 
 @responses.activate
@@ -26,7 +27,7 @@ LIMITS = census.CensusLimits(connect_timeout=1.0, read_timeout=2.0, max_pages=3)
 def test_retry_after_in_seconds_defers(status: int) -> None:
     responses.get(re.compile(re.escape(BASE) + r"/MedicationRequest.*"), status=status,
                   headers={"Retry-After": "30"})
-    with requests.Session() as session, pytest.raises(census.ServerBusy) as busy:
+    with requests.Session() as session, pytest.raises(ServerBusy) as busy:
         census.find(BASE, session, LIMITS, now=fixtures.ANCHOR)
     assert busy.value.retry_after == 30.0
     assert len(responses.calls) == 1  # nothing more is asked of a busy server in this pass
@@ -37,12 +38,12 @@ def test_retry_after_as_a_date_and_capped() -> None:
     later = datetime.now(UTC) + timedelta(seconds=120)
     responses.get(re.compile(re.escape(BASE) + r"/MedicationRequest.*"), status=503,
                   headers={"Retry-After": format_datetime(later, usegmt=True)})
-    with requests.Session() as session, pytest.raises(census.ServerBusy) as busy:
+    with requests.Session() as session, pytest.raises(ServerBusy) as busy:
         census.find(BASE, session, LIMITS, now=fixtures.ANCHOR)
     assert 100 <= busy.value.retry_after <= 121
     responses.replace(responses.GET, re.compile(re.escape(BASE) + r"/MedicationRequest.*"), status=429,
                       headers={"Retry-After": "86400"})
-    with requests.Session() as session, pytest.raises(census.ServerBusy) as capped:
+    with requests.Session() as session, pytest.raises(ServerBusy) as capped:
         census.find(BASE, session, LIMITS, now=fixtures.ANCHOR)
     assert capped.value.retry_after == 3600.0
 
