@@ -6,6 +6,7 @@ clients deviate (no ``Bundle.type``, unknown ``extension`` members, extra contex
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,15 @@ class HookRequest:
     access_token: str | None
     prefetch: dict[str, Any] | None
     selections: tuple[str, ...] = ()  # order-select: "MedicationRequest/<id>" of the orders being picked
+
+    @classmethod
+    def server_read(cls, hook: str, patient_id: str, fhir_server: str, access_token: str | None,
+                    user_id: str) -> HookRequest:
+        """A call the service makes on its own behalf (trend view, surveillance): no prefetch and no drafts, so
+        every key is read from ``fhir_server`` with ``access_token``."""
+        return cls(hook=hook, hook_instance=str(uuid.uuid4()), context={"patientId": patient_id, "userId": user_id},
+                   patient_id=patient_id, user_id=user_id, encounter_id=None, draft_orders={},
+                   fhir_server=fhir_server, access_token=access_token, prefetch=None)
 
     def draft_resources(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

@@ -137,13 +137,17 @@ class Engine:
         self.pool = pool
         self.clock = clock
 
+    def evaluate(self, policy: HookPolicy, req: HookRequest, report: CallReport) -> tuple[Assessment, Gathered]:
+        """Gather, extract and assess: the assessment behind a hook's cards (and the trend view's series)."""
+        started = time.perf_counter()
+        gathered = self.gather(policy, req, report)
+        report.timings_ms["data"] = (time.perf_counter() - started) * 1000
+        return assess(self.extract(gathered, policy.exposure_drafts(req), req)), gathered
+
     def run(self, policy: HookPolicy, req: HookRequest) -> tuple[dict[str, Any], CallReport]:
         started = time.perf_counter()
         report = CallReport()
-        gathered = self.gather(policy, req, report)
-        report.timings_ms["data"] = (time.perf_counter() - started) * 1000
-        inp = self.extract(gathered, policy.exposure_drafts(req), req)
-        assessment = assess(inp)
+        assessment, gathered = self.evaluate(policy, req, report)
         report.rules, report.reasons, report.evidence = audit_fields(assessment)
         report.decisive = decisive(assessment)
         report.onset = assessment.onset

@@ -7,12 +7,10 @@ only draws what this returns. Nothing here decides anything the clinical core di
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from cds_service.clinical import assess
 from cds_service.clinical.model import Assessment, Reading
 from cds_service.clinical.valuesets import load as load_valuesets
 from cds_service.protocol.parse import HookRequest
@@ -118,13 +116,9 @@ def view(a: Assessment, report: CallReport) -> dict[str, Any]:
 def assessment(engine: Engine, policy: HookPolicy, req: TrendRequest) -> dict[str, Any]:
     """Read the patient's record from ``req.fhir_server`` with the SMART token and assess it as patient-view
     does (:class:`~cds_service.errors.PreconditionFailed` when no observation could be read)."""
-    hook = HookRequest(hook=policy.hook, hook_instance=str(uuid.uuid4()),
-                       context={"patientId": req.patient_id, "userId": "Practitioner/trend-view"},
-                       patient_id=req.patient_id, user_id="Practitioner/trend-view", encounter_id=None,
-                       draft_orders={}, fhir_server=req.fhir_server, access_token=req.token, prefetch=None)
+    hook = HookRequest.server_read(policy.hook, req.patient_id, req.fhir_server, req.token, "Practitioner/trend-view")
     report = CallReport()
-    gathered = engine.gather(policy, hook, report)
-    a = assess(engine.extract(gathered, [], hook))
+    a, _ = engine.evaluate(policy, hook, report)
     return view(a, report)
 
 

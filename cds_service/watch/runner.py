@@ -83,10 +83,7 @@ class Watcher:
         if not self.worklist.lease(pseudonym, self.owner, until=wall + self.settings.watch_lease_seconds, now=wall):
             result.leased_elsewhere += 1
             return
-        req = HookRequest(hook="patient-view", hook_instance=str(uuid.uuid4()),
-                          context={"patientId": patient_id, "userId": WATCH_USER}, patient_id=patient_id,
-                          user_id=WATCH_USER, encounter_id=None, draft_orders={}, fhir_server=self.base,
-                          access_token=access_token, prefetch=None)
+        req = HookRequest.server_read("patient-view", patient_id, self.base, access_token, WATCH_USER)
         try:
             response, report = self.runtime.services[SERVICE_ID].call(req)
         except (PreconditionFailed, FhirError) as exc:
