@@ -159,6 +159,12 @@ def ctrl_c(command: list[str], port: int, fhir_port: int | None = None, **extra:
     reader.start()
     try:
         wait_healthy(proc, port, lambda: "".join(lines))
+        # every worker has built its app (one outbound-config line each): a worker still loading the app when
+        # Ctrl-C comes is stopped by gunicorn only after its graceful timeout (10 s), which is not what is measured
+        workers = int(command[command.index("--workers") + 1]) if "--workers" in command else 1
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while "".join(lines).count('"event":"outbound-config"') < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/cds-services", timeout=5) as answer:
             assert answer.status == 200 and answer.read()
         if fhir_port is not None:
